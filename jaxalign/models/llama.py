@@ -1,0 +1,355 @@
+"""The LLaMA-family decoder in Flax (LLaMA 1/2/3, Mistral without sliding window, Qwen2).
+
+One module per concept, each short: RMSNorm, rotary embeddings, attention (GQA, optional
+biases, KV cache), SwiGLU MLP, the block, and the stack (scanned or unrolled). Every parameter
+and the main activations carry logical axis names; jaxalign.mesh.LOGICAL_RULES maps them to
+the mesh.
+
+Masks. Attention combines (a) causality by position in the row (or in the KV cache),
+(b) equal segment ids, so packed examples never see each other and left-padding (segment 0)
+is invisible to real tokens, and (c) an optional extra boolean mask [batch, q_len, k_len], which
+Chain of Hindsight's random past-token masking uses during training.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.models.config import ModelConfig
+
+Array = jax.Array
+Cache = dict[str, Array]
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _init(cfg: ModelConfig, names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), names)
+
+
+def _constrain(x: Array, names: tuple[str, ...]) -> Array:
+    return nn.with_logical_constraint(x, names)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inv_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """Inverse RoPE frequencies [head_dim // 2], including linear and Llama-3 scaling."""
+    dim = cfg.dims_per_head
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (1.0 / np.power(np.float32(cfg.rope_theta), exponents)).astype(np.float32)
+    scaling = cfg.rope_scaling
+    if not scaling:
+        return inv_freq
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type == "default":
+        return inv_freq
+    factor = float(scaling["factor"])
+    if rope_type == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    # llama3: long wavelengths are slowed by `factor`, short ones kept, the band between
+    # interpolated smoothly (Llama 3.1 technical report; same formula as HF transformers).
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotates x [batch, len, heads, head_dim] by position (HF's rotate-half layout)."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [b, l, d/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention_mask(
+    q_index: Array, k_index: Array, q_segments: Array, k_segments: Array, extra: Array | None
+) -> Array:
+    """Boolean [batch, 1, q_len, k_len]: causal by index, same segment, and the extra mask."""
+    causal = k_index[None, None, :] <= q_index[None, :, None]
+    same = q_segments[:, :, None] == k_segments[:, None, :]
+    mask = causal & same
+    if extra is not None:
+        mask = mask & extra.astype(bool)
+    return mask[:, None, :, :]
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str) -> Array:
+    """q [b, l, H, d], k/v [b, s, K, d] with H a multiple of K; mask [b, 1, l, s]."""
+    if impl in ("dot_product", "cudnn"):
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else None
+        )
+    b, length, heads, dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, length, kv_heads, heads // kv_heads, dim)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
+    scores = scores / np.sqrt(dim).astype(np.float32)
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+    return out.reshape(b, length, heads, dim)
+
+
+class Projection(nn.Module):
+    """A linear map contracting the last `in_dims` axes of x into `features` axes.
+
+    Written out rather than nn.DenseGeneral because DenseGeneral initialises a flattened 2-D
+    kernel, which breaks the logical axis names of a 3-D [embed, heads, head_dim] kernel.
+    """
+
+    features: tuple[int, ...]
+    names: tuple[str, ...]  # logical names of the kernel's axes, inputs first
+    cfg: ModelConfig
+    in_dims: int = 1
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.cfg
+        in_shape = x.shape[-self.in_dims:]
+        kernel = self.param("kernel", _init(cfg, self.names), (*in_shape, *self.features),
+                            cfg.param_dtype)
+        contract = tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims))
+        y = jax.lax.dot_general(x.astype(cfg.dtype), kernel.astype(cfg.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias_names = self.names[self.in_dims:]
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_names),
+                              self.features, cfg.param_dtype)
+            y = y + bias.astype(cfg.dtype)
+        return y
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        mask: Array,
+        layer_cache: Cache | None = None,
+        cache_index: Array | None = None,
+    ) -> tuple[Array, Cache | None]:
+        cfg = self.cfg
+        heads, kv_heads, dim = cfg.num_attention_heads, cfg.kv_heads, cfg.dims_per_head
+        bias = cfg.attention_bias
+        q = Projection((heads, dim), ("embed", "heads", "head_dim"), cfg, use_bias=bias,
+                       name="q_proj")(x)
+        k = Projection((kv_heads, dim), ("embed", "kv_heads", "head_dim"), cfg, use_bias=bias,
+                       name="k_proj")(x)
+        v = Projection((kv_heads, dim), ("embed", "kv_heads", "head_dim"), cfg, use_bias=bias,
+                       name="v_proj")(x)
+        q = _constrain(q, ("batch", "length", "act_heads", "head_dim"))
+        k = _constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
+        v = _constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
+
+        inv_freq = rope_inv_frequencies(cfg)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+
+        new_cache = None
+        if layer_cache is not None:
+            # Write this call's keys/values at [cache_index, cache_index + len) and attend over
+            # the whole cache; the mask hides slots not yet written.
+            start = (0, cache_index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
+            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
+            new_cache = {"k": k_all, "v": v_all}
+            k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+
+        out = dot_product_attention(q, k, v, mask, cfg.attention_impl)
+        out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
+        out = Projection((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg, in_dims=2,
+                         use_bias=cfg.attention_out_bias, name="o_proj")(out)
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg, width = self.cfg, (self.cfg.intermediate_size,)
+        gate = Projection(width, ("embed", "mlp"), cfg, name="gate_proj")(x)
+        up = Projection(width, ("embed", "mlp"), cfg, name="up_proj")(x)
+        hidden = _constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return Projection((cfg.hidden_size,), ("mlp", "embed"), cfg, name="down_proj")(hidden)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block. Signature fits nn.scan: (carry, *broadcast, scanned)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        mask: Array,
+        layer_cache: Cache | None,
+        cache_index: Array | None,
+    ) -> tuple[Array, Cache | None]:
+        cfg = self.cfg
+        norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.param_dtype)
+        attn_out, new_cache = Attention(cfg, name="self_attn")(
+            norm(name="input_layernorm")(x), positions, mask, layer_cache, cache_index
+        )
+        x = _constrain(x + attn_out, ("batch", "length", "act_embed"))
+        x = x + MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
+        return _constrain(x, ("batch", "length", "act_embed")), new_cache
+
+
+def _block_class(cfg: ModelConfig) -> type[nn.Module]:
+    if cfg.remat == "none":
+        return Block
+    return nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. `__call__` returns float32 logits; `hidden` the final normed states.
+
+    Args of both: tokens [b, l] int; positions [b, l] (default: 0.. per row, continued from the
+    cache index when decoding); segment_ids [b, l] (default all 1; 0 marks padding); extra_mask
+    [b, l, l] bool (training only); cache from `init_cache` for incremental decoding, in which
+    case the updated cache is returned as well.
+    """
+
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            embedding_init=_init(cfg, ("vocab", "embed")),
+        )
+        block = _block_class(cfg)
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                length=cfg.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg)
+        else:
+            self.layers = [block(cfg) for _ in range(cfg.num_hidden_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, cfg.param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Projection((cfg.vocab_size,), ("embed", "vocab"), cfg)
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        extra_mask: Array | None = None,
+        cache: Cache | None = None,
+    ) -> Array | tuple[Array, Cache]:
+        x, new_cache = self.hidden(tokens, positions, segment_ids, extra_mask, cache)
+        if self.cfg.tie_word_embeddings:
+            logits = self.embed_tokens.attend(x)
+        else:
+            logits = self.lm_head(x)
+        logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+        return logits if cache is None else (logits, new_cache)
+
+    def hidden(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        extra_mask: Array | None = None,
+        cache: Cache | None = None,
+    ) -> tuple[Array, Cache | None]:
+        cfg = self.cfg
+        batch, length = tokens.shape
+        start = jnp.zeros((), jnp.int32) if cache is None else cache["index"]
+        q_index = start + jnp.arange(length, dtype=jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(q_index, (batch, length))
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+        if cache is None:
+            k_index, k_segments, layer_caches = q_index, segment_ids, None
+        else:
+            k_segments = jax.lax.dynamic_update_slice(
+                cache["segment_ids"], segment_ids.astype(jnp.int32), (0, start)
+            )
+            k_index = jnp.arange(k_segments.shape[1], dtype=jnp.int32)
+            layer_caches = {"k": cache["k"], "v": cache["v"]}
+        mask = attention_mask(q_index, k_index, segment_ids, k_segments, extra_mask)
+
+        x = self.embed_tokens(tokens.astype(jnp.int32))
+        x = _constrain(x, ("batch", "length", "act_embed"))
+        if cfg.scan_layers:
+            x, new_layer_caches = self.layers(x, positions, mask, layer_caches, start)
+        else:
+            outs = []
+            for i, layer in enumerate(self.layers):
+                layer_cache = None
+                if layer_caches is not None:
+                    layer_cache = {name: c[i] for name, c in layer_caches.items()}
+                x, out = layer(x, positions, mask, layer_cache, start)
+                outs.append(out)
+            new_layer_caches = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *outs)
+        x = self.norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = {**new_layer_caches, "segment_ids": k_segments, "index": start + length}
+        return x, new_cache
+
+
+CACHE_AXES = {
+    "k": ("layers", "batch", "kv_length", "act_kv_heads", "head_dim"),
+    "v": ("layers", "batch", "kv_length", "act_kv_heads", "head_dim"),
+    "segment_ids": ("batch", "kv_length"),
+    "index": (),
+}
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
+    """An empty KV cache for `batch` rows of up to `max_len` tokens (prompt + generation)."""
+    dtype = dtype or cfg.dtype
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.kv_heads, cfg.dims_per_head)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
+        "index": jnp.zeros((), jnp.int32),
+    }

@@ -1,0 +1,39 @@
+"""jaxalign: aligning language models from feedback, in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxalign",
+    version="0.1.0",
+    description="Sharded JAX/Flax training of language models with alignment-from-feedback methods.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jaxalign", "jaxalign.*"]),
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorflow-datasets>=4.9.9",
+        "sentencepiece>=0.2",
+        "protobuf",
+        "tokenizers>=0.21",
+        "safetensors>=0.5",
+        "grain>=0.2.12",
+        "ml_collections>=1.0",
+        "numpy",
+        "tqdm",
+        "tensorboardX",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-xdist",
+            "ruff",
+            "torch==2.13.0",
+            "transformers>=5.0,<6",
+        ],
+    },
+    entry_points={"console_scripts": ["jaxalign=jaxalign.cli:main"]},
+)
