@@ -15,7 +15,7 @@ from jaxalign.models.llama import CACHE_AXES, Transformer, init_cache
 
 __all__ = [
     "CACHE_AXES", "PRESETS", "ModelConfig", "Transformer", "abstract_params", "cache_shardings",
-    "from_dict", "get_preset", "init_cache", "init_params", "param_shardings",
+    "from_dict", "get_preset", "init_cache", "init_params", "param_shapes", "param_shardings",
 ]
 
 
@@ -29,9 +29,14 @@ def abstract_params(cfg: ModelConfig):
     return jax.eval_shape(lambda rng: _boxed_init(cfg, rng), jax.random.key(0))
 
 
+def param_shapes(cfg: ModelConfig):
+    """The plain parameter tree as ShapeDtypeStructs."""
+    return jax.eval_shape(lambda rng: nn.unbox(_boxed_init(cfg, rng)), jax.random.key(0))
+
+
 def param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
     """NamedSharding per parameter, by the logical rules in jaxalign.mesh."""
-    return nn.unbox(mesh_lib.tree_shardings(abstract_params(cfg), mesh))
+    return mesh_lib.tree_shardings(abstract_params(cfg), mesh)
 
 
 def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0) -> Any:

@@ -7,6 +7,7 @@ copy and a researcher reading either file recognises the other.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +67,10 @@ class ModelConfig:
                 raise ValueError(
                     f"rope_scaling type {rope_type!r} is not supported; supported: {ROPE_TYPES}"
                 )
+
+    def __hash__(self) -> int:
+        # rope_scaling is a dict, so the generated hash would fail; configs key jit caches.
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     @property
     def kv_heads(self) -> int:

@@ -315,7 +315,10 @@ class Transformer(nn.Module):
             layer_caches = {"k": cache["k"], "v": cache["v"]}
         mask = attention_mask(q_index, k_index, segment_ids, k_segments, extra_mask)
 
-        x = self.embed_tokens(tokens.astype(jnp.int32))
+        # Gather the table's FSDP shards first (as FSDP does for every weight) so the lookup
+        # is a vocab-parallel gather; XLA otherwise replicates the whole table to reshard.
+        table = _constrain(self.embed_tokens.embedding, ("vocab", None))
+        x = jnp.take(table, tokens.astype(jnp.int32), axis=0).astype(cfg.dtype)
         x = _constrain(x, ("batch", "length", "act_embed"))
         if cfg.scan_layers:
             x, new_layer_caches = self.layers(x, positions, mask, layer_caches, start)

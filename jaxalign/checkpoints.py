@@ -1,0 +1,118 @@
+"""A jaxalign model directory: model config + parameters (orbax) + optional tokenizer.
+
+    DIR/jaxalign_model.json   {"format": "jaxalign-model", "version": 1, "model": {...}}
+    DIR/params/               orbax StandardCheckpointer tree of the parameters
+    DIR/tokenizer/            files the Tokenizer wrote (optional)
+
+This is what `jaxalign import-hf` writes and `jaxalign.load` reads. Parameters are restored
+straight onto the target mesh's shardings, so the mesh used to save and to load may differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+
+from jaxalign import models
+from jaxalign.models.config import ModelConfig
+
+MODEL_FILE = "jaxalign_model.json"
+FORMAT = "jaxalign-model"
+
+
+class CheckpointMismatchError(ValueError):
+    """A saved tree does not fit the configured model."""
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / MODEL_FILE).is_file()
+
+
+def save_model(
+    path: str | os.PathLike, params: Any, cfg: ModelConfig, tokenizer: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes a model directory; writes to a temporary sibling and renames, so a crash or an
+    existing directory never leaves a half-written or clobbered model behind."""
+    path = Path(path).absolute()
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / "params", params)
+    checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "tokenizer")
+        meta = {"format": FORMAT, "version": 1, "model": cfg.to_dict()}
+        (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    return path
+
+
+def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:
+    meta_file = Path(path) / MODEL_FILE
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file}: not a jaxalign model file (format={meta.get('format')!r})")
+    return models.from_dict({**meta["model"], **overrides}, source=str(meta_file))
+
+
+def restore_params(path: str | os.PathLike, cfg: ModelConfig, mesh: Mesh) -> Any:
+    """Restores parameters onto `mesh`; a tree that does not fit `cfg` is a clear error."""
+    params_dir = Path(path).absolute() / "params"
+    target = abstract_params(cfg, mesh)
+    checkpointer = ocp.StandardCheckpointer()
+    saved = checkpointer.metadata(params_dir).item_metadata.tree
+    check_tree_fits(saved, target, str(params_dir))
+    return checkpointer.restore(params_dir, target)
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh) -> Any:
+    """ShapeDtypeStructs carrying the target shardings (what orbax restores into)."""
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        models.param_shapes(cfg), models.param_shardings(cfg, mesh),
+    )
+
+
+def check_tree_fits(saved: Any, target: Any, where: str) -> None:
+    """Names every missing, unexpected or wrongly shaped entry in one error."""
+    saved_flat = _flatten(saved)
+    target_flat = _flatten(target)
+    problems = []
+    for key in sorted(set(target_flat) - set(saved_flat)):
+        problems.append(f"missing {key} {tuple(target_flat[key].shape)}")
+    for key in sorted(set(saved_flat) - set(target_flat)):
+        problems.append(f"unexpected {key}")
+    for key in sorted(set(saved_flat) & set(target_flat)):
+        got, want = tuple(saved_flat[key].shape), tuple(target_flat[key].shape)
+        if got != want:
+            problems.append(f"{key}: saved shape {got}, model expects {want}")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... ({len(problems)} in all)" if len(problems) > 10 else "")
+        raise CheckpointMismatchError(f"{where} does not fit the configured model: {shown}")
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
