@@ -37,6 +37,7 @@ class ModelConfig:
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
+    eos_token_ids: tuple[int, ...] | None = None  # every stop id when HF lists several (Llama 3.1)
     pad_token_id: int | None = None
     # Execution options: they change speed and memory, never the function computed.
     param_dtype: str = "float32"

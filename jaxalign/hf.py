@@ -1,0 +1,417 @@
+"""Hugging Face interop for LLaMA-family checkpoints: config.json + safetensors, in and out.
+
+Import builds every parameter directly in its shards: each device's callback reads only its own
+slice from the memory-mapped safetensors files (one layer at a time for scanned layers), so a
+70B checkpoint is never whole on one host. Export gathers one tensor at a time to the host and
+writes safetensors shards of at most `max_shard_bytes`, into a temporary directory that is
+renamed into place at the end, so a crash never leaves half a checkpoint.
+
+`_tensor_table` is the one place that names HF tensors and says how their layout maps to ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from jaxalign import models
+from jaxalign.models.config import ModelConfig
+
+SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+_IGNORED_SUFFIX = "rotary_emb.inv_freq"  # a buffer old transformers saved; recomputed from config
+
+
+class HFCheckpointError(ValueError):
+    """A Hugging Face config or checkpoint that jaxalign cannot read faithfully."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """One HF tensor. Our axes, grouped, give the HF axes: a group of two is a flattened
+    (heads, head_dim). Our axis j is axis perm[j] of the HF tensor with its groups split."""
+
+    name: str  # "{i}" stands for the layer index
+    groups: tuple[tuple[int, ...], ...]
+    perm: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(math.prod(g) for g in self.groups)
+
+    @property
+    def our_shape(self) -> tuple[int, ...]:
+        split = [n for g in self.groups for n in g]
+        return tuple(split[p] for p in self.perm)
+
+
+def _tensor_table(cfg: ModelConfig) -> dict[tuple[str, ...], _Tensor]:
+    """Our parameter path ("layers", ... for entries of every layer) -> HF tensor and layout."""
+    h, m, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    q, kv = (cfg.num_attention_heads, cfg.dims_per_head), (cfg.kv_heads, cfg.dims_per_head)
+    vec = lambda name, n: _Tensor(name, ((n,),), (0,))  # noqa: E731
+    linear = lambda name, n_in, n_out: _Tensor(name, ((n_out,), (n_in,)), (1, 0))  # noqa: E731
+    L, A = "model.layers.{i}.", "model.layers.{i}.self_attn."  # noqa: N806
+    table = {
+        ("embed_tokens", "embedding"): _Tensor("model.embed_tokens.weight", ((v,), (h,)), (0, 1)),
+        ("norm", "scale"): vec("model.norm.weight", h),
+        ("layers", "input_layernorm", "scale"): vec(L + "input_layernorm.weight", h),
+        ("layers", "post_attention_layernorm", "scale"): vec(L + "post_attention_layernorm.weight", h),
+        # Linear weights are [out, in]; q/k/v's out is (heads, head_dim) flat, o's in likewise.
+        ("layers", "self_attn", "q_proj", "kernel"): _Tensor(A + "q_proj.weight", (q, (h,)), (2, 0, 1)),
+        ("layers", "self_attn", "k_proj", "kernel"): _Tensor(A + "k_proj.weight", (kv, (h,)), (2, 0, 1)),
+        ("layers", "self_attn", "v_proj", "kernel"): _Tensor(A + "v_proj.weight", (kv, (h,)), (2, 0, 1)),
+        ("layers", "self_attn", "o_proj", "kernel"): _Tensor(A + "o_proj.weight", ((h,), q), (1, 2, 0)),
+        ("layers", "mlp", "gate_proj", "kernel"): linear(L + "mlp.gate_proj.weight", h, m),
+        ("layers", "mlp", "up_proj", "kernel"): linear(L + "mlp.up_proj.weight", h, m),
+        ("layers", "mlp", "down_proj", "kernel"): linear(L + "mlp.down_proj.weight", m, h),
+    }
+    if cfg.attention_bias:
+        for proj, shape in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            table["layers", "self_attn", proj, "bias"] = _Tensor(A + f"{proj}.bias", (shape,), (0, 1))
+    if cfg.attention_out_bias:
+        table["layers", "self_attn", "o_proj", "bias"] = vec(A + "o_proj.bias", h)
+    if not cfg.tie_word_embeddings:
+        table["lm_head", "kernel"] = linear("lm_head.weight", h, v)
+    return table
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig:
+    """A ModelConfig from an HF config.json (a dict, the file, or its directory)."""
+    d, where = _read_config(source)
+    archs = d.get("architectures") or [a for a, t in _ARCHITECTURES.items() if t == d.get("model_type")][:1]
+    if len(archs) != 1 or archs[0] not in _ARCHITECTURES:
+        raise HFCheckpointError(
+            f"{where}: architectures={archs} is not supported; supported: {list(_ARCHITECTURES)}")
+    family = _ARCHITECTURES[archs[0]]
+
+    def reject(field: str, why: str) -> None:
+        raise HFCheckpointError(f"{where}: {field}={d.get(field)!r} is not supported ({why})")
+
+    if d.get("hidden_act", "silu") not in ("silu", "swish"):
+        reject("hidden_act", "jaxalign's MLP is SwiGLU")
+    if d.get("mlp_bias"):
+        reject("mlp_bias", "jaxalign's MLP has no biases")
+    max_pos = d.get("max_position_embeddings", 4096)
+    if family == "mistral" and d.get("sliding_window") is not None and d["sliding_window"] < max_pos:
+        reject("sliding_window", "sliding-window attention is not implemented; it must be null")
+    if family == "qwen2" and d.get("use_sliding_window") and d.get("max_window_layers", 28) < d.get(
+            "num_hidden_layers", 0):
+        reject("use_sliding_window", "sliding-window attention is not implemented")
+    if any(t != "full_attention" for t in d.get("layer_types") or []):
+        reject("layer_types", "only full attention is implemented")
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads"):
+        if field not in d:
+            raise HFCheckpointError(f"{where}: required field {field!r} is missing")
+
+    # transformers 5 keeps rope_theta inside rope_parameters; older files have rope_scaling.
+    rope_field = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
+    rope = dict(d.get(rope_field) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise HFCheckpointError(f"{where}: {rope_field}.partial_rotary_factor must be 1.0")
+    if rope_type == "default":
+        scaling = None
+    elif rope_type == "linear":
+        scaling = {"rope_type": "linear", "factor": float(rope["factor"])}
+    elif rope_type == "llama3":
+        scaling = {"rope_type": "llama3", "factor": float(rope["factor"]),
+                   "low_freq_factor": float(rope["low_freq_factor"]),
+                   "high_freq_factor": float(rope["high_freq_factor"]),
+                   "original_max_position_embeddings":
+                       int(rope.get("original_max_position_embeddings", max_pos))}
+    else:
+        raise HFCheckpointError(f"{where}: {rope_field} rope type {rope_type!r} is not supported; "
+                                "supported: default, linear, llama3")
+
+    heads, hidden = d["num_attention_heads"], d["hidden_size"]
+    head_dim = d.get("head_dim")
+    eos = d.get("eos_token_id")
+    eos_list = list(eos) if isinstance(eos, list) else None
+    values = dict(
+        vocab_size=d["vocab_size"], hidden_size=hidden, intermediate_size=d["intermediate_size"],
+        num_hidden_layers=d["num_hidden_layers"], num_attention_heads=heads,
+        num_key_value_heads=d.get("num_key_value_heads") or heads,
+        head_dim=None if head_dim in (None, hidden // heads) else head_dim,
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
+        rope_scaling=scaling, max_position_embeddings=max_pos,
+        # LLaMA's attention_bias puts biases on q, k, v and o; Qwen2 has them on q, k, v only.
+        attention_bias=family == "qwen2" or bool(d.get("attention_bias", False)),
+        attention_out_bias=family == "llama" and bool(d.get("attention_bias", False)),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        initializer_range=d.get("initializer_range", 0.02),
+        bos_token_id=d.get("bos_token_id"), eos_token_id=eos_list[0] if eos_list else eos,
+        pad_token_id=d.get("pad_token_id"),
+    )
+    if eos_list:  # all stop ids, kept for generation_config.json
+        values["eos_token_ids"] = tuple(eos_list)
+    return models.from_dict(values, source=where)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json we export: LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v-only biases."""
+    if cfg.attention_out_bias and not cfg.attention_bias:
+        raise HFCheckpointError("an o_proj bias without q/k/v biases has no Hugging Face architecture")
+    qwen2 = cfg.attention_bias and not cfg.attention_out_bias
+    scaling = dict(cfg.rope_scaling or {})
+    rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
+    eos = list(cfg.eos_token_ids or []) or cfg.eos_token_id
+    out = {
+        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+        "model_type": "qwen2" if qwen2 else "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.dims_per_head, "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        # transformers 5 reads rope_parameters; rope_theta + rope_scaling serve older versions.
+        "rope_parameters": {"rope_type": rope_type, "rope_theta": cfg.rope_theta, **scaling},
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": {"rope_type": rope_type, **scaling} if scaling else None,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "initializer_range": cfg.initializer_range,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "pad_token_id": cfg.pad_token_id,
+        "attention_dropout": 0.0, "use_cache": True,
+    }
+    if qwen2:
+        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_hidden_layers)
+    else:
+        out.update(attention_bias=cfg.attention_bias, mlp_bias=False)
+    return out
+
+
+def _read_config(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dict[str, Any], str]:
+    if isinstance(source, Mapping):
+        return dict(source), "HF config"
+    path = Path(source)
+    path = path / "config.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no Hugging Face config.json")
+    return json.loads(path.read_text()), str(path)
+
+
+# ---------------------------------------------------------------------------------- import
+
+
+def _read_slice(handle: Any, name: str, index: tuple[slice, ...]) -> np.ndarray:
+    """The one place that reads tensor data: only `index` of tensor `name` (tests wrap it)."""
+    return handle.get_slice(name)[index]
+
+
+def _read_block(handle: Any, t: _Tensor, layer: int, index: tuple[slice, ...]) -> np.ndarray:
+    """Our-layout block `index` of tensor t, reading the HF rows it needs and no more."""
+    u = [slice(None)] * len(t.perm)  # our index, expressed over the split HF axes
+    for ours, s in zip(t.perm, index, strict=True):
+        u[ours] = s
+    hf_index, block_shape, inner, k = [], [], [], 0
+    for group in t.groups:
+        # Outer axis of a group slices the flattened HF axis; inner axes are read whole, then cut.
+        stride = math.prod(group[1:])
+        hf_index.append(slice(u[k].start * stride, u[k].stop * stride))
+        block_shape += [u[k].stop - u[k].start, *group[1:]]
+        inner += [slice(None), *u[k + 1:k + len(group)]]
+        k += len(group)
+    block = _read_slice(handle, t.name.format(i=layer), tuple(hf_index))
+    return np.asarray(block).reshape(block_shape)[tuple(inner)].transpose(t.perm)
+
+
+def import_checkpoint(
+    path: str | os.PathLike, mesh: Mesh, **config_overrides: Any
+) -> tuple[ModelConfig, Any]:
+    """Reads an HF directory (config.json + safetensors) straight into sharded parameters."""
+    path = Path(path)
+    cfg = config_from_hf(path)
+    cfg = cfg.replace(**config_overrides) if config_overrides else cfg
+    table = _tensor_table(cfg)
+    shardings = models.param_shardings(cfg, mesh)
+    dtype = jnp.dtype(cfg.param_dtype)
+    with contextlib.ExitStack() as stack:
+        where = _locate_tensors(path)
+        handles = {f: stack.enter_context(safe_open(path / f, framework="numpy"))
+                   for f in sorted(set(where.values()))}
+        expected = {t.name.format(i=i): t for key, t in table.items()
+                    for i in (range(cfg.num_hidden_layers) if key[0] == "layers" else [0])}
+        _check_tensors(path, expected, where, handles)
+
+        def build(key_path: tuple[Any, ...], sharding: Any) -> jax.Array:
+            keys = tuple(k.key for k in key_path)
+            stacked = keys[0] == "layers"  # scanned: a leading [num_layers] axis
+            layer = int(keys[0][len("layers_"):]) if keys[0].startswith("layers_") else 0
+            t = table[("layers", *keys[1:])] if keys[0].startswith("layers") else table[keys]
+            shape = (cfg.num_hidden_layers, *t.our_shape) if stacked else t.our_shape
+
+            def read(i: int, index: tuple[slice, ...]) -> np.ndarray:
+                return _read_block(handles[where[t.name.format(i=i)]], t, i, index)
+
+            def callback(index: tuple[slice, ...]) -> np.ndarray:
+                index = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape, strict=True))
+                if stacked:  # layer by layer, so only this device's slice of each layer is read
+                    layers = range(index[0].start, index[0].stop)
+                    return np.stack([read(i, index[1:]) for i in layers]).astype(dtype)
+                return read(layer, index).astype(dtype)
+
+            return jax.make_array_from_callback(shape, sharding, callback)
+
+        params = jax.tree_util.tree_map_with_path(build, shardings)
+    return cfg, params
+
+
+def _locate_tensors(path: Path) -> dict[str, str]:
+    """Tensor name -> the file holding it, from the files' own headers (and the index, if any)."""
+    index = json.loads((path / INDEX_FILE).read_text())["weight_map"] if (path / INDEX_FILE).is_file() else {}
+    files = sorted(set(index.values())) if index else [SINGLE_FILE]
+    where = {}
+    for f in files:
+        if not (path / f).is_file():
+            raise FileNotFoundError(f"{path}: no {f} (only safetensors checkpoints are read)")
+        with safe_open(path / f, framework="numpy") as handle:
+            where.update((name, f) for name in handle.keys())  # noqa: SIM118 (not a dict)
+    for name, f in index.items():
+        if where.get(name) != f:
+            raise HFCheckpointError(f"{path / INDEX_FILE} maps tensor {name!r} to {f}, which lacks it")
+    return where
+
+
+def _check_tensors(path: Path, expected: dict[str, _Tensor], where: dict[str, str], handles: dict) -> None:
+    for name, t in expected.items():
+        if name not in where:
+            raise HFCheckpointError(f"{path}: tensor {name!r} is missing from the checkpoint")
+        shape = tuple(handles[where[name]].get_slice(name).get_shape())
+        if shape != t.shape:
+            raise HFCheckpointError(
+                f"{path / where[name]}: tensor {name!r} has shape {list(shape)}, but config.json "
+                f"implies {list(t.shape)}"
+            )
+    for name, f in where.items():
+        if name not in expected and not name.endswith(_IGNORED_SUFFIX):
+            hint = " (config.json says tie_word_embeddings=true)" if name == "lm_head.weight" else ""
+            raise HFCheckpointError(f"{path / f}: unexpected tensor {name!r}{hint}")
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+def export_checkpoint(
+    params: Any, cfg: ModelConfig, out_dir: str | os.PathLike, tokenizer: Any = None,
+    max_shard_bytes: int = 2**30, dtype: str | None = None, overwrite: bool = False,
+) -> Path:
+    """Writes an HF directory that transformers.AutoModelForCausalLM.from_pretrained loads.
+
+    Every process must call this (the gathers are collective); only process 0 writes. A
+    non-empty `out_dir` is replaced only with overwrite=True, and only once the new checkpoint
+    is complete: files go to a temporary sibling directory that is renamed at the end.
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    np_dtype = jnp.dtype(dtype or cfg.param_dtype)
+    shards = _plan_shards(cfg, np_dtype.itemsize, max_shard_bytes)
+    files = [SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    writer = jax.process_index() == 0
+    if writer:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()  # not tempfile.mkdtemp: its 0o700 mode would stick to the result
+    try:
+        weight_map, total = {}, 0
+        for file, shard in zip(files, shards, strict=True):
+            tensors = {}  # at most one shard (max_shard_bytes) on the host at a time
+            for name, t, key, layer in shard:
+                ours = _to_host(_get(params, key, layer, cfg.scan_layers))
+                hf = np.transpose(ours, np.argsort(t.perm)).reshape(t.shape)  # inverse of import
+                tensors[name] = np.ascontiguousarray(hf.astype(np_dtype))
+                weight_map[name], total = file, total + tensors[name].nbytes
+            if writer:
+                save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        if writer:
+            _write_metadata(tmp, cfg, np_dtype, tokenizer, {"total_size": total}, weight_map, len(files))
+            old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
+            if old is not None:
+                out.rename(old)
+            tmp.rename(out)
+            if old is not None:  # removed only once the new checkpoint is in place
+                shutil.rmtree(old)
+    except BaseException:
+        if writer and tmp.exists():
+            shutil.rmtree(tmp)
+        raise
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxalign.hf.export_checkpoint")
+    return out
+
+
+def _plan_shards(cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[tuple]]:
+    """(name, tensor, param key, layer) in HF's order, cut into files of at most max_bytes
+    (a single larger tensor gets a file of its own). Planned from shapes alone, so file names
+    can say "of N" before anything is gathered."""
+    entries = [(t.name.format(i=i), t, key, i) for key, t in _tensor_table(cfg).items()
+               for i in (range(cfg.num_hidden_layers) if key[0] == "layers" else [0])]
+    layer_of = lambda name: int(name.split(".")[2]) if name.startswith("model.layers.") else -1  # noqa: E731
+    entries.sort(key=lambda e: ("embed_tokens" not in e[0], layer_of(e[0]) == -1, layer_of(e[0]), e[0]))
+    shards: list[list[tuple]] = [[]]
+    size = 0
+    for entry in entries:
+        nbytes = math.prod(entry[1].shape) * itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards
+
+
+def _write_metadata(
+    tmp: Path, cfg: ModelConfig, np_dtype: Any, tokenizer: Any, metadata: dict, weight_map: dict,
+    num_files: int,
+) -> None:
+    if num_files > 1:
+        _write_json(tmp / INDEX_FILE, {"metadata": metadata, "weight_map": weight_map})
+    config = config_to_hf(cfg)
+    config.update(dtype=np_dtype.name, torch_dtype=np_dtype.name)  # transformers 5 and 4
+    _write_json(tmp / "config.json", config)
+    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    _write_json(tmp / "generation_config.json", generation)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+
+
+def _get(params: Any, key: tuple[str, ...], layer: int, scanned: bool) -> jax.Array:
+    """Our parameter for table key `key` (one layer of it for per-layer keys)."""
+    per_layer = key[0] == "layers"
+    node = params[f"layers_{layer}" if per_layer and not scanned else key[0]]
+    for k in key[1:]:
+        node = node[k]
+    return node[layer] if per_layer and scanned else node
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
