@@ -76,8 +76,12 @@ class LM:
 
     def save_hf(self, path: str | os.PathLike, dtype: str | None = None, overwrite: bool = False) -> Path:
         """A Hugging Face directory that transformers.AutoModelForCausalLM loads."""
+        cfg = self.cfg
+        if self.tokenizer is not None and cfg.pad_token_id is None:
+            # Trained tokenizers have a real pad id; HF's generate wants it in the config.
+            cfg = cfg.replace(pad_token_id=self.tokenizer.pad_id)
         return hf.export_checkpoint(
-            self.params, self.cfg, path, tokenizer=self.tokenizer, dtype=dtype, overwrite=overwrite
+            self.params, cfg, path, tokenizer=self.tokenizer, dtype=dtype, overwrite=overwrite
         )
 
 
