@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"
     args = _parser().parse_args(argv)
     try:
         return _run(args)
@@ -69,13 +70,16 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here so `jaxalign --help` answers without initialising JAX.
     from jaxalign import api
     from jaxalign.data.tokenizer import demo_tokenizer
+    from jaxalign.models import get_preset
 
     if args.command == "generate":
         if args.checkpoint:
             lm = api.load(args.checkpoint, mesh=args.mesh)
         else:
+            # A random model sized to the bundled demo tokenizer, so every id decodes.
             tokenizer = demo_tokenizer()
-            lm = api.init(args.preset, mesh=args.mesh, tokenizer=tokenizer)
+            cfg = get_preset(args.preset, vocab_size=tokenizer.vocab_size)
+            lm = api.init(cfg, mesh=args.mesh, tokenizer=tokenizer)
         outputs = lm.generate(
             args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed,
