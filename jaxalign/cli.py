@@ -48,16 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true")
     _add_mesh(exp)
 
-    bench = commands.add_parser("bench", help="speed of training, forward and generation",
-                                add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    # bench parses its own flags (jaxalign.bench.main), so they are passed through unparsed.
+    commands.add_parser("bench", help="speed of training, forward and generation", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.bench_args = extra
     try:
         return _run(args)
     except USER_ERRORS as e:

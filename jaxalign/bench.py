@@ -1,0 +1,498 @@
+"""`jaxalign bench`: training, forward and generation speed, next to the same model in PyTorch.
+
+Everything is measured in one process and one run, on the devices present:
+
+    matmul peak   a large matmul (2048^2 float32 on CPU, 8192^2 bfloat16 on GPU/TPU);
+                  FLOP/s = 2 n^3 / t. On CPU this is the "peak" MFU is measured against. It is
+                  measured at the start and again at the end of the run and the higher of the
+                  two kept: a shared machine that was busy for one of them would otherwise
+                  deflate the peak and inflate every MFU (a note flags a >20% disagreement).
+    train         one jitted AdamW step on next-token cross-entropy over random tokens, with
+                  in/out shardings and donated params + optimizer state. tokens = batch * seq.
+    forward       jitted logits only, same batch and length.
+    generate      jaxalign.sample.generate, greedy, every row runs all --gen-new-tokens (the
+                  EOS id is -1, which no model produces), with and without the KV cache.
+                  tokens/s counts new tokens only: gen_batch * new_tokens / seconds.
+                  Prefill = the time of a generate call with max_new_tokens=1 (prompt forward
+                  plus one sampled token); one decode step = (total - prefill) / (new - 1);
+                  decode tokens/s = gen_batch / decode step. Both include the host round trip
+                  that a user of generate pays. (generate rounds the new-token count up to a
+                  power-of-two bucket, at least 16, so the prefill call's cache is a little
+                  shorter than the full call's; the no-cache path recomputes the whole
+                  prompt + bucket buffer every step.)
+    torch         Hugging Face LlamaForCausalLM with the same shape: an AdamW train step,
+                  forward under no_grad and greedy `model.generate` with the KV cache.
+
+Every timing is the median of --steps repeats after one warm-up call (compilation), each
+repeat ending in block_until_ready (or torch.cuda.synchronize).
+
+MFU follows docs/architecture.md: model FLOPs per token = 6 N + 12 L H Dh S / 2, with N every
+weight except the input embedding table (the unembedding counted once, tied or not), divided by
+the peak: the measured matmul FLOP/s times the number of devices (on CPU the virtual devices
+share the same cores, so there the peak is the single measurement). The torch MFU uses the same
+FLOP count and the same peak, so the two are directly comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxalign import mesh as mesh_lib
+from jaxalign import models
+from jaxalign.models import ModelConfig, Transformer
+
+REQUIRED_KEYS = (
+    "matmul_peak_flops", "train_tokens_per_s", "train_mfu", "torch_train_tokens_per_s",
+    "generate_tokens_per_s", "generate_nocache_tokens_per_s", "torch_generate_tokens_per_s",
+    "forward_tokens_per_s", "torch_forward_tokens_per_s", "device_kind", "bench_config",
+    "jax_version", "torch_version",
+)
+
+# Defaults per platform: on 2 CPU cores each phase takes a few seconds with the "small" preset.
+_DEFAULTS = {
+    "cpu": dict(batch=8, seq_len=256, gen_batch=8, gen_prompt_len=64, gen_new_tokens=32,
+                dtype="float32", matmul_n=2048),
+    "accel": dict(batch=8, seq_len=2048, gen_batch=16, gen_prompt_len=128, gen_new_tokens=128,
+                  dtype="bfloat16", matmul_n=8192),
+}
+
+
+def _log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs and timing
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
+    """Model FLOPs per token (architecture.md): 6 N + 12 L H Dh S / 2 for a training step.
+
+    N counts every weight except the input embedding table; the unembedding (lm_head, or the
+    tied table) is counted once. The attention term is causal, so halved, as MaxText reports.
+    With training=False it is the forward pass alone, a third: 2 N + 4 L H Dh S / 2.
+    """
+    n = cfg.num_params(include_embeddings=False) + cfg.vocab_size * cfg.hidden_size
+    attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.dims_per_head * seq_len / 2
+    total = 6 * n + attention
+    return float(total if training else total / 3)
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of fn() over `repeats` calls after one warm-up; fn must block."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_flops(n: int, dtype: str, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matmul on the first device: 2 n^3 / median time."""
+    device = jax.devices()[0]
+    keys = jax.random.split(jax.random.key(0), 2)
+    a, b = (jax.device_put(jax.random.normal(k, (n, n), dtype), device) for k in keys)
+    matmul = jax.jit(jnp.matmul)
+    # A small matmul on a GPU finishes in about a millisecond, so dispatch several back to back
+    # and divide; on CPU one call is already long enough.
+    inner = 1 if device.platform == "cpu" else 10
+
+    def run() -> None:
+        out = None
+        for _ in range(inner):
+            out = matmul(a, b)
+        out.block_until_ready()
+
+    return 2 * n**3 * inner / _median_time(run, max(repeats, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX: train step, forward, generation
+
+
+def _next_token_loss(cfg: ModelConfig, params: Any, tokens: jax.Array) -> jax.Array:
+    logits = Transformer(cfg).apply({"params": params}, tokens[:, :-1])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
+
+
+def bench_train(cfg: ModelConfig, mesh: jax.sharding.Mesh, tokens: np.ndarray, steps: int):
+    """Seconds per AdamW step on `tokens` [batch, seq + 1]; returns (seconds, loss, params)."""
+    tx = optax.adamw(1e-4, weight_decay=0.1)
+    param_sh = models.param_shardings(cfg, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    # Adam's moments mirror the parameters, so they take the parameters' shardings.
+    opt_sh = optax.tree_utils.tree_map_params(
+        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, models.param_shapes(cfg)),
+        param_sh, transform_non_params=lambda _: replicated,
+    )
+    token_sh = mesh_lib.logical_sharding(("batch", "length"), tokens.shape, mesh)
+
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(lambda p: _next_token_loss(cfg, p, batch))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    train_step = jax.jit(step, in_shardings=(param_sh, opt_sh, token_sh),
+                         out_shardings=(param_sh, opt_sh, replicated), donate_argnums=(0, 1))
+    with mesh_lib.use(mesh):
+        params = models.init_params(cfg, mesh, seed=0)
+        state = {"params": params, "opt": jax.jit(tx.init, out_shardings=opt_sh)(params)}
+        batch = jax.device_put(tokens, token_sh)
+
+        def run() -> None:
+            state["params"], state["opt"], state["loss"] = train_step(state["params"], state["opt"], batch)
+            jax.block_until_ready(state["loss"])
+
+        seconds = _median_time(run, steps)
+    return seconds, float(state["loss"]), state["params"]
+
+
+def bench_forward(cfg: ModelConfig, mesh: jax.sharding.Mesh, params: Any, tokens: np.ndarray,
+                  steps: int) -> float:
+    """Median seconds of one jitted forward pass (float32 logits) over `tokens` [batch, seq]."""
+    token_sh = mesh_lib.logical_sharding(("batch", "length"), tokens.shape, mesh)
+    forward = jax.jit(lambda p, t: Transformer(cfg).apply({"params": p}, t),
+                      in_shardings=(models.param_shardings(cfg, mesh), token_sh))
+    with mesh_lib.use(mesh):
+        batch = jax.device_put(tokens, token_sh)
+        return _median_time(lambda: forward(params, batch).block_until_ready(), steps)
+
+
+def bench_generate(cfg: ModelConfig, mesh: jax.sharding.Mesh, params: Any, prompts: list[list[int]],
+                   new_tokens: int, steps: int, use_cache: bool) -> float:
+    """Median seconds of one greedy generate call producing `new_tokens` for every prompt."""
+    from jaxalign import sample  # written alongside; imported late so the FLOPs helper stands alone
+
+    def run() -> None:
+        out = sample.generate(params, cfg, prompts, mesh=mesh, max_new_tokens=new_tokens,
+                              temperature=0.0, eos_id=-1, use_cache=use_cache)
+        lengths = {len(row) for row in out}
+        if lengths != {new_tokens}:
+            raise RuntimeError(f"generate returned rows of lengths {sorted(lengths)}, "
+                               f"expected all {new_tokens} (eos_id=-1 must never stop a row)")
+
+    return _median_time(run, steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch / Hugging Face
+
+
+def _hf_config(cfg: ModelConfig):
+    """The transformers config of the same model, through the exporter's own mapping."""
+    import transformers
+
+    from jaxalign.hf import config_to_hf
+
+    hf_cfg = dict(config_to_hf(cfg))  # a config.json dict
+    return transformers.AutoConfig.for_model(hf_cfg.pop("model_type"), **hf_cfg)
+
+
+def bench_torch(cfg: ModelConfig, tokens: np.ndarray, prompts: np.ndarray, new_tokens: int,
+                steps: int, bf16: bool, notes: list[str]) -> dict[str, float | None]:
+    """Train step, forward and generate times of the same model in transformers on PyTorch."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() and jax.devices()[0].platform == "gpu" else "cpu"
+
+    # Same mixed precision as the JAX side: float32 weights, bfloat16 matmuls on accelerators.
+    def autocast() -> contextlib.AbstractContextManager:
+        if bf16 and device == "cuda":
+            return torch.autocast(device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    model = transformers.AutoModelForCausalLM.from_config(_hf_config(cfg)).float().to(device)
+    model.generation_config.eos_token_id = None  # every row runs the full length
+    model.generation_config.pad_token_id = 0
+
+    def timed(fn: Callable[[], Any]) -> float:
+        def run() -> None:
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return _median_time(run, steps)
+
+    batch = torch.as_tensor(tokens, dtype=torch.long, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+
+    def train_step() -> None:
+        with autocast():
+            logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    out: dict[str, float | None] = {"torch_train_step_s": timed(train_step)}
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad(), autocast():
+            _ = model(input_ids=batch[:, :-1]).logits
+
+    out["torch_forward_s"] = timed(forward)
+
+    prompt_ids = torch.as_tensor(prompts, dtype=torch.long, device=device)
+    mask = torch.ones_like(prompt_ids)
+
+    def generate(n: int) -> None:
+        with torch.no_grad(), autocast():
+            result = model.generate(input_ids=prompt_ids, attention_mask=mask, max_new_tokens=n,
+                                    do_sample=False, use_cache=True)
+        if result.shape[1] != prompt_ids.shape[1] + n:
+            raise RuntimeError(f"torch generate stopped early: {result.shape[1] - prompt_ids.shape[1]} "
+                               f"of {n} new tokens")
+
+    out["torch_generate_s"] = timed(lambda: generate(new_tokens))
+    out["torch_generate_prefill_s"] = timed(lambda: generate(1)) if new_tokens > 1 else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxalign bench", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--preset", "--config", dest="preset", default="small",
+                   help="model preset (jaxalign.models.PRESETS), default small")
+    p.add_argument("--batch", type=int, help="train/forward batch (default 8)")
+    p.add_argument("--seq-len", type=int, help="train/forward tokens per row (256 CPU, 2048 GPU)")
+    p.add_argument("--steps", type=int, default=10, help="timed repeats per phase (median)")
+    p.add_argument("--mesh", default="dp:1,fsdp:-1,tp:1", help="device mesh spec")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="compute dtype (default float32 on CPU, bfloat16 on accelerators)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--gen-batch", type=int, help="generation batch (8 CPU, 16 GPU)")
+    p.add_argument("--gen-prompt-len", type=int, help="prompt tokens per row (64 CPU, 128 GPU)")
+    p.add_argument("--gen-new-tokens", type=int, help="new tokens per row (32 CPU, 128 GPU)")
+    return p
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs every phase and returns the flat result dict (see REQUIRED_KEYS)."""
+    start = time.perf_counter()
+    # Other work on the host skews every timing; the 1-minute load goes into the result as a hint
+    # (it also counts work that just finished, such as a previous bench).
+    load_start = os.getloadavg()[0]
+    platform = jax.devices()[0].platform
+    defaults = _DEFAULTS["cpu" if platform == "cpu" else "accel"]
+    pick = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v
+            for k, v in defaults.items()}
+    batch, seq_len, steps = pick["batch"], pick["seq_len"], args.steps
+    gen_batch, prompt_len, new_tokens = pick["gen_batch"], pick["gen_prompt_len"], pick["gen_new_tokens"]
+    for name, value in [("batch", batch), ("seq-len", seq_len), ("steps", steps),
+                        ("gen-batch", gen_batch), ("gen-prompt-len", prompt_len),
+                        ("gen-new-tokens", new_tokens)]:
+        if value < 1:
+            raise ValueError(f"bench: --{name} must be positive, got {value}")
+    cfg = models.get_preset(args.preset, dtype=pick["dtype"])
+    mesh = mesh_lib.make_mesh(args.mesh)
+    notes: list[str] = []
+    num_devices = mesh.devices.size
+    # Virtual CPU devices share the host's cores; real accelerators each bring their own peak.
+    peak_devices = 1 if platform == "cpu" else num_devices
+
+    rng = np.random.default_rng(0)
+    # Ids from 3 up avoid pad/bos/eos, so nothing special happens to any token.
+    tokens = rng.integers(3, cfg.vocab_size, size=(batch, seq_len + 1), dtype=np.int32)
+    prompts = rng.integers(3, cfg.vocab_size, size=(gen_batch, prompt_len), dtype=np.int32)
+
+    matmul_dtype = "float32" if pick["dtype"] == "float32" else "bfloat16"
+    _log(f"{platform} x{num_devices}, preset {args.preset} ({cfg.num_params():,} params), "
+         f"matmul {pick['matmul_n']}^2 {matmul_dtype}")
+    peak_start = matmul_peak_flops(pick["matmul_n"], matmul_dtype)
+    train_flops = flops_per_token(cfg, seq_len)
+    forward_flops = flops_per_token(cfg, seq_len, training=False)
+
+    _log(f"train step: batch {batch} x {seq_len}")
+    train_s, loss, params = bench_train(cfg, mesh, tokens, steps)
+    _log("forward")
+    forward_s = bench_forward(cfg, mesh, params, tokens[:, :-1], steps)
+    _log(f"generate: {gen_batch} prompts x {prompt_len} tokens, {new_tokens} new")
+    prompt_list = prompts.tolist()
+    gen_s = bench_generate(cfg, mesh, params, prompt_list, new_tokens, steps, use_cache=True)
+    prefill_s = (bench_generate(cfg, mesh, params, prompt_list, 1, steps, use_cache=True)
+                 if new_tokens > 1 else None)
+    _log("generate without KV cache")
+    nocache_s = bench_generate(cfg, mesh, params, prompt_list, new_tokens, steps, use_cache=False)
+    del params
+
+    torch_version = transformers_version = None
+    torch_out: dict[str, float | None] = dict.fromkeys(
+        ["torch_train_step_s", "torch_forward_s", "torch_generate_s", "torch_generate_prefill_s"])
+    if args.no_torch:
+        notes.append("torch skipped: --no-torch")
+    else:
+        try:
+            import torch
+            import transformers
+        except ImportError as e:
+            notes.append(f"torch skipped: {e}")
+        else:
+            torch_version, transformers_version = torch.__version__, transformers.__version__
+            _log(f"torch {torch_version} / transformers {transformers_version}")
+            torch_out = bench_torch(cfg, tokens, prompts, new_tokens, steps,
+                                    bf16=pick["dtype"] == "bfloat16", notes=notes)
+    _log("matmul peak, again")
+    peak_end = matmul_peak_flops(pick["matmul_n"], matmul_dtype)
+    peak = max(peak_start, peak_end)
+    peak_total = peak * peak_devices
+    if min(peak_start, peak_end) < 0.8 * peak:
+        notes.append(f"matmul peak changed during the run ({peak_start / 1e9:.1f} -> "
+                     f"{peak_end / 1e9:.1f} GFLOP/s): the machine was busy, timings are noisy")
+
+    train_tps = batch * seq_len / train_s
+    forward_tps = batch * seq_len / forward_s
+    gen_tps = gen_batch * new_tokens / gen_s
+    t = torch_out
+
+    def per_s(tokens_per_call: int, seconds: float | None) -> float | None:
+        return None if seconds is None else tokens_per_call / seconds
+
+    def decode_step(total: float | None, prefill: float | None) -> float | None:
+        return None if total is None or prefill is None else (total - prefill) / (new_tokens - 1)
+
+    torch_train_tps = per_s(batch * seq_len, t["torch_train_step_s"])
+    torch_forward_tps = per_s(batch * seq_len, t["torch_forward_s"])
+    torch_gen_tps = per_s(gen_batch * new_tokens, t["torch_generate_s"])
+    decode_s = decode_step(gen_s, prefill_s)
+    torch_decode_s = decode_step(t["torch_generate_s"], t["torch_generate_prefill_s"])
+    mfu = lambda flops, tps: None if tps is None else flops * tps / peak_total  # noqa: E731
+    return {
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": platform,
+        "num_devices": num_devices,
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": load_start,
+        "jax_version": jax.__version__,
+        "torch_version": torch_version,
+        "transformers_version": transformers_version,
+        "bench_config": {
+            "preset": args.preset, "batch": batch, "seq_len": seq_len, "dtype": cfg.dtype,
+            "param_dtype": cfg.param_dtype, "mesh": args.mesh, "mesh_shape": dict(mesh.shape),
+            "steps": steps, "gen_batch": gen_batch, "gen_prompt_len": prompt_len,
+            "gen_new_tokens": new_tokens, "num_params": cfg.num_params(),
+            "flops_per_token_train": train_flops, "flops_per_token_forward": forward_flops,
+        },
+        "matmul_peak_flops": peak,
+        "matmul_peak_flops_start": peak_start,
+        "matmul_peak_flops_end": peak_end,
+        "matmul_size": pick["matmul_n"],
+        "matmul_dtype": matmul_dtype,
+        "peak_flops_total": peak_total,
+        "train_step_s": train_s,
+        "train_tokens_per_s": train_tps,
+        "train_mfu": mfu(train_flops, train_tps),
+        "train_loss": loss,
+        "forward_s": forward_s,
+        "forward_tokens_per_s": forward_tps,
+        "forward_mfu": mfu(forward_flops, forward_tps),
+        "generate_s": gen_s,
+        "generate_tokens_per_s": gen_tps,
+        "generate_prefill_s": prefill_s,
+        "generate_decode_step_s": decode_s,
+        "generate_decode_tokens_per_s": per_s(gen_batch, decode_s),
+        "generate_nocache_s": nocache_s,
+        "generate_nocache_tokens_per_s": gen_batch * new_tokens / nocache_s,
+        "generate_cache_speedup": nocache_s / gen_s,
+        "torch_train_step_s": t["torch_train_step_s"],
+        "torch_train_tokens_per_s": torch_train_tps,
+        "torch_train_mfu": mfu(train_flops, torch_train_tps),
+        "torch_forward_s": t["torch_forward_s"],
+        "torch_forward_tokens_per_s": torch_forward_tps,
+        "torch_forward_mfu": mfu(forward_flops, torch_forward_tps),
+        "torch_generate_s": t["torch_generate_s"],
+        "torch_generate_tokens_per_s": torch_gen_tps,
+        "torch_generate_prefill_s": t["torch_generate_prefill_s"],
+        "torch_generate_decode_step_s": torch_decode_s,
+        "torch_generate_decode_tokens_per_s": per_s(gen_batch, torch_decode_s),
+        "train_vs_torch": _ratio(train_tps, torch_train_tps),
+        "forward_vs_torch": _ratio(forward_tps, torch_forward_tps),
+        "generate_vs_torch": _ratio(gen_tps, torch_gen_tps),
+        "notes": notes,
+        "bench_wall_s": time.perf_counter() - start,
+    }
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """A human-readable summary of run()'s result."""
+    def num(x: float | None, unit: str = "") -> str:
+        if x is None:
+            return "-"
+        for scale, prefix in [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]:
+            if abs(x) >= scale:
+                return f"{x / scale:.2f} {prefix}{unit}"
+        return f"{x:.3g} {unit}".rstrip()
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    c = r["bench_config"]
+    rows = [
+        ("train tokens/s", num(r["train_tokens_per_s"]), num(r["torch_train_tokens_per_s"]),
+         r["train_vs_torch"]),
+        ("train MFU", pct(r["train_mfu"]), pct(r["torch_train_mfu"]), None),
+        ("forward tokens/s", num(r["forward_tokens_per_s"]), num(r["torch_forward_tokens_per_s"]),
+         r["forward_vs_torch"]),
+        ("forward MFU", pct(r["forward_mfu"]), pct(r["torch_forward_mfu"]), None),
+        ("generate tokens/s (KV cache)", num(r["generate_tokens_per_s"]),
+         num(r["torch_generate_tokens_per_s"]), r["generate_vs_torch"]),
+        ("generate tokens/s (no cache)", num(r["generate_nocache_tokens_per_s"]), "-", None),
+        ("prefill s", num(r["generate_prefill_s"], "s"), num(r["torch_generate_prefill_s"], "s"), None),
+        ("decode s/step", num(r["generate_decode_step_s"], "s"),
+         num(r["torch_generate_decode_step_s"], "s"), None),
+    ]
+    lines = [
+        f"jaxalign bench: {r['device_kind']} x{r['num_devices']} ({r['platform']}), "
+        f"jax {r['jax_version']}, torch {r['torch_version'] or '-'}",
+        f"model {c['preset']} ({c['num_params']:,} params, {c['dtype']}), mesh {c['mesh']}; "
+        f"train/forward {c['batch']} x {c['seq_len']}; generate {c['gen_batch']} x "
+        f"({c['gen_prompt_len']} + {c['gen_new_tokens']}); median of {c['steps']}",
+        f"matmul peak {num(r['matmul_peak_flops'], 'FLOP/s')} ({r['matmul_size']}^2 "
+        f"{r['matmul_dtype']}); train step {r['train_step_s']:.3f} s",
+        "",
+        f"{'':30} {'jaxalign':>14} {'torch':>14} {'jax/torch':>10}",
+    ]
+    for name, jax_value, torch_value, ratio in rows:
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"{name:30} {jax_value:>14} {torch_value:>14} {ratio_text:>10}")
+    lines += [f"note: {n}" for n in r["notes"]]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`jaxalign bench`: prints a table, or with --json exactly one JSON object on stdout."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    # Anything a library prints while measuring goes to stderr, so --json output stays parseable.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(args)
+    print(json.dumps(result, indent=2) if args.json else format_table(result), flush=True)
+    return 0
