@@ -1,0 +1,167 @@
+"""JSONL reader for user data: one JSON object per line, checked against a record schema.
+
+Schemas (`SCHEMAS`)
+-------------------
+``text``         ``{"text": str}``                                    plain language-model data
+``preference``   ``{"prompt": str, "chosen": str, "rejected": str}``  a pair of responses to a prompt
+
+Every schema also accepts an optional ``"id"`` (string or integer) so that records can be traced
+back to their source. Any other key is an error: a misspelt field ("choosen") must not be
+silently ignored. Required text fields must contain a non-whitespace character, except
+``prompt``, which may be empty (an unconditional comparison of two texts).
+
+Reading rules
+-------------
+- The file is read one line at a time (never whole), as UTF-8; a byte-order mark on the first
+  line is ignored.
+- Blank lines (empty or whitespace only) are skipped; they still count for line numbers.
+- Anything else that is not a valid record raises `RecordError` (a ValueError) naming the file
+  and 1-based line, and the field where there is one, e.g.
+  ``data/train.jsonl:17: field 'chosen' must be a string, got int``. Invalid JSON, a value that is
+  not an object, a duplicate key, a missing, unknown, wrongly typed or empty field, and text with
+  unpaired surrogates (which no tokenizer can encode) are all errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+
+class RecordError(ValueError):
+    """A malformed record: the message starts with ``path:line:``."""
+
+    def __init__(self, path: str, line: int, message: str, field: str | None = None):
+        super().__init__(f"{path}:{line}: {message}")
+        self.path, self.line, self.field = path, line, field
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str
+    types: tuple[type, ...]  # accepted Python types of the decoded JSON value
+    required: bool = True
+    allow_empty: bool = False  # for strings: may be "" or whitespace only
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    name: str
+    fields: tuple[Field, ...]
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.required)
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+
+_ID = Field("id", (str, int), required=False, allow_empty=True)
+
+SCHEMAS: dict[str, Schema] = {
+    "text": Schema("text", (Field("text", (str,)), _ID)),
+    "preference": Schema(
+        "preference",
+        (Field("prompt", (str,), allow_empty=True), Field("chosen", (str,)), Field("rejected", (str,)), _ID),
+    ),
+}
+
+_JSON_TYPE_NAMES = {str: "string", int: "int", float: "float", bool: "bool", type(None): "null",
+                    list: "array", dict: "object"}
+_EXPECTED_NAMES = {(str,): "a string", (str, int): "a string or an integer"}
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _field_error(field: Field, value: Any) -> str | None:
+    # bool is an int subclass in Python, but true/false is not an integer id in JSON terms.
+    if isinstance(value, bool) or not isinstance(value, field.types):
+        expected = _EXPECTED_NAMES.get(field.types, " or ".join(t.__name__ for t in field.types))
+        got = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+        return f"field {field.name!r} must be {expected}, got {got}"
+    if isinstance(value, str):
+        if not field.allow_empty and not value.strip():
+            return f"field {field.name!r} must not be empty"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"field {field.name!r} contains an unpaired surrogate (a \\ud800-\\udfff escape)"
+    return None
+
+
+def parse_record(text: str, schema: Schema, path: str, line: int) -> dict[str, Any]:
+    """One line of JSON -> a checked record; raises RecordError naming path:line."""
+    try:
+        record = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise RecordError(path, line, f"field {e.args[0]!r} appears twice", e.args[0]) from None
+    except json.JSONDecodeError as e:
+        raise RecordError(path, line, f"invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(record, dict):
+        got = _JSON_TYPE_NAMES.get(type(record), type(record).__name__)
+        raise RecordError(path, line, f"a record must be a JSON object, got {got}")
+    for name in schema.required:
+        if name not in record:
+            raise RecordError(
+                path, line, f"missing field {name!r} ({schema.name} records need {_quoted(schema.required)})",
+                name,
+            )
+    for name in record:
+        if name not in schema.allowed:
+            raise RecordError(
+                path, line, f"unknown field {name!r} ({schema.name} records allow {_quoted(schema.allowed)})",
+                name,
+            )
+    for field in schema.fields:
+        if field.name in record:
+            message = _field_error(field, record[field.name])
+            if message:
+                raise RecordError(path, line, message, field.name)
+    return record
+
+
+def read_records(path: str | os.PathLike, schema: str | Schema) -> Iterator[dict[str, Any]]:
+    """Yields the records of a JSONL file one by one, checked against `schema`.
+
+    `schema` is a name in SCHEMAS ("text", "preference") or a Schema. Blank lines are skipped.
+    The first malformed line raises RecordError ("path:line: ..."); records before it have
+    already been yielded.
+    """
+    if isinstance(schema, str):
+        if schema not in SCHEMAS:
+            raise ValueError(f"unknown record schema {schema!r}; known: {', '.join(SCHEMAS)}")
+        schema = SCHEMAS[schema]
+    shown = os.fspath(path)
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(shown, line_number, f"not valid UTF-8 (byte {e.start + 1})") from None
+            if line_number == 1:
+                text = text.removeprefix("\ufeff")
+            if not text.strip():
+                continue
+            # Without the line break, a JSON error's column refers to the line as shown.
+            yield parse_record(text.rstrip("\r\n"), schema, shown, line_number)

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+
+from jaxalign.data.jsonl import SCHEMAS, RecordError, read_records
+
+
+def _write(tmp_path, lines, name="train.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def test_good_files_parse_with_blank_lines_skipped(tmp_path):
+    text = _write(tmp_path, [
+        json.dumps({"text": "hello world"}),
+        "",
+        "   ",
+        json.dumps({"text": "ünïcode ✓", "id": 7}),
+        json.dumps({"id": "doc-3", "text": " leading space kept"}),
+    ])
+    assert list(read_records(text, "text")) == [
+        {"text": "hello world"},
+        {"text": "ünïcode ✓", "id": 7},
+        {"id": "doc-3", "text": " leading space kept"},
+    ]
+    pref = _write(tmp_path, [
+        json.dumps({"prompt": "Q: 2+2?", "chosen": " 4", "rejected": " 5"}),
+        json.dumps({"prompt": "", "chosen": "good", "rejected": "bad", "id": 1}),  # prompt may be empty
+    ], name="pref.jsonl")
+    records = list(read_records(pref, SCHEMAS["preference"]))
+    assert records[0] == {"prompt": "Q: 2+2?", "chosen": " 4", "rejected": " 5"}
+    assert records[1]["prompt"] == "" and records[1]["id"] == 1
+
+
+def test_bom_and_crlf_are_tolerated(tmp_path):
+    path = tmp_path / "win.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "a"}\r\n\r\n{"text": "b"}\r\n')
+    assert [r["text"] for r in read_records(path, "text")] == ["a", "b"]
+
+
+# (schema, the bad line, the exact message after "path:LINE: ", the field named or None)
+MALFORMED = [
+    ("preference", '{"prompt": "p", "chosen": 3, "rejected": "r"}',
+     "field 'chosen' must be a string, got int", "chosen"),
+    ("preference", '{"prompt": "p", "chosen": "c"}',
+     "missing field 'rejected' (preference records need 'prompt', 'chosen', 'rejected')", "rejected"),
+    ("preference", '{"prompt": "p", "choosen": "c", "chosen": "c", "rejected": "r"}',
+     "unknown field 'choosen' (preference records allow 'prompt', 'chosen', 'rejected', 'id')",
+     "choosen"),
+    ("preference", '{"prompt": "p", "chosen": "c", "rejected": ""}',
+     "field 'rejected' must not be empty", "rejected"),
+    ("preference", '{"prompt": null, "chosen": "c", "rejected": "r"}',
+     "field 'prompt' must be a string, got null", "prompt"),
+    ("text", '{"text": "  \\t "}', "field 'text' must not be empty", "text"),
+    ("text", '{"text": ["a", "b"]}', "field 'text' must be a string, got array", "text"),
+    ("text", '{"text": "a", "id": true}', "field 'id' must be a string or an integer, got bool", "id"),
+    ("text", '{"text": "a", "id": 1.5}', "field 'id' must be a string or an integer, got float", "id"),
+    ("text", '{"text": "a", "text": "b"}', "field 'text' appears twice", "text"),
+    ("text", '{"text": "\\ud800"}',
+     "field 'text' contains an unpaired surrogate (a \\ud800-\\udfff escape)", "text"),
+    ("text", '{"text": "a",}', "invalid JSON: Expecting property name enclosed in double quotes (column 14)",
+     None),
+    ("text", '{"text": "a"', "invalid JSON: Expecting ',' delimiter (column 13)", None),
+    ("text", '["text", "a"]', "a record must be a JSON object, got array", None),
+    ("text", '"just a string"', "a record must be a JSON object, got string", None),
+]
+
+
+@pytest.mark.parametrize("schema,bad,message,field", MALFORMED)
+def test_each_malformation_names_file_line_and_field(tmp_path, schema, bad, message, field):
+    good = (json.dumps({"text": "fine"}) if schema == "text"
+            else json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}))
+    # The bad record is on line 5: blank lines count for line numbers.
+    path = _write(tmp_path, [good, "", good, "", bad, good])
+    records = read_records(path, schema)
+    assert next(records) == json.loads(good)  # streaming: good records come before the error
+    assert next(records) == json.loads(good)
+    with pytest.raises(RecordError) as info:
+        next(records)
+    assert str(info.value) == f"{path}:5: {message}"
+    assert isinstance(info.value, ValueError)
+    assert (info.value.path, info.value.line, info.value.field) == (path, 5, field)
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(RecordError, match=r"bytes\.jsonl:2: not valid UTF-8 \(byte 11\)$"):
+        list(read_records(path, "text"))
+
+
+def test_relative_path_is_shown_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    lines = [json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"})] * 16
+    lines.append(json.dumps({"prompt": "p", "chosen": 17, "rejected": "r"}))
+    (tmp_path / "data" / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordError) as info:
+        list(read_records("data/train.jsonl", "preference"))
+    assert str(info.value) == "data/train.jsonl:17: field 'chosen' must be a string, got int"
+
+
+def test_unknown_schema_name():
+    with pytest.raises(ValueError, match="unknown record schema 'chat'; known: text, preference"):
+        next(read_records("nowhere.jsonl", "chat"))

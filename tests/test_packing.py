@@ -1,0 +1,216 @@
+import json
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxalign import mesh as mesh_lib
+from jaxalign import models
+from jaxalign.data.packing import ROW_FIELDS, PackStats, pack_dataset, pack_examples
+from jaxalign.models import Transformer, get_preset
+
+DTYPES = {"inputs": np.int32, "targets": np.int32, "weights": np.float32, "segment_ids": np.int32,
+          "positions": np.int32}
+
+
+def _examples(count, min_len=2, max_len=20, seed=0, vocab=256):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        n = int(rng.integers(min_len, max_len + 1))
+        out.append({"tokens": rng.integers(1, vocab, n), "weights": rng.random(n).astype(np.float32)})
+    return out
+
+
+def _segments(rows):
+    """Every packed example as (row index, start slot, its tokens, its weights, positions)."""
+    found = []
+    for r, row in enumerate(rows):
+        for seg in np.unique(row["segment_ids"][row["segment_ids"] > 0]):
+            idx = np.flatnonzero(row["segment_ids"] == seg)
+            assert np.array_equal(idx, np.arange(idx[0], idx[-1] + 1)), "segment not contiguous"
+            inputs, targets = row["inputs"][idx], row["targets"][idx]
+            # Each example is shifted on its own: its targets are its inputs moved by one.
+            np.testing.assert_array_equal(targets[:-1], inputs[1:])
+            tokens = np.concatenate([inputs, targets[-1:]])
+            found.append((r, int(idx[0]), tokens, row["weights"][idx], row["positions"][idx]))
+    return found
+
+
+def test_rows_have_the_layout_and_every_example_appears_once_intact():
+    seq_len = 24
+    examples = _examples(60, max_len=seq_len + 1)
+    rows = pack_examples(examples, seq_len, num_bins=4)
+    for row in rows:
+        assert set(row) == set(ROW_FIELDS)
+        for name, dtype in DTYPES.items():
+            assert row[name].shape == (seq_len,) and row[name].dtype == dtype, name
+        seg = row["segment_ids"]
+        used = np.count_nonzero(seg)
+        # Segment ids 1..k in order, then padding (0) to the end, with weight 0 and pad id 0.
+        assert np.all(seg[:used] > 0) and np.all(seg[used:] == 0)
+        assert np.all(np.diff(seg[:used]) >= 0) and np.array_equal(np.unique(seg[:used]),
+                                                                   np.arange(1, seg.max() + 1))
+        for name in ("weights", "inputs", "targets", "positions"):
+            assert np.all(row[name][used:] == 0), name
+
+    found = _segments(rows)
+    by_tokens = {tuple(tokens): (w, pos) for _, _, tokens, w, pos in found}
+    assert len(found) == len(examples) == len(by_tokens)  # each example exactly once
+    for ex in examples:
+        weights, positions = by_tokens[tuple(ex["tokens"])]
+        # Weight i belongs to the token it predicts: the row keeps weights[1:], aligned with targets.
+        np.testing.assert_array_equal(weights, ex["weights"][1:])
+        np.testing.assert_array_equal(positions, np.arange(len(ex["tokens"]) - 1))
+
+
+def test_first_fit_over_a_window_of_bins():
+    def ex(n, first):
+        return {"tokens": np.arange(first, first + n)}
+
+    # Slots used: 4, 4, 2, 7, 1 on rows of 8 with 2 open rows. A and B share row 0, C opens row 1,
+    # D fits neither so both rows are emitted and D starts a new window; E joins D.
+    rows = pack_examples([ex(5, 10), ex(5, 20), ex(3, 30), ex(8, 40), ex(2, 50)], 8, num_bins=2)
+    assert [r["segment_ids"].tolist() for r in rows] == [
+        [1, 1, 1, 1, 2, 2, 2, 2], [1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 2]]
+    assert rows[0]["inputs"].tolist() == [10, 11, 12, 13, 20, 21, 22, 23]
+    assert rows[0]["targets"].tolist() == [11, 12, 13, 14, 21, 22, 23, 24]
+    assert rows[0]["positions"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert rows[2]["weights"].tolist() == [1.0] * 8  # no weights given: every prediction counts
+
+
+def test_truncation_dropping_and_errors():
+    seq_len = 8
+    examples = [{"tokens": np.arange(20)}, {"tokens": [5]}, {"tokens": []}, {"tokens": np.arange(9)}]
+    stats = PackStats()
+    rows = pack_examples(examples, seq_len, stats=stats)
+    assert (stats.examples, stats.truncated, stats.dropped, stats.rows) == (2, 1, 2, 2)
+    # Truncation keeps the first seq_len + 1 tokens: seq_len predictions.
+    assert rows[0]["inputs"].tolist() == list(range(8)) and rows[0]["targets"].tolist() == list(range(1, 9))
+    assert stats.slots == 16 and stats.padding_fraction == 0.0
+
+    with pytest.raises(ValueError, match=r"example 0: 20 tokens, but rows of seq_len=8 hold at most 9"):
+        pack_examples(examples, seq_len, overflow="error")
+    with pytest.raises(ValueError, match=r"example 1: 'weights' has shape \(2,\) but 'tokens' has \(3,\)"):
+        pack_examples([{"tokens": [1, 2]}, {"tokens": [1, 2, 3], "weights": [0, 1]}], seq_len)
+    with pytest.raises(ValueError, match=r"example 0: 'tokens' must be a 1-D sequence of integer ids"):
+        pack_examples([{"tokens": [1.5, 2.0]}], seq_len)
+    with pytest.raises(ValueError, match=r"example 0: expected a mapping with 'tokens'"):
+        pack_examples([[1, 2, 3]], seq_len)
+
+
+def _assert_same_rows(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert set(x) == set(y)
+        for name in x:
+            assert x[name].dtype == y[name].dtype and np.array_equal(x[name], y[name]), name
+
+
+def test_grain_pipeline_gives_the_same_rows_deterministically():
+    examples = _examples(80, max_len=40, seed=1)
+    expected = pack_examples(examples, 32, num_bins=3)
+    stats = PackStats()
+    rows = list(pack_dataset(grain.MapDataset.source(examples), 32, num_bins=3, stats=stats))
+    _assert_same_rows(rows, expected)
+    _assert_same_rows(pack_examples(examples, 32, num_bins=3), expected)
+    assert stats.rows == len(rows) and stats.examples == 80 and stats.truncated > 0
+
+
+@pytest.mark.parametrize("shuffle_bins", [False, True])
+def test_grain_iterator_resumes_exactly_from_a_saved_state(shuffle_bins):
+    examples = _examples(60, max_len=30, seed=2)
+
+    def pipeline():  # rebuilt from scratch, as after a restart
+        source = grain.MapDataset.source(examples).shuffle(seed=3)
+        return pack_dataset(source, 32, num_bins=4, shuffle_bins=shuffle_bins, seed=5)
+
+    full = list(pipeline())
+    assert len(full) > 12
+    for cut in (0, 1, 3, 4, 7, len(full) - 1, len(full)):  # inside a window and at its edges
+        it = iter(pipeline())
+        head = [next(it) for _ in range(cut)]
+        state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+        resumed = iter(pipeline())
+        resumed.set_state(state)
+        _assert_same_rows(head + list(resumed), full)
+
+
+# --- packing isolation through the real model -----------------------------------------------
+
+SEQ_LEN = 32
+
+
+@pytest.fixture(scope="module")
+def nll_fn():
+    cfg = get_preset("tiny", initializer_range=0.2)  # large enough init that logits depend on context
+    mesh = mesh_lib.make_mesh("dp:1,fsdp:8,tp:1")
+    params = models.init_params(cfg, mesh, seed=0)
+
+    @jax.jit
+    def nll(params, batch):
+        logits = Transformer(cfg).apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                                        segment_ids=batch["segment_ids"])
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
+
+    def run(rows):
+        rows = list(rows)
+        empty = {name: np.zeros(SEQ_LEN, DTYPES[name]) for name in ROW_FIELDS}
+        rows += [empty] * (-len(rows) % 8)  # the batch is sharded 8 ways
+        batch = {name: np.stack([r[name] for r in rows]) for name in ROW_FIELDS}
+        with mesh_lib.use(mesh):
+            return np.asarray(nll(params, batch))
+
+    return run
+
+
+def _per_example_nll(rows, nll):
+    """Per-token NLL of each packed example, keyed by its tokens, and where it sat."""
+    return {tuple(tokens): (nll[r, start:start + len(tokens) - 1], (r, start))
+            for r, start, tokens, _, _ in _segments(rows)}
+
+
+def test_changing_one_packed_example_leaves_the_others_losses_unchanged(nll_fn):
+    examples = _examples(14, min_len=3, max_len=20, seed=4)
+    rows = pack_examples(examples, SEQ_LEN, num_bins=4)
+    base = _per_example_nll(rows, nll_fn(rows))
+
+    # Each example alone in its own row gives the same losses as packed.
+    alone = [pack_examples([ex], SEQ_LEN)[0] for ex in examples]
+    alone_nll = nll_fn(alone)
+    for i, ex in enumerate(examples):
+        n = len(ex["tokens"])
+        np.testing.assert_allclose(base[tuple(ex["tokens"])][0], alone_nll[i, :n - 1], atol=1e-5, rtol=0)
+
+    # Pick an example that shares its row with others, and change one of its middle tokens.
+    k = next(i for i, ex in enumerate(examples)
+             if np.max(rows[base[tuple(ex["tokens"])][1][0]]["segment_ids"]) >= 2)
+    changed = [dict(ex) for ex in examples]
+    tokens = changed[k]["tokens"].copy()
+    middle = len(tokens) // 2
+    tokens[middle] = (tokens[middle] + 1) % 256
+    changed[k]["tokens"] = tokens
+
+    for variant in ("same length", "longer"):
+        if variant == "longer":  # now the layout shifts too: others move to other rows/slots
+            changed[k]["tokens"] = np.concatenate([tokens, np.arange(1, 12)])
+            changed[k]["weights"] = np.ones(len(changed[k]["tokens"]), np.float32)
+        new_rows = pack_examples(changed, SEQ_LEN, num_bins=4)
+        new = _per_example_nll(new_rows, nll_fn(new_rows))
+        moved = 0
+        for i, ex in enumerate(examples):
+            if i == k:
+                continue
+            key = tuple(ex["tokens"])
+            np.testing.assert_allclose(new[key][0], base[key][0], atol=1e-5, rtol=0, err_msg=variant)
+            moved += new[key][1] != base[key][1]
+        assert (moved > 0) == (variant == "longer")
+        new_k = new[tuple(changed[k]["tokens"])][0]
+        old_k = base[tuple(examples[k]["tokens"])][0]
+        # The changed example's own losses do change from the changed token on (its target is
+        # at slot middle - 1), and not before it.
+        np.testing.assert_allclose(new_k[:middle - 1], old_k[:middle - 1], atol=1e-5, rtol=0)
+        assert np.max(np.abs(new_k[middle - 1:len(old_k)] - old_k[middle - 1:])) > 1e-3
