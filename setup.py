@@ -16,6 +16,7 @@ setup(
         "optax>=0.2.5",
         "orbax-checkpoint>=0.12,<0.13",
         "tensorflow-datasets>=4.9.9",
+        "importlib_resources",  # tensorflow-datasets 4.9.10 imports it on every Python (tfds#11212)
         "sentencepiece>=0.2",
         "protobuf",
         "tokenizers>=0.21",
