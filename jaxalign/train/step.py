@@ -1,0 +1,315 @@
+"""The jit-compiled train and eval steps.
+
+    step = make_train_step(model_cfg, tx, mesh, microbatches=2, schedule=schedule)
+    state, metrics = step(state, batch)          # batch: dict of numpy [batch, seq_len] arrays
+    evaluate = make_eval_step(model_cfg, mesh)
+    metrics = evaluate(state.params, batch)
+
+Both return callables that enter the mesh context themselves (`jaxalign.mesh.use`), put the batch
+onto the mesh (sharded on the logical axes ("batch", "length"); a numpy batch is this process's
+share of the global batch) and compile once per batch shape: the state keeps its shardings
+(out_shardings == in_shardings) and dtypes, so step after step reuses one executable. The train
+step donates the state; do not touch the state passed in after the call.
+
+Gradient accumulation. With ``microbatches=m`` the batch is split along its rows into m equal
+microbatches and a ``lax.scan`` runs forward and backward on each in turn, so activation memory is
+that of one microbatch. Each microbatch contributes ``loss * loss_weight`` (its un-normalised
+loss, see `jaxalign.objectives`) and the gradient of that; the sums are divided once by the total
+``loss_weight``. For "token" normalisation this is exactly the loss and gradient of the whole batch
+(``sum(w * nll) / sum(w)``), not a mean of per-microbatch means, which would overweight tokens of
+sparsely weighted microbatches. Microbatch k takes rows k, k + m, k + 2m, ...: with the batch axis
+sharded over devices each device's contiguous block of rows holds rows of every microbatch, so the
+split moves no data between devices.
+
+Randomness. The step's key is ``fold_in(base_rng, step)`` (`jaxalign.train.state.step_rng`) and
+microbatch k uses ``fold_in(that, k)``: a pure function of (seed, step), so a resumed run draws what
+an uninterrupted run would. The only consumer is the optional ``batch_transform(batch, key)``
+(for CoH's random past-token masks: it may add ``extra_mask``); the eval step never calls it and
+has no randomness at all.
+
+Precision: logits come out of the model in float32 and the objectives compute log-softmax and loss
+in float32; gradients are accumulated in float32 and cast to the parameter dtype for the optimiser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxalign import mesh as mesh_lib
+from jaxalign.models import ModelConfig, Transformer, param_shardings
+from jaxalign.objectives import lm
+from jaxalign.train.state import TrainState, step_rng, train_state_shardings
+
+Array = jax.Array
+Batch = dict[str, Any]
+BatchTransform = Callable[[Batch, Array], Batch]
+Metrics = dict[str, Array]
+
+BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+BATCH_AXES = ("batch", "length")  # logical names of the leading axes of every batch array
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces shared by both steps (all run inside jit)
+
+
+def _forward(model: Transformer, params: Any, batch: Batch) -> Array:
+    return model.apply(
+        {"params": params}, batch["inputs"], positions=batch["positions"],
+        segment_ids=batch["segment_ids"], extra_mask=batch.get("extra_mask"),
+    )
+
+
+def _is_count(name: str) -> bool:
+    return name == "loss_weight" or name.startswith("num_")
+
+
+def _loss_sums(loss_fn: lm.LossFn, logits: Array, batch: Batch) -> tuple[Array, Metrics]:
+    """The un-normalised loss (loss * loss_weight) and metrics made additive over microbatches."""
+    loss, metrics = loss_fn(logits, batch)
+    if "loss_weight" not in metrics:
+        raise ValueError(
+            f"loss_fn {getattr(loss_fn, '__name__', loss_fn)!r} must report metrics['loss_weight'], "
+            f"the normaliser of its loss (see jaxalign.objectives); it reported {sorted(metrics)}"
+        )
+    weight = jax.lax.stop_gradient(jnp.asarray(metrics["loss_weight"], jnp.float32))
+    sums = {
+        name: jnp.asarray(value, jnp.float32) * (1.0 if _is_count(name) else weight)
+        for name, value in metrics.items()
+    }
+    return jnp.asarray(loss, jnp.float32) * weight, sums
+
+
+def _safe_div(numerator: Array, denominator: Array) -> Array:
+    return jnp.where(denominator > 0, numerator / jnp.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+def _finish(total: dict[str, Any]) -> Metrics:
+    """Metrics from the sums over microbatches: every mean divided once by the total loss weight."""
+    sums, weight = total["metrics"], total["metrics"]["loss_weight"]
+    means = {name: value if _is_count(name) else _safe_div(value, weight) for name, value in sums.items()}
+    return {**means, "loss": _safe_div(total["loss"], weight), "tokens": total["tokens"]}
+
+
+def _split(batch: Batch, microbatches: int, mesh: Mesh) -> Batch:
+    """[B, ...] leaves -> [m, B/m, ...], microbatch k holding rows k, k + m, ... (module doc)."""
+
+    def one(x: Array) -> Array:
+        x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
+        names = (None, *BATCH_AXES)[: x.ndim]
+        sharding = mesh_lib.logical_sharding(names, x.shape[: len(names)], mesh)
+        return jax.lax.with_sharding_constraint(x, sharding)
+
+    return jax.tree.map(one, batch)
+
+
+def _accumulate(fn: Callable[[Batch, Array], Any], batch: Batch, microbatches: int, mesh: Mesh) -> Any:
+    """Sum of ``fn(microbatch, index)`` (a tree of arrays) over the microbatches of `batch`."""
+    if microbatches == 1:
+        return fn(batch, jnp.zeros((), jnp.int32))
+    micro = _split(batch, microbatches, mesh)
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(fn, first, jnp.zeros((), jnp.int32))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def body(carry: Any, xs: tuple[Batch, Array]) -> tuple[Any, None]:
+        return jax.tree.map(jnp.add, carry, fn(*xs)), None
+
+    total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(microbatches, dtype=jnp.int32)))
+    return total
+
+
+def _tokens(batch: Batch) -> Array:
+    return jnp.sum(batch["weights"].astype(jnp.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# The callable the factories return
+
+
+class MeshStep:
+    """A jitted step bound to its mesh: ``step(first, batch)`` with `first` the train state (train
+    step) or the parameters (eval step).
+
+    Per call it checks the batch, places it on the mesh and runs the executable for the batch's
+    shapes inside ``jaxalign.mesh.use(mesh)``; ``lower(first, batch)`` gives the lowered
+    computation (for cost analysis or to inspect the HLO).
+    """
+
+    def __init__(
+        self, fn: Callable[..., Any], mesh: Mesh, first_shardings: Any, *, microbatches: int, donate: bool
+    ) -> None:
+        self.mesh = mesh
+        self.microbatches = microbatches
+        self._fn = fn
+        self._first_shardings = first_shardings
+        self._donate = donate
+        self._jitted: dict[Any, Any] = {}  # batch layout -> jax.jit object
+
+    def __call__(self, first: Any, batch: Batch) -> Any:
+        jitted, batch = self._prepare(batch)
+        with mesh_lib.use(self.mesh):
+            return jitted(first, batch)
+
+    def lower(self, first: Any, batch: Batch) -> jax.stages.Lowered:
+        jitted, batch = self._prepare(batch)
+        with mesh_lib.use(self.mesh):
+            return jitted.lower(first, batch)
+
+    def batch_shardings(self, batch: Batch) -> Any:
+        """The NamedSharding of each batch leaf, for a batch of these (process-local) shapes."""
+        return jax.tree.map(lambda x: self._sharding(self._global_shape(x)), dict(batch))
+
+    def _global_shape(self, x: Any) -> tuple[int, ...]:
+        if isinstance(x, jax.Array):
+            return tuple(x.shape)
+        # A numpy batch is this process's share of rows; the global batch stacks every process's.
+        shape = np.shape(x)
+        return (shape[0] * jax.process_count(), *shape[1:])
+
+    def _sharding(self, shape: tuple[int, ...]) -> NamedSharding:
+        names = BATCH_AXES[: len(shape)]
+        return mesh_lib.logical_sharding(names, shape[: len(names)], self.mesh)
+
+    def _prepare(self, batch: Batch) -> tuple[Any, Batch]:
+        batch = dict(batch)
+        _check_batch(batch, self.microbatches, self._global_shape)
+        shardings = self.batch_shardings(batch)
+        placed = {}
+        for name, x in batch.items():
+            if isinstance(x, jax.Array):
+                placed[name] = jax.device_put(x, shardings[name])
+            else:
+                x = np.asarray(x)
+                placed[name] = jax.make_array_from_process_local_data(
+                    shardings[name], x, self._global_shape(x)
+                )
+        key = tuple(sorted((name, x.shape, str(x.dtype)) for name, x in placed.items()))
+        if key not in self._jitted:
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            out_shardings = (self._first_shardings, replicated) if self._donate else replicated
+            self._jitted[key] = jax.jit(
+                self._fn,
+                in_shardings=(self._first_shardings, shardings),
+                out_shardings=out_shardings,
+                donate_argnums=(0,) if self._donate else (),
+            )
+        return self._jitted[key], placed
+
+
+def _check_batch(batch: Batch, microbatches: int, global_shape: Callable[[Any], tuple[int, ...]]) -> None:
+    missing = [name for name in BATCH_KEYS if name not in batch]
+    if missing:
+        raise ValueError(
+            f"batch is missing {missing}; a batch has {list(BATCH_KEYS)} (jaxalign.data.packing), "
+            f"got {sorted(batch)}"
+        )
+    rows, length = np.shape(batch["inputs"])[:2] if np.ndim(batch["inputs"]) == 2 else (None, None)
+    if rows is None:
+        raise ValueError(f"batch['inputs'] must be [batch, seq_len], got shape {np.shape(batch['inputs'])}")
+    for name, x in batch.items():
+        shape = np.shape(x)
+        if shape[:2] != (rows, length):
+            raise ValueError(
+                f"batch[{name!r}] has shape {shape}, but batch['inputs'] is {(rows, length)}: every "
+                "batch array starts with [batch, seq_len]"
+            )
+    global_rows = global_shape(batch["inputs"])[0]
+    if global_rows % microbatches:
+        raise ValueError(
+            f"a batch of {global_rows} rows does not split into microbatches={microbatches}; "
+            "the batch size must be a multiple of the number of microbatches"
+        )
+
+
+def _check_microbatches(microbatches: int) -> int:
+    if isinstance(microbatches, bool) or not isinstance(microbatches, int | np.integer) or microbatches < 1:
+        raise ValueError(f"microbatches={microbatches!r} must be a positive integer")
+    return int(microbatches)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+
+def make_train_step(
+    model_cfg: ModelConfig,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    microbatches: int = 1,
+    loss_fn: lm.LossFn = lm.loss,
+    schedule: optax.Schedule | None = None,
+    batch_transform: BatchTransform | None = None,
+) -> MeshStep:
+    """``step(state, batch) -> (new_state, metrics)``: one optimiser update on `batch`.
+
+    Metrics (float32 scalars, replicated): ``loss``, ``grad_norm`` (global norm of the gradient,
+    before clipping), ``tokens`` (sum of loss weights), ``lr`` (``schedule(state.step)``, the rate
+    of this update; only with `schedule`) and every metric of `loss_fn`, combined over microbatches
+    as `jaxalign.objectives` describes. A batch with no loss weight gives loss 0 and zero gradients.
+    """
+    microbatches = _check_microbatches(microbatches)
+    model = Transformer(model_cfg)
+    shardings = train_state_shardings(model_cfg, tx, mesh)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        rng = step_rng(state)
+
+        def micro(mb: Batch, index: Array) -> dict[str, Any]:
+            if batch_transform is not None:
+                mb = batch_transform(mb, jax.random.fold_in(rng, index))
+
+            def scaled_loss(params: Any) -> tuple[Array, Metrics]:
+                return _loss_sums(loss_fn, _forward(model, params, mb), mb)
+
+            (loss_sum, sums), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
+            grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+            # Keep the accumulated gradient in the parameters' (FSDP) shards, not replicated.
+            grads = jax.lax.with_sharding_constraint(grads, shardings.params)
+            return {"grads": grads, "loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
+
+        total = _accumulate(micro, batch, microbatches, mesh)
+        weight = total["metrics"]["loss_weight"]
+        grads32 = jax.tree.map(lambda g: _safe_div(g, weight), total["grads"])
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads32, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+        )
+        metrics = {**_finish(total), "grad_norm": optax.tree.norm(grads32)}
+        if schedule is not None:
+            metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        return new_state, metrics
+
+    return MeshStep(train_step, mesh, shardings, microbatches=microbatches, donate=True)
+
+
+def make_eval_step(
+    model_cfg: ModelConfig, mesh: Mesh, loss_fn: lm.LossFn = lm.loss, *, microbatches: int = 1
+) -> MeshStep:
+    """``evaluate(params, batch) -> metrics``: ``loss``, ``tokens`` and `loss_fn`'s metrics.
+
+    Deterministic (no randomness, no batch transform) and computed exactly as the train step
+    computes its loss, so on the same parameters and batch the two agree. `microbatches` bounds
+    memory as in training and does not change the result.
+    """
+    microbatches = _check_microbatches(microbatches)
+    model = Transformer(model_cfg)
+
+    def eval_step(params: Any, batch: Batch) -> Metrics:
+        def micro(mb: Batch, index: Array) -> dict[str, Any]:
+            loss_sum, sums = _loss_sums(loss_fn, _forward(model, params, mb), mb)
+            return {"loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
+
+        return _finish(_accumulate(micro, batch, microbatches, mesh))
+
+    shardings = param_shardings(model_cfg, mesh)
+    return MeshStep(eval_step, mesh, shardings, microbatches=microbatches, donate=False)
