@@ -23,6 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxalign", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
+    train = commands.add_parser("train", help="train (or resume) from a config file")
+    train.add_argument("--config", required=True, help="experiments/<name>.py with get_config()")
+    train.add_argument("--workdir", default=None,
+                       help="checkpoints, metrics and samples; re-running resumes (default: "
+                            "workdirs/<config name>)")
+    train.add_argument("--coordinator", help="host:port of process 0 (multi-host GPU/CPU)")
+    train.add_argument("--num-processes", type=int)
+    train.add_argument("--process-id", type=int)
+
     gen = commands.add_parser("generate", help="continue prompts with a model")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a jaxalign model directory or a Hugging Face directory")
@@ -55,9 +64,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"
+    # Quiet libraries' chatter ("Unable to initialize backend 'tpu'", orbax's per-save lines).
+    for name in ("jax", "absl", "orbax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        # --config.key=value overrides are applied by jaxalign.config.load_config.
+        args.overrides = [e for e in extra if e.startswith("--config.")]
+        extra = [e for e in extra if not e.startswith("--config.")]
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.bench_args = extra
@@ -75,6 +90,8 @@ def _run(args: argparse.Namespace) -> int:
     from jaxalign.data.tokenizer import demo_tokenizer
     from jaxalign.models import get_preset
 
+    if args.command == "train":
+        return _train(args)
     if args.command == "generate":
         if args.checkpoint:
             lm = api.load(args.checkpoint, mesh=args.mesh)
@@ -105,6 +122,30 @@ def _run(args: argparse.Namespace) -> int:
 
         return bench.main(args.bench_args)
     raise AssertionError(args.command)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxalign import config as config_lib
+    from jaxalign import mesh as mesh_lib
+    from jaxalign.train import loop
+
+    mesh_lib.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    config = config_lib.load_config(args.config, args.overrides)
+    workdir = args.workdir or str(Path("workdirs") / Path(args.config).stem)
+    try:
+        summary = loop.train(config, workdir)
+    except loop.NonFiniteLossError as e:
+        print(f"jaxalign: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{summary['status']} at step {summary['step']}; workdir {summary['workdir']}")
+    for row in summary.get("samples", []):
+        score = f"  [score {row['score']:.2f}]" if "score" in row else ""
+        print(f"  {row['prompt']!r} -> {row['response']!r}{score}")
+    if "score" in summary:
+        print(f"mean task score on {len(summary['samples'])} held-out prompts: {summary['score']:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Training metrics: `<workdir>/metrics.jsonl`, TensorBoard events and a tqdm progress bar.
+
+metrics.jsonl holds one JSON object per logged step with at least `step` and `loss`. A resumed
+run first drops the lines past the step it resumes from, so the file always reads as one
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import tqdm
+from tensorboardX import SummaryWriter
+
+# Dense peak FLOP/s per chip for MFU (bf16 unless noted), from the vendors' data sheets.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,  # v5p
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+def device_peak_flops(device: jax.Device | None = None) -> float | None:
+    """The accelerator's peak, or None on CPU (where a measured matmul stands in)."""
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if device.device_kind.startswith(name):
+            return flops
+    return None
+
+
+class MetricsWriter:
+    """Writes every logged step to JSONL and TensorBoard; only process 0 writes."""
+
+    def __init__(self, workdir: str | Path, total_steps: int, start_step: int = 0):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        _truncate_after(self.path, start_step)
+        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                             dynamic_ncols=True)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.enabled:
+            self.bar.update(steps)
+
+    def write(self, step: int, metrics: dict[str, Any], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        values = {f"{prefix}{k}": _plain(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key, value, step)
+        if not prefix:
+            shown = {k: values[k] for k in ("loss", "lr", "tokens_per_s", "mfu") if k in values}
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.bar.close()
+
+
+def _plain(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))

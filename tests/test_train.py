@@ -1,0 +1,132 @@
+"""The trainer end to end: exact resume (also after kill -9), SIGTERM, NaN, bad records, CLI."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxalign import cli
+from jaxalign import config as config_lib
+from jaxalign.train import loop
+from jaxalign.train.checkpointing import Checkpointer
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "experiments" / "default.py"
+# Tiny and quick; a constant schedule so a run cut short and resumed sees the same lr.
+TINY = [
+    "--config.model.preset=tiny", "--config.batch_size=8", "--config.seq_len=64",
+    "--config.data.num_train=200", "--config.data.num_eval=4", "--config.data.vocab_size=300",
+    "--config.optimizer.schedule=constant", "--config.optimizer.warmup_steps=0",
+    "--config.log_every=1", "--config.checkpoint_every=3", "--config.num_samples=0",
+]
+
+
+def _config(*overrides):
+    return config_lib.load_config(DEFAULT, [*TINY, *overrides])
+
+
+def _losses(workdir):
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 6-step run."""
+    workdir = tmp_path_factory.mktemp("reference")
+    summary = loop.train(_config("--config.total_steps=6"), workdir)
+    assert summary["status"] == "done" and summary["step"] == 6
+    return _losses(workdir)
+
+
+def test_resume_is_exact(reference, tmp_path):
+    loop.train(_config("--config.total_steps=3"), tmp_path)
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 3
+    loop.train(_config("--config.total_steps=6"), tmp_path)
+    assert _losses(tmp_path) == reference  # bitwise, data order included
+    assert len(reference) == 6 and reference[6] < reference[1]
+
+
+def test_resume_after_kill_9_is_exact(reference, tmp_path):
+    argv = [sys.executable, "-m", "jaxalign.cli", "train", "--config", str(DEFAULT),
+            "--workdir", str(tmp_path), *TINY, "--config.total_steps=6"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "checkpoints" / "3").exists() and proc.poll() is None:
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        time.sleep(random.Random().uniform(0, 0.5))  # a random moment after the first save
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    loop.train(_config("--config.total_steps=6"), tmp_path)
+    assert _losses(tmp_path) == reference
+
+
+def test_sigterm_saves_and_stops_cleanly(tmp_path):
+    def preempt():
+        while not (tmp_path / "metrics.jsonl").exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    summary = loop.train(_config("--config.total_steps=200"), tmp_path)
+    assert summary["status"] == "preempted" and 1 <= summary["step"] < 200
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == summary["step"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
+    config = _config("--config.total_steps=6", "--config.checkpoint_every=1",
+                     "--config.optimizer.peak_lr=1e30", "--config.optimizer.grad_clip_norm=0.0")
+    with pytest.raises(loop.NonFiniteLossError, match="loss is nan at step 2"):
+        loop.train(config, tmp_path)
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    assert checkpointer.all_steps() == [1]
+
+
+def test_malformed_record_is_exit_2_naming_file_and_line(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    good = json.dumps({"prompt": "Sort ascending: 2 1", "chosen": "1 2", "rejected": "2 1"})
+    data.write_text(good + "\n" + good + "\n" + '{"prompt": "x", "chosen": 3, "rejected": "y"}\n')
+    workdir = tmp_path / "run"
+    argv = ["train", "--config", str(DEFAULT), "--workdir", str(workdir), *TINY,
+            "--config.data.task=", f"--config.data.jsonl={data}"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"jaxalign: error: {data}:3: field 'chosen' must be a string, got int"
+    assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.totl_steps=3", "unknown config key 'totl_steps'"),
+        ("--config.model.nonsense=3", "preset 'tiny': unknown key(s) ['nonsense']"),
+        ("--config.data.task=chess", "unknown synthetic task 'chess'"),
+        ("--config.mesh=3,-1,1", "does not divide"),
+    ],
+)
+def test_bad_config_is_one_clear_error(override, message, tmp_path, capsys):
+    argv = ["train", "--config", str(DEFAULT), "--workdir", str(tmp_path), *TINY, override]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_samples_and_score_are_written(tmp_path):
+    summary = loop.train(_config("--config.total_steps=2", "--config.num_samples=2",
+                                 "--config.max_new_tokens=4"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0.0 <= row["score"] <= 1.0 for row in rows)
+    assert summary["score"] == pytest.approx(np.mean([row["score"] for row in rows]))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["total_steps"] == 2 and config["model"]["preset"] == "tiny"
