@@ -12,6 +12,7 @@ in a notebook works the same in the trainer and the CLI.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,9 @@ class LM:
     params: Any
     mesh: Mesh
     tokenizer: Tokenizer | None = None
+    # How text prompts are wrapped before encoding: a workdir's model gets its training
+    # template, so it is asked exactly as it was trained.
+    prompt_template: str = "{prompt}"
 
     def logits(self, token_ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
         """Float32 logits [batch, len, vocab] for equal-length rows of token ids."""
@@ -58,7 +62,9 @@ class LM:
         if as_text:
             if self.tokenizer is None:
                 raise ValueError("text prompts need a tokenizer; pass token ids or load one")
-            ids = [self.tokenizer.encode(p, add_bos=self.cfg.bos_token_id is not None) for p in prompts]
+            add_bos = self.cfg.bos_token_id is not None
+            ids = [self.tokenizer.encode(self.prompt_template.format(prompt=p), add_bos=add_bos)
+                   for p in prompts]
         else:
             ids = [list(p) for p in prompts]
         eos = self.tokenizer.eos_id if self.tokenizer is not None else None
@@ -86,13 +92,16 @@ class LM:
 
 
 def load(path: str | os.PathLike, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", **overrides: Any) -> LM:
-    """Loads a Hugging Face LLaMA-family directory or a jaxalign model directory.
+    """Loads a `jaxalign train` workdir (latest checkpoint), a jaxalign model directory or a
+    Hugging Face LLaMA-family directory.
 
     `overrides` change execution options of the model config (e.g. dtype="bfloat16",
     scan_layers=False, attention_impl="cudnn"); they must not change its shape.
     """
     path = Path(path)
     mesh = mesh_lib.make_mesh(mesh) if isinstance(mesh, str) else mesh
+    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
+        return _load_workdir(path, mesh, overrides)
     if checkpoints.is_model_dir(path):
         cfg = checkpoints.load_config(path, **overrides)
         params = checkpoints.restore_params(path, cfg, mesh)
@@ -117,6 +126,26 @@ def init(
     cfg = models.get_preset(cfg) if isinstance(cfg, str) else cfg
     mesh = mesh_lib.make_mesh(mesh) if isinstance(mesh, str) else mesh
     return LM(cfg, models.init_params(cfg, mesh, seed), mesh, tokenizer)
+
+
+def _load_workdir(workdir: Path, mesh: Mesh, overrides: dict[str, Any]) -> LM:
+    """The latest checkpoint of a `jaxalign train` workdir (its params; optimizer state is
+    restored alongside because it shares the checkpoint, then dropped)."""
+    import ml_collections
+
+    from jaxalign.train import loop, optim
+    from jaxalign.train import state as state_lib
+    from jaxalign.train.checkpointing import Checkpointer
+
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    tokenizer = Tokenizer.load(workdir / "tokenizer")
+    cfg = loop.model_config(config, tokenizer.vocab_size).replace(**overrides)
+    tx, _ = optim.make_optimizer(config.optimizer)
+    with Checkpointer(workdir / "checkpoints") as checkpointer:
+        state, _, _ = checkpointer.restore(state_lib.abstract_train_state(cfg, tx, mesh))
+    from jaxalign.data.pipeline import PROMPT_TEMPLATE
+
+    return LM(cfg, state.params, mesh, tokenizer, prompt_template=PROMPT_TEMPLATE)
 
 
 def _has_tokenizer(path: Path) -> bool:

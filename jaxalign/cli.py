@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
             top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         )
         for prompt, text in zip(args.prompt, outputs, strict=True):
-            print(f"{prompt}{text}")
+            print(f"{prompt!r} -> {text!r}")
         return 0
     if args.command == "import-hf":
         lm = api.load(args.source, mesh=args.mesh)

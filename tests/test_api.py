@@ -73,7 +73,7 @@ def test_cli_generate_import_export(lm, tmp_path, capsys):
     assert cli.main(["generate", "--preset", "tiny", "--prompt", "hi", "--prompt", "yo",
                      "--max-new-tokens", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("hi") and lines[1].startswith("yo")
+    assert lines[0].startswith("'hi' -> ") and lines[1].startswith("'yo' -> ")
 
     lm.save_hf(tmp_path / "hf")
     assert cli.main(["import-hf", "--from", str(tmp_path / "hf"), "--out", str(tmp_path / "jx")]) == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import jaxalign
 from jaxalign import cli
 from jaxalign import config as config_lib
 from jaxalign.train import loop
@@ -130,3 +131,8 @@ def test_samples_and_score_are_written(tmp_path):
     assert summary["score"] == pytest.approx(np.mean([row["score"] for row in rows]))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["total_steps"] == 2 and config["model"]["preset"] == "tiny"
+    # The workdir loads in the notebook API and answers as the trainer's own samples did,
+    # because it keeps the training prompt template.
+    lm = jaxalign.load(tmp_path, mesh="dp:2,fsdp:2,tp:2")
+    again = lm.generate([row["prompt"] for row in rows], max_new_tokens=4)
+    assert [t.strip() for t in again] == [row["response"] for row in rows]

@@ -91,10 +91,13 @@ def _text_field(record: Mapping[str, Any], key: str, kind: str) -> str:
     return value
 
 
+PROMPT_TEMPLATE = "{prompt}\n"
+
+
 def format_prompt(prompt: str) -> str:
     """The one prompt template, used for training and for generation alike (the Stable
     Alignment reference code trains and samples with different templates; we must not)."""
-    return f"{prompt}\n"
+    return PROMPT_TEMPLATE.format(prompt=prompt)
 
 
 def record_to_example(record: Mapping[str, Any], tokenizer: Tokenizer, kind: str) -> Example:
