@@ -15,9 +15,9 @@ from jaxalign.train.optim import default_optimizer_config
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.total_steps = 300
+    config.total_steps = 150
     config.batch_size = 16  # packed rows per step, over all processes
-    config.seq_len = 128
+    config.seq_len = 96
     config.microbatches = 1
     config.mesh = "dp:1,fsdp:-1,tp:1"
     config.model = ml_collections.ConfigDict({"preset": "small"})
@@ -25,9 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = default_data_config()
     config.optimizer = default_optimizer_config()
     config.optimizer.peak_lr = 1e-3
-    config.optimizer.warmup_steps = 30
+    config.optimizer.warmup_steps = 15
     config.optimizer.total_steps = config.get_ref("total_steps")
-    config.checkpoint_every = 100
+    config.checkpoint_every = 50
     config.keep_checkpoints = 2
     config.log_every = 10
     config.num_samples = 8
