@@ -15,14 +15,17 @@ over the task's known vocabulary, so a near-miss never passes for correct.
 
 The tasks are a real test bed by construction: every chosen response scores 1 and every rejected
 one below 0.3, so a model that imitates the 50/50 mix of both (plain SFT on positive and negative)
-scores about 0.5, while one that learned to prefer the chosen responses approaches 1. That holds
-under greedy decoding too because, by default, each task's rejected responses are one coherent
-behaviour (opposite order, rudeness, refusing the benign and obeying the harmful) that parts from
-the chosen one at a single token with even odds. Scattered small mistakes (sort's "swap"/"drop",
-polite's "off_topic", available through `mistakes=`) do not do that: greedy decoding of a model
-imitating them returns the majority answer, the chosen one, so they are off by default. All strings
-are printable ASCII without newlines, at most ~70 characters, from a few dozen words, so a ~3M
-parameter model with a 300-500 token vocabulary can learn them on CPU in minutes.
+scores about 0.5 when it samples at temperature 1, while one that learned to prefer the chosen
+responses approaches 1. By default each task's rejected responses are one coherent behaviour that
+parts from the chosen one at a single token, since greedy decoding turns a mix of scattered small
+mistakes (sort's "swap"/"drop", polite's "off_topic", available through `mistakes=`) back into the
+majority answer, i.e. the chosen one. sort (ascending vs descending on request) and harmless
+(refuse the harmful, help the benign) are conditional: the wrong behaviour is the right one for
+other prompts, so a prompt-blind model scores about 0.5 under any decoding. polite (polite vs rude)
+is not: greedy decoding of a mix-trained model turns all polite or all rude, a coin flip per run,
+so compare methods on it with sampled responses. Measured (a 1M-parameter 4-layer decoder, BPE
+vocabulary 400, batch 64, 100 s on 2 CPU cores, greedy decoding on 200 eval prompts), SFT on
+chosen vs on the mix: sort 0.91 vs 0.44, polite 1.00 vs 0.00, harmless 1.00 vs 0.58.
 
 Train/eval splits are by a hash of the prompt (`split_of`), so an eval prompt never occurs in train.
 """
