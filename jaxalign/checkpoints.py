@@ -10,9 +10,12 @@ straight onto the target mesh's shardings, so the mesh used to save and to load 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +38,62 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MODEL_FILE).is_file()
 
 
+@contextlib.contextmanager
+def staged_directory(
+    out: str | os.PathLike, overwrite: bool = False, *, writer: bool = True, tmp_name: str | None = None
+) -> Iterator[Path]:
+    """Yields a fresh sibling directory to fill; when the block succeeds it takes `out`'s place.
+
+    A non-empty `out` is refused unless `overwrite`. The old directory is moved aside before the
+    rename and removed only after it, so at every moment one complete version exists; a failing
+    block removes the temporary directory and leaves `out` as it was. Processes other than the
+    `writer` get the path but create, rename and remove nothing (pass the same `tmp_name` on
+    every process when they all write into it, as orbax does).
+    """
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    tmp = out.with_name(tmp_name or f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    if writer:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by an earlier crash
+            shutil.rmtree(tmp)
+        tmp.mkdir()  # not tempfile.mkdtemp: its 0o700 mode would stick to the result
+    try:
+        yield tmp
+    except BaseException:
+        if writer:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if writer:
+        old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
+        if old is not None:
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+
+
 def save_model(
     path: str | os.PathLike, params: Any, cfg: ModelConfig, tokenizer: Any = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes a model directory; writes to a temporary sibling and renames, so a crash or an
-    existing directory never leaves a half-written or clobbered model behind."""
+    """Writes a model directory through `staged_directory`, so a crash or an existing
+    directory never leaves a half-written or clobbered model behind."""
     path = Path(path).absolute()
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp / "params", params)
-    checkpointer.wait_until_finished()
-    if jax.process_index() == 0:
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp / "tokenizer")
-        meta = {"format": FORMAT, "version": 1, "model": cfg.to_dict()}
-        (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+    writer = jax.process_index() == 0
+    # Every process writes its shards of the params into the same temporary directory.
+    with staged_directory(path, overwrite, writer=writer, tmp_name=f".{path.name}.tmp") as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / "params", params)
+        checkpointer.wait_until_finished()
+        if writer:
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp / "tokenizer")
+            meta = {"format": FORMAT, "version": 1, "model": cfg.to_dict()}
+            (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 

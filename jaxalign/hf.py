@@ -16,8 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxalign import models
+from jaxalign.checkpoints import staged_directory
 from jaxalign.models.config import ModelConfig
 
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
@@ -322,20 +321,12 @@ def export_checkpoint(
     is complete: files go to a temporary sibling directory that is renamed at the end.
     """
     out = Path(out_dir).absolute()
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     np_dtype = jnp.dtype(dtype or cfg.param_dtype)
     shards = _plan_shards(cfg, np_dtype.itemsize, max_shard_bytes)
     files = [SINGLE_FILE] if len(shards) == 1 else [
         f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
     writer = jax.process_index() == 0
-    if writer:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()  # not tempfile.mkdtemp: its 0o700 mode would stick to the result
-    try:
+    with staged_directory(out, overwrite, writer=writer) as tmp:
         weight_map, total = {}, 0
         for file, shard in zip(files, shards, strict=True):
             tensors = {}  # at most one shard (max_shard_bytes) on the host at a time
@@ -348,16 +339,6 @@ def export_checkpoint(
                 save_file(tensors, str(tmp / file), metadata={"format": "pt"})
         if writer:
             _write_metadata(tmp, cfg, np_dtype, tokenizer, {"total_size": total}, weight_map, len(files))
-            old = out.with_name(f".{out.name}.old-{os.getpid()}") if out.exists() else None
-            if old is not None:
-                out.rename(old)
-            tmp.rename(out)
-            if old is not None:  # removed only once the new checkpoint is in place
-                shutil.rmtree(old)
-    except BaseException:
-        if writer and tmp.exists():
-            shutil.rmtree(tmp)
-        raise
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxalign.hf.export_checkpoint")
     return out

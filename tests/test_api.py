@@ -104,3 +104,22 @@ def test_cli_bad_input_is_one_clear_error(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("jaxalign: error:") and message in err[-1]
+
+
+def test_staged_directory_never_loses_what_was_saved(tmp_path):
+    out = tmp_path / "model"
+    with checkpoints.staged_directory(out) as tmp:
+        (tmp / "weights").write_text("v1")
+    assert (out / "weights").read_text() == "v1"
+    with pytest.raises(FileExistsError, match="not empty"):
+        with checkpoints.staged_directory(out):
+            pass
+    with pytest.raises(RuntimeError, match="crash"):
+        with checkpoints.staged_directory(out, overwrite=True) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert (out / "weights").read_text() == "v1"  # the old version survives a failed write
+    with checkpoints.staged_directory(out, overwrite=True) as tmp:
+        (tmp / "weights").write_text("v2")
+    assert (out / "weights").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no tmp or old dirs left
