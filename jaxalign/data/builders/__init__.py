@@ -4,3 +4,9 @@
 from jaxalign.data.builders.jsonl_preference import JsonlPreference, decode_record, prepare
 
 __all__ = ["JsonlPreference", "decode_record", "prepare"]
+
+# The Chain of Hindsight feedback datasets (HH-RLHF, WebGPT, summarize-from-feedback): see feedback.py.
+from jaxalign.data.builders import feedback  # noqa: E402
+from jaxalign.data.builders.feedback import HhRlhf, SummarizeFeedback, WebGpt  # noqa: E402
+
+__all__ += ["HhRlhf", "SummarizeFeedback", "WebGpt", "feedback"]
