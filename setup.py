@@ -26,6 +26,7 @@ setup(
         "numpy",
         "tqdm",
         "tensorboardX",
+        "rouge-score",  # jaxalign.eval.rouge: the CoH paper's summarisation metric
     ],
     extras_require={
         "test": [
