@@ -214,3 +214,136 @@ def test_changing_one_packed_example_leaves_the_others_losses_unchanged(nll_fn):
         # at slot middle - 1), and not before it.
         np.testing.assert_allclose(new_k[:middle - 1], old_k[:middle - 1], atol=1e-5, rtol=0)
         assert np.max(np.abs(new_k[middle - 1:len(old_k)] - old_k[middle - 1:])) > 1e-3
+
+
+# --- multi-part examples and extra per-token fields --------------------------------------------
+
+
+def _multi_part_examples(count, seed, max_parts=3, max_len=12, vocab=256):
+    """Mixed single- and multi-part examples; some parts carry ul_weights, some do not."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        parts = []
+        for _ in range(int(rng.integers(1, max_parts + 1))):
+            n = int(rng.integers(2, max_len + 1))
+            part = {"tokens": rng.integers(1, vocab, n), "weights": rng.random(n).astype(np.float32)}
+            if rng.random() < 0.5:
+                part["ul_weights"] = rng.random(n).astype(np.float32)
+            parts.append(part)
+        out.append(parts[0] if len(parts) == 1 and i % 2 else {"parts": parts})
+    return out
+
+
+def test_parts_of_an_example_are_consecutive_segments_of_one_row_each_shifted_on_its_own():
+    a = {"tokens": [10, 11, 12, 13], "weights": [0, 0, 1, 1], "ul_weights": [0, 1, 1, 0]}
+    b = {"tokens": [20, 21, 22]}
+    single = {"tokens": [30, 31, 32]}
+    rows = pack_examples([single, {"parts": [a, b]}, {"parts": [b]}], 12, fields=("ul_weights",))
+    assert len(rows) == 1 and set(rows[0]) == {*ROW_FIELDS, "ul_weights"}
+    row = rows[0]
+    assert row["segment_ids"].tolist() == [1, 1, 2, 2, 2, 3, 3, 4, 4, 0, 0, 0]
+    assert row["positions"].tolist() == [0, 1, 0, 1, 2, 0, 1, 0, 1, 0, 0, 0]
+    assert row["inputs"].tolist() == [30, 31, 10, 11, 12, 20, 21, 20, 21, 0, 0, 0]
+    # Part a's last target is its own last token (13), never b's first token (20).
+    assert row["targets"].tolist() == [31, 32, 11, 12, 13, 21, 22, 21, 22, 0, 0, 0]
+    assert row["weights"].tolist() == [1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    # ul_weights shift like weights; 0 where a part lacks them and on padding.
+    assert row["ul_weights"].tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert row["ul_weights"].dtype == np.float32
+    # Without fields the extra per-token field is not carried.
+    assert set(pack_examples([{"parts": [a, b]}], 12)[0]) == set(ROW_FIELDS)
+
+
+def test_parts_stay_together_when_the_row_fills_up():
+    def ex(n, first):
+        return {"tokens": np.arange(first, first + n)}
+
+    # Rows of 8, one open row: 5 slots, then a pair needing 2 + 3 slots does not fit beside it and
+    # goes, whole, into the next row.
+    rows = pack_examples([ex(6, 10), {"parts": [ex(3, 20), ex(4, 30)]}], 8, num_bins=1)
+    assert [r["segment_ids"].tolist() for r in rows] == [[1] * 5 + [0] * 3, [1, 1, 2, 2, 2, 0, 0, 0]]
+
+
+def test_multi_part_overflow_water_fills_or_raises():
+    seq_len = 12
+    parts = [{"tokens": np.arange(1, 12)}, {"tokens": np.arange(20, 24)}, {"tokens": np.arange(40, 47)}]
+    # 10 + 3 + 6 = 19 slots > 12: the largest cap c with min(10, c) + min(3, c) + min(6, c) <= 12 is 4.
+    stats = PackStats()
+    (row,) = pack_examples([{"parts": parts}], seq_len, stats=stats)
+    assert stats.truncated == 1 and stats.examples == 1
+    assert row["segment_ids"].tolist() == [1] * 4 + [2] * 3 + [3] * 4 + [0]
+    assert row["inputs"].tolist() == [1, 2, 3, 4, 20, 21, 22, 40, 41, 42, 43, 0]
+    assert row["targets"].tolist() == [2, 3, 4, 5, 21, 22, 23, 41, 42, 43, 44, 0]
+    with pytest.raises(ValueError, match=r"example 0: its 3 parts \(22 tokens\) need 19 slots, but rows of "
+                                         r"seq_len=12 have 12 \(overflow='error'"):
+        pack_examples([{"parts": parts}], seq_len, overflow="error")
+    # One part is the single-part rule: keep the first seq_len + 1 tokens.
+    (one,) = pack_examples([{"parts": parts[:1]}], 8)
+    np.testing.assert_array_equal(one["inputs"], np.arange(1, 9))
+    with pytest.raises(ValueError, match=r"3 parts cannot share a row of seq_len=2"):
+        pack_examples([{"parts": parts}], 2)
+
+
+def test_multi_part_dropping_and_errors():
+    stats = PackStats()
+    ok = {"tokens": [1, 2, 3]}
+    rows = pack_examples([{"parts": [ok, {"tokens": [5]}]}, {"parts": [ok, ok]}], 8, stats=stats)
+    # A part predicting nothing drops its whole example, so packed examples keep all their parts.
+    assert (stats.examples, stats.dropped) == (1, 1)
+    assert rows[0]["segment_ids"].tolist() == [1, 1, 2, 2, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match=r"example 1 part 1: 'ul_weights' has shape \(2,\) but 'tokens' has"):
+        pack_examples([ok, {"parts": [ok, {"tokens": [1, 2, 3], "ul_weights": [0, 1]}]}], 8,
+                      fields=("ul_weights",))
+    with pytest.raises(ValueError, match=r"example 0 part 0: expected a mapping with 'tokens'"):
+        pack_examples([{"parts": [[1, 2, 3]]}], 8)
+    with pytest.raises(ValueError, match=r"example 0: 'parts' must be a non-empty list"):
+        pack_examples([{"parts": []}], 8)
+    with pytest.raises(ValueError, match=r"example 0: has both 'tokens' and 'parts'"):
+        pack_examples([{"tokens": [1, 2], "parts": [ok]}], 8)
+    with pytest.raises(ValueError, match=r"example 0: 'ul_weights' contains NaN"):
+        pack_examples([{"tokens": [1, 2], "ul_weights": [0, np.nan]}], 8, fields=("ul_weights",))
+    for bad in (("weights",), ("ul_weights", "ul_weights"), "ul_weights"):
+        with pytest.raises(ValueError, match=r"fields"):
+            pack_examples([ok], 8, fields=bad)
+
+
+@pytest.mark.parametrize("overflow", ["truncate", "error"])
+def test_grain_pipeline_gives_the_same_rows_with_parts_and_fields(overflow):
+    # With "error" every example fits: 3 parts of at most 8 slots.
+    examples = _multi_part_examples(70, seed=6, max_len=9 if overflow == "error" else 20)
+    expected = pack_examples(examples, 24, num_bins=3, overflow=overflow, fields=("ul_weights",))
+    assert any(r["segment_ids"].max() > 3 for r in expected)
+    stats = PackStats()
+    rows = list(pack_dataset(grain.MapDataset.source(examples), 24, num_bins=3, overflow=overflow,
+                             fields=("ul_weights",), stats=stats))
+    _assert_same_rows(rows, expected)
+    assert stats.rows == len(rows) and stats.examples == 70
+    assert (stats.truncated > 0) == (overflow == "truncate")
+    # Every part of every example is in the rows, intact, as consecutive segments.
+    found = _segments(rows)
+    parts = [ex["parts"] if "parts" in ex else [ex] for ex in examples]
+    assert len(found) == sum(len(p) for p in parts)
+    if overflow == "error":
+        flat = [p for ps in parts for p in ps]
+        by_tokens = {tuple(tokens): (r, start) for r, start, tokens, _, _ in found}
+        for ps in parts:
+            places = [by_tokens[tuple(p["tokens"])] for p in ps]
+            for k in range(len(ps) - 1):  # same row, each part right after the one before
+                assert places[k + 1] == (places[k][0], places[k][1] + len(ps[k]["tokens"]) - 1)
+        assert len(by_tokens) == len(flat)
+
+
+def test_parts_do_not_see_each_other_through_the_model(nll_fn):
+    examples = _multi_part_examples(10, seed=7, max_len=14)
+    multi = [ex for ex in examples if "parts" in ex and len(ex["parts"]) > 1]
+    assert multi
+    rows = pack_examples(multi, SEQ_LEN, num_bins=2)
+    packed = _per_example_nll(rows, nll_fn(rows))
+    # Each part alone in a row has exactly the per-token losses it has next to its sibling parts.
+    alone_examples = [part for ex in multi for part in ex["parts"]]
+    alone = [pack_examples([part], SEQ_LEN)[0] for part in alone_examples]
+    alone_nll = nll_fn(alone)
+    for i, part in enumerate(alone_examples):
+        n = len(part["tokens"])
+        np.testing.assert_allclose(packed[tuple(part["tokens"])][0], alone_nll[i, :n - 1], atol=1e-5, rtol=0)

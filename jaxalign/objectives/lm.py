@@ -43,6 +43,20 @@ def token_nll(logits: Array, targets: Array) -> Array:
     return jnp.log(jnp.sum(jnp.exp(shifted), axis=-1)) - target
 
 
+def token_logps(logits: Array, targets: Array) -> Array:
+    """Per-token log-probability [b, L] float32 of `targets` under `logits`: ``-token_nll``."""
+    return -token_nll(logits, targets)
+
+
+def segment_sums(values: Array, segment_ids: Array) -> Array:
+    """Sums of `values` [b, L] per (row, segment id) -> [b, L + 1]; column s sums segment s.
+
+    Column 0 sums the padding (id 0); ids run 0 .. at most L, so L + 1 columns hold them all.
+    """
+    length = values.shape[-1]
+    return jax.vmap(lambda v, s: jax.ops.segment_sum(v, s, num_segments=length + 1))(values, segment_ids)
+
+
 def loss(
     logits: Array, batch: dict[str, Array], normalization: str = "token"
 ) -> tuple[Array, dict[str, Array]]:
@@ -71,16 +85,12 @@ def loss(
         segment_ids = jnp.ones(targets.shape, jnp.int32)
     length = targets.shape[-1]
 
-    def per_sequence(values: Array) -> Array:
-        # [b, L] -> [b, L + 1] sums by segment id; ids run 0 (padding) .. at most L.
-        return jax.vmap(lambda v, s: jax.ops.segment_sum(v, s, num_segments=length + 1))(values, segment_ids)
-
-    seq_weight = per_sequence(weights)
+    seq_weight = segment_sums(weights, segment_ids)
     valid = (seq_weight > 0) & (jnp.arange(length + 1) > 0)
     count = jnp.sum(valid.astype(jnp.float32))
 
     def sequence_mean(values: Array) -> Array:
-        means = jnp.where(valid, per_sequence(values) / jnp.where(valid, seq_weight, 1.0), 0.0)
+        means = jnp.where(valid, segment_sums(values, segment_ids) / jnp.where(valid, seq_weight, 1.0), 0.0)
         return _safe_div(jnp.sum(means), count)
 
     metrics = {"loss_weight": count, "accuracy": sequence_mean(weighted_correct), "num_sequences": count}
