@@ -360,7 +360,7 @@ def test_bad_input_is_a_clear_error(runs, cfg, adam, batch):
         evaluate(initial.params, missing)
     with pytest.raises(ValueError, match=r"batch\['positions'\] has shape \(8, 15\)"):
         evaluate(initial.params, dict(batch, positions=batch["positions"][:, 1:]))
-    with pytest.raises(ValueError, match=r"a batch of 8 rows does not split into microbatches=3"):
+    with pytest.raises(ValueError, match=r"8 rows do not split into microbatches=3"):
         make_eval_step(cfg, mesh, microbatches=3)(initial.params, batch)
     with pytest.raises(ValueError, match=r"must report metrics\['loss_weight'\]"):
         make_eval_step(cfg, mesh, loss_fn=lambda logits, b: (jnp.mean(logits), {}))(initial.params, batch)

@@ -85,14 +85,15 @@ def abstract_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformatio
 
 
 def init_train_state(
-    model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int
+    model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int, params: Any = None
 ) -> TrainState:
     """A fresh state at step 0, every leaf created directly in its shards.
 
-    Parameters are those of ``jaxalign.models.init_params(model_cfg, mesh, seed)``.
+    Parameters are `params` (e.g. a pretrained model's, on this mesh; they are donated) or those of
+    ``jaxalign.models.init_params(model_cfg, mesh, seed)``.
     """
     shardings = train_state_shardings(model_cfg, tx, mesh)
-    params = models.init_params(model_cfg, mesh, seed)
+    params = models.init_params(model_cfg, mesh, seed) if params is None else params
 
     def rest(params: Any) -> TrainState:
         return TrainState(

@@ -27,12 +27,26 @@ an uninterrupted run would. The only consumer is the optional ``batch_transform(
 (for CoH's random past-token masks: it may add ``extra_mask``); the eval step never calls it and
 has no randomness at all.
 
+Several streams. Chain of Hindsight trains on feedback data and regularises with plain text:
+``loss = L_feedback + lambda * L_pretrain``, each stream with its own batch size, normalisation and
+microbatch count. ``make_train_step(..., streams={"feedback": Stream(coh_loss), "pretrain":
+Stream(lm_loss, weight=1.5)})`` takes a batch ``{"feedback": rows, "pretrain": rows}``; each stream is
+accumulated on its own (so each keeps its exact normaliser) and the gradients are combined as
+``sum_s weight_s * grad_s / loss_weight_s``. This costs one extra float32 gradient buffer per extra
+stream. Metrics are reported per stream as ``"<stream>/<name>"`` beside the combined ``loss``.
+
+Reference model. A stream with ``reference=True`` (DPO) gets ``batch["ref_logps"]``: the per-token
+log-probability of each target under frozen reference parameters, computed in the same step (no
+gradient) and passed to its loss. The reference parameters are the step's third argument, held by
+the step (``MeshStep.frozen``), sharded like the parameters, never updated or checkpointed.
+
 Precision: logits come out of the model in float32 and the objectives compute log-softmax and loss
 in float32; gradients are accumulated in float32 and cast to the parameter dtype for the optimiser.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +68,18 @@ Metrics = dict[str, Array]
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 BATCH_AXES = ("batch", "length")  # logical names of the leading axes of every batch array
+SINGLE = "main"  # the name of the only stream of a step made without `streams`
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """One source of rows in a train step: its loss, its weight in the total, its options."""
+
+    loss_fn: lm.LossFn = lm.loss
+    weight: float = 1.0
+    microbatches: int = 1
+    batch_transform: BatchTransform | None = None
+    reference: bool = False  # the loss reads batch["ref_logps"] from the reference model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,10 +170,14 @@ class MeshStep:
     """
 
     def __init__(
-        self, fn: Callable[..., Any], mesh: Mesh, first_shardings: Any, *, microbatches: int, donate: bool
+        self, fn: Callable[..., Any], mesh: Mesh, first_shardings: Any, *, microbatches: dict[str, int],
+        donate: bool, frozen: Any = None, frozen_shardings: Any = None,
     ) -> None:
         self.mesh = mesh
-        self.microbatches = microbatches
+        self.microbatches = microbatches  # per stream
+        self.stream_names = tuple(microbatches)
+        self.frozen = frozen
+        self._frozen_shardings = frozen_shardings
         self._fn = fn
         self._first_shardings = first_shardings
         self._donate = donate
@@ -156,16 +186,29 @@ class MeshStep:
     def __call__(self, first: Any, batch: Batch) -> Any:
         jitted, batch = self._prepare(batch)
         with mesh_lib.use(self.mesh):
-            return jitted(first, batch)
+            return jitted(first, batch, self.frozen)
 
     def lower(self, first: Any, batch: Batch) -> jax.stages.Lowered:
         jitted, batch = self._prepare(batch)
         with mesh_lib.use(self.mesh):
-            return jitted.lower(first, batch)
+            return jitted.lower(first, batch, self.frozen)
 
     def batch_shardings(self, batch: Batch) -> Any:
         """The NamedSharding of each batch leaf, for a batch of these (process-local) shapes."""
-        return jax.tree.map(lambda x: self._sharding(self._global_shape(x)), dict(batch))
+        return jax.tree.map(lambda x: self._sharding(self._global_shape(x)), self._streams(batch))
+
+    def _streams(self, batch: Batch) -> dict[str, Batch]:
+        """{stream: rows}: a flat batch is the rows of the single stream."""
+        if self.stream_names == (SINGLE,) and SINGLE not in batch:
+            return {SINGLE: dict(batch)}
+        unknown = sorted(set(batch) - set(self.stream_names))
+        missing = [name for name in self.stream_names if name not in batch]
+        if unknown or missing:
+            raise ValueError(
+                f"this step trains on streams {list(self.stream_names)}; the batch has {sorted(batch)}"
+                + (f" (missing {missing})" if missing else "")
+            )
+        return {name: dict(batch[name]) for name in self.stream_names}
 
     def _global_shape(self, x: Any) -> tuple[int, ...]:
         if isinstance(x, jax.Array):
@@ -178,53 +221,55 @@ class MeshStep:
         names = BATCH_AXES[: len(shape)]
         return mesh_lib.logical_sharding(names, shape[: len(names)], self.mesh)
 
-    def _prepare(self, batch: Batch) -> tuple[Any, Batch]:
-        batch = dict(batch)
-        _check_batch(batch, self.microbatches, self._global_shape)
+    def _prepare(self, batch: Batch) -> tuple[Any, dict[str, Batch]]:
+        streams = self._streams(batch)
+        for name, rows in streams.items():
+            where = "batch" if len(streams) == 1 else f"batch[{name!r}]"
+            _check_batch(rows, self.microbatches[name], self._global_shape, where)
         shardings = self.batch_shardings(batch)
-        placed = {}
-        for name, x in batch.items():
-            if isinstance(x, jax.Array):
-                placed[name] = jax.device_put(x, shardings[name])
-            else:
-                x = np.asarray(x)
-                placed[name] = jax.make_array_from_process_local_data(
-                    shardings[name], x, self._global_shape(x)
-                )
-        key = tuple(sorted((name, x.shape, str(x.dtype)) for name, x in placed.items()))
+        placed = jax.tree.map(self._place, streams, shardings)
+        key = tuple(sorted((s, n, x.shape, str(x.dtype)) for s, rows in placed.items() for n, x in rows.items()))
         if key not in self._jitted:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             out_shardings = (self._first_shardings, replicated) if self._donate else replicated
             self._jitted[key] = jax.jit(
                 self._fn,
-                in_shardings=(self._first_shardings, shardings),
+                in_shardings=(self._first_shardings, shardings, self._frozen_shardings),
                 out_shardings=out_shardings,
                 donate_argnums=(0,) if self._donate else (),
             )
         return self._jitted[key], placed
 
+    def _place(self, x: Any, sharding: NamedSharding) -> jax.Array:
+        if isinstance(x, jax.Array):
+            return jax.device_put(x, sharding)
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding, x, self._global_shape(x))
 
-def _check_batch(batch: Batch, microbatches: int, global_shape: Callable[[Any], tuple[int, ...]]) -> None:
+
+def _check_batch(
+    batch: Batch, microbatches: int, global_shape: Callable[[Any], tuple[int, ...]], where: str = "batch"
+) -> None:
     missing = [name for name in BATCH_KEYS if name not in batch]
     if missing:
         raise ValueError(
-            f"batch is missing {missing}; a batch has {list(BATCH_KEYS)} (jaxalign.data.packing), "
+            f"{where} is missing {missing}; a batch has {list(BATCH_KEYS)} (jaxalign.data.packing), "
             f"got {sorted(batch)}"
         )
     rows, length = np.shape(batch["inputs"])[:2] if np.ndim(batch["inputs"]) == 2 else (None, None)
     if rows is None:
-        raise ValueError(f"batch['inputs'] must be [batch, seq_len], got shape {np.shape(batch['inputs'])}")
+        raise ValueError(f"{where}['inputs'] must be [batch, seq_len], got shape {np.shape(batch['inputs'])}")
     for name, x in batch.items():
         shape = np.shape(x)
         if shape[:2] != (rows, length):
             raise ValueError(
-                f"batch[{name!r}] has shape {shape}, but batch['inputs'] is {(rows, length)}: every "
+                f"{where}[{name!r}] has shape {shape}, but {where}['inputs'] is {(rows, length)}: every "
                 "batch array starts with [batch, seq_len]"
             )
     global_rows = global_shape(batch["inputs"])[0]
     if global_rows % microbatches:
         raise ValueError(
-            f"a batch of {global_rows} rows does not split into microbatches={microbatches}; "
+            f"{where}: {global_rows} rows do not split into microbatches={microbatches}; "
             "the batch size must be a multiple of the number of microbatches"
         )
 
@@ -248,68 +293,121 @@ def make_train_step(
     loss_fn: lm.LossFn = lm.loss,
     schedule: optax.Schedule | None = None,
     batch_transform: BatchTransform | None = None,
+    streams: dict[str, Stream] | None = None,
+    reference_params: Any = None,
 ) -> MeshStep:
     """``step(state, batch) -> (new_state, metrics)``: one optimiser update on `batch`.
 
-    Metrics (float32 scalars, replicated): ``loss``, ``grad_norm`` (global norm of the gradient,
-    before clipping), ``tokens`` (sum of loss weights), ``lr`` (``schedule(state.step)``, the rate
-    of this update; only with `schedule`) and every metric of `loss_fn`, combined over microbatches
-    as `jaxalign.objectives` describes. A batch with no loss weight gives loss 0 and zero gradients.
+    Without `streams` the step trains on one stream of rows with `loss_fn`, `microbatches` and
+    `batch_transform`; with `streams` (see the module docstring) those three must be left at their
+    defaults and the batch is ``{stream name: rows}``. `reference_params` (parameters of the same
+    model config, e.g. the initial policy) are required by streams with ``reference=True``.
+
+    Metrics (float32 scalars, replicated): ``loss`` (the weighted sum over streams), ``grad_norm``
+    (global norm of the combined gradient, before clipping), ``tokens`` (sum of loss weights), ``lr``
+    (``schedule(state.step)``, the rate of this update; only with `schedule`) and every metric of
+    each stream's loss, combined over microbatches as `jaxalign.objectives` describes (prefixed
+    with ``"<stream>/"`` when there are several streams). A stream with no loss weight contributes
+    loss 0 and zero gradients.
     """
-    microbatches = _check_microbatches(microbatches)
+    streams = _resolve_streams(streams, loss_fn, microbatches, batch_transform)
+    if any(s.reference for s in streams.values()) and reference_params is None:
+        raise ValueError("a stream with reference=True needs reference_params (the frozen reference model)")
     model = Transformer(model_cfg)
     shardings = train_state_shardings(model_cfg, tx, mesh)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        rng = step_rng(state)
-
+    def stream_sums(stream: Stream, params: Any, rows: Batch, reference: Any, rng: Array) -> dict[str, Any]:
         def micro(mb: Batch, index: Array) -> dict[str, Any]:
-            if batch_transform is not None:
-                mb = batch_transform(mb, jax.random.fold_in(rng, index))
+            if stream.batch_transform is not None:
+                mb = stream.batch_transform(mb, jax.random.fold_in(rng, index))
+            if stream.reference:
+                ref_logits = jax.lax.stop_gradient(_forward(model, reference, mb))
+                mb = {**mb, "ref_logps": -lm.token_nll(ref_logits, mb["targets"])}
 
-            def scaled_loss(params: Any) -> tuple[Array, Metrics]:
-                return _loss_sums(loss_fn, _forward(model, params, mb), mb)
+            def scaled_loss(p: Any) -> tuple[Array, Metrics]:
+                return _loss_sums(stream.loss_fn, _forward(model, p, mb), mb)
 
-            (loss_sum, sums), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
+            (loss_sum, sums), grads = jax.value_and_grad(scaled_loss, has_aux=True)(params)
             grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
             # Keep the accumulated gradient in the parameters' (FSDP) shards, not replicated.
             grads = jax.lax.with_sharding_constraint(grads, shardings.params)
             return {"grads": grads, "loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
 
-        total = _accumulate(micro, batch, microbatches, mesh)
-        weight = total["metrics"]["loss_weight"]
-        grads32 = jax.tree.map(lambda g: _safe_div(g, weight), total["grads"])
+        return _accumulate(micro, rows, stream.microbatches, mesh)
+
+    def train_step(state: TrainState, batch: dict[str, Batch], reference: Any) -> tuple[TrainState, Metrics]:
+        rng = step_rng(state)
+        grads32, metrics = None, {}
+        loss = tokens = jnp.zeros((), jnp.float32)
+        for index, (name, stream) in enumerate(streams.items()):
+            # Stream 0 uses the step key itself, so a single stream draws what it always drew.
+            key = rng if index == 0 else jax.random.fold_in(rng, 1_000_003 + index)
+            total = stream_sums(stream, state.params, batch[name], reference, key)
+            scale = stream.weight / jnp.where(total["metrics"]["loss_weight"] > 0,
+                                              total["metrics"]["loss_weight"], 1.0)
+            scaled = jax.tree.map(lambda g, scale=scale: g * scale, total["grads"])
+            grads32 = scaled if grads32 is None else jax.tree.map(jnp.add, grads32, scaled)
+            finished = _finish(total)
+            loss += stream.weight * finished["loss"]
+            tokens += finished["tokens"]
+            prefix = "" if len(streams) == 1 else f"{name}/"
+            metrics.update({prefix + k: v for k, v in finished.items() if prefix or k not in ("loss", "tokens")})
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads32, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
         )
-        metrics = {**_finish(total), "grad_norm": optax.tree.norm(grads32)}
+        metrics.update({"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads32)})
         if schedule is not None:
             metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new_state, metrics
 
-    return MeshStep(train_step, mesh, shardings, microbatches=microbatches, donate=True)
+    frozen_shardings = None if reference_params is None else shardings.params
+    return MeshStep(train_step, mesh, shardings, microbatches={n: s.microbatches for n, s in streams.items()},
+                    donate=True, frozen=reference_params, frozen_shardings=frozen_shardings)
+
+
+def _resolve_streams(
+    streams: dict[str, Stream] | None, loss_fn: lm.LossFn, microbatches: int,
+    batch_transform: BatchTransform | None,
+) -> dict[str, Stream]:
+    if streams is None:
+        return {SINGLE: Stream(loss_fn, 1.0, _check_microbatches(microbatches), batch_transform)}
+    if loss_fn is not lm.loss or microbatches != 1 or batch_transform is not None:
+        raise ValueError("with streams=..., give loss_fn, microbatches and batch_transform per Stream")
+    if not streams:
+        raise ValueError("streams must name at least one stream")
+    for name, stream in streams.items():
+        _check_microbatches(stream.microbatches)
+        if not isinstance(stream.weight, int | float) or not stream.weight >= 0:
+            raise ValueError(f"stream {name!r}: weight={stream.weight!r} must be a number >= 0")
+    return dict(streams)
 
 
 def make_eval_step(
-    model_cfg: ModelConfig, mesh: Mesh, loss_fn: lm.LossFn = lm.loss, *, microbatches: int = 1
+    model_cfg: ModelConfig, mesh: Mesh, loss_fn: lm.LossFn = lm.loss, *, microbatches: int = 1,
+    reference_params: Any = None,
 ) -> MeshStep:
     """``evaluate(params, batch) -> metrics``: ``loss``, ``tokens`` and `loss_fn`'s metrics.
 
     Deterministic (no randomness, no batch transform) and computed exactly as the train step
     computes its loss, so on the same parameters and batch the two agree. `microbatches` bounds
-    memory as in training and does not change the result.
+    memory as in training and does not change the result. With `reference_params` the loss gets
+    ``batch["ref_logps"]`` as in training.
     """
     microbatches = _check_microbatches(microbatches)
     model = Transformer(model_cfg)
 
-    def eval_step(params: Any, batch: Batch) -> Metrics:
+    def eval_step(params: Any, batch: dict[str, Batch], reference: Any) -> Metrics:
         def micro(mb: Batch, index: Array) -> dict[str, Any]:
+            if reference is not None:
+                mb = {**mb, "ref_logps": -lm.token_nll(_forward(model, reference, mb), mb["targets"])}
             loss_sum, sums = _loss_sums(loss_fn, _forward(model, params, mb), mb)
             return {"loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
 
-        return _finish(_accumulate(micro, batch, microbatches, mesh))
+        return _finish(_accumulate(micro, batch[SINGLE], microbatches, mesh))
 
     shardings = param_shardings(model_cfg, mesh)
-    return MeshStep(eval_step, mesh, shardings, microbatches=microbatches, donate=False)
+    frozen_shardings = None if reference_params is None else shardings
+    return MeshStep(eval_step, mesh, shardings, microbatches={SINGLE: microbatches}, donate=False,
+                    frozen=reference_params, frozen_shardings=frozen_shardings)
