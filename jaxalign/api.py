@@ -143,9 +143,10 @@ def _load_workdir(workdir: Path, mesh: Mesh, overrides: dict[str, Any]) -> LM:
     tx, _ = optim.make_optimizer(config.optimizer)
     with Checkpointer(workdir / "checkpoints") as checkpointer:
         state, _, _ = checkpointer.restore(state_lib.abstract_train_state(cfg, tx, mesh))
-    from jaxalign.data.pipeline import PROMPT_TEMPLATE
+    from jaxalign.objectives import registry
 
-    return LM(cfg, state.params, mesh, tokenizer, prompt_template=PROMPT_TEMPLATE)
+    template = registry.prompt_template(config.get("objective", {}))
+    return LM(cfg, state.params, mesh, tokenizer, prompt_template=template)
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -27,8 +27,16 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads `path`'s get_config() and applies `--config.key=value` style overrides."""
-    path = Path(path)
+    """Loads `path`'s get_config() and applies `--config.key=value` style overrides.
+
+    ``file.py:arg`` calls ``get_config("arg")`` (as big_vision does), e.g.
+    ``experiments/coh_synthetic.py:dpo`` for the same experiment with another objective.
+    """
+    raw, arg = str(path), ""
+    if ".py:" in raw:
+        raw, arg = raw.split(".py:", 1)
+        raw += ".py"
+    path = Path(raw)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"jaxalign_config_{path.stem}", path)
@@ -36,7 +44,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_co
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} has no get_config() function")
-    config = module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: get_config({arg!r}): {e}") from e
     for override in overrides:
         apply_override(config, override, source=str(path))
     return config

@@ -219,6 +219,7 @@ def make_batches(
     num_bins: int = 16,
     pad_id: int = 0,
     overflow: packing.Overflow = "truncate",
+    fields: Sequence[str] = (),
     read_threads: int = 2,
     prefetch: int = 2,
     stats: packing.PackStats | None = None,
@@ -231,7 +232,8 @@ def make_batches(
     The result's ``get_state()`` is a JSON-serialisable dict; ``set_state`` on the iterator of an
     identically configured pipeline resumes with exactly the batches that would have come next.
     `read_threads` run `transform` ahead of packing; `prefetch` batches are made ahead on a
-    thread (0 for neither). `stats` (a PackStats) is filled as rows are packed.
+    thread (0 for neither). `stats` (a PackStats) is filled as rows are packed. `fields` names extra
+    per-token fields of the examples to pack (e.g. "ul_weights", see packing.py).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -247,7 +249,7 @@ def make_batches(
                                      prefetch_buffer_size=4 * num_bins if read_threads else 0)
     rows = packing.pack_dataset(
         examples.to_iter_dataset(read_options), seq_len, num_bins=num_bins, overflow=overflow,
-        pad_id=pad_id, stats=stats,
+        pad_id=pad_id, stats=stats, fields=tuple(fields),
     )
     batches = rows.batch(batch_size, drop_remainder=True)
     if prefetch:

@@ -1,63 +1,168 @@
-"""From a config's `data` section to a tokenizer, training examples and evaluation prompts.
+"""From a config's `data` and `pretrain` sections to a tokenizer, records and evaluation data.
 
-Two kinds of source:
-  data.task = "sort" | "polite" | "harmless"   a bundled synthetic feedback task
-  data.jsonl = "path/to/train.jsonl"           user records ({"text"} or preference schema)
+Three kinds of source (set exactly one):
+  data.task = "sort" | "polite" | "harmless"    a bundled synthetic feedback task
+  data.jsonl = "path/to/train.jsonl"            user records ({"text"} or preference schema)
+  data.dataset = "hh_rlhf" | "webgpt" | "summarize_feedback" | "jsonl_preference"
+                 with data.source_dir = the upstream files (see jaxalign.data.builders); built once
+                 into array_record files under data.tfds_dir (default: <workdir>/tfds) and read
+                 lazily, so a large dataset never sits in memory
 
-Training and generation share one prompt template, `pipeline.format_prompt`.
+Records stay records here (text, not token ids): the objective (jaxalign.objectives.registry) turns
+each into its examples when the pipeline reads it. `num_train` keeps the first records (0: all).
+
+The pretraining stream (Chain of Hindsight's regulariser) is plain text: `pretrain.jsonl` (text
+records) or, for a synthetic task, the task's own texts: each prompt followed by its chosen or its
+rejected response with equal odds, unlabelled, as text of the domain with good and bad behaviour
+mixed (`synthetic_pretraining_texts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from jaxalign.config import check_keys
-from jaxalign.data import jsonl, pipeline, synthetic
+from jaxalign.data import jsonl, synthetic
 from jaxalign.data.tokenizer import Tokenizer, train_sentencepiece
 
-DATA_KEYS = ("task", "jsonl", "schema", "num_train", "num_eval", "vocab_size", "tokenizer")
+DATA_KEYS = ("task", "jsonl", "schema", "dataset", "source_dir", "tfds_dir", "num_train", "num_eval",
+             "vocab_size", "tokenizer")
+PRETRAIN_KEYS = ("weight", "batch_size", "microbatches", "jsonl", "num_texts")
+DATASETS = ("hh_rlhf", "webgpt", "summarize_feedback", "jsonl_preference")
+TOKENIZER_SAMPLE = 20000  # records a new tokenizer is trained on
 
 
 def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
-        "task": "sort", "jsonl": "", "schema": "preference", "num_train": 4000, "num_eval": 64,
-        "vocab_size": 384, "tokenizer": "",
+        "task": "sort", "jsonl": "", "schema": "preference", "dataset": "", "source_dir": "",
+        "tfds_dir": "", "num_train": 4000, "num_eval": 64, "vocab_size": 384, "tokenizer": "",
     })
+
+
+def default_pretrain_config() -> ml_collections.ConfigDict:
+    """weight 0 turns the stream off; otherwise loss = L_objective + weight * L_pretrain."""
+    return ml_collections.ConfigDict({"weight": 0.0, "batch_size": 16, "microbatches": 1, "jsonl": "",
+                                      "num_texts": 4000})
 
 
 @dataclasses.dataclass
 class Data:
     tokenizer: Tokenizer
-    train: list[dict[str, Any]]  # examples {"tokens", "weights"} for packing
-    eval_prompts: list[str]  # raw prompts (format_prompt is applied when generating)
+    train: Sequence[Mapping[str, Any]]  # records (dicts of str, or of bytes from a tfds source)
+    eval: list[dict[str, Any]]  # held-out records (prompt/chosen/rejected for preference data)
     task: synthetic.Task | None  # ground-truth scorer, for synthetic tasks
+    schema: str  # "preference" or "text"
+    pretrain: list[dict[str, str]] | None = None  # {"text"} records when pretrain.weight > 0
+
+    @property
+    def eval_prompts(self) -> list[str]:
+        return [r["prompt"] for r in self.eval if "prompt" in r]
 
 
-def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int) -> Data:
+def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
+          pretrain_cfg: ml_collections.ConfigDict | None = None) -> Data:
     check_keys(data_cfg, DATA_KEYS, "config.data")
-    if bool(data_cfg.task) == bool(data_cfg.jsonl):
-        raise ValueError("config.data: set exactly one of data.task and data.jsonl")
+    chosen = [k for k in ("task", "jsonl", "dataset") if data_cfg.get(k)]
+    if len(chosen) != 1:
+        raise ValueError(f"config.data: set exactly one of data.task, data.jsonl and data.dataset (got {chosen})")
+    task = None
     if data_cfg.task:
         task = synthetic.get_task(data_cfg.task)
-        records = synthetic.to_records(synthetic.make_split(task, "train", data_cfg.num_train, seed))
-        eval_prompts = [e.prompt for e in synthetic.make_split(task, "eval", data_cfg.num_eval, seed)]
-        corpus = task.corpus(seed, 2000)
+        train = synthetic.to_records(synthetic.make_split(task, "train", data_cfg.num_train, seed))
+        evals = synthetic.to_records(synthetic.make_split(task, "eval", data_cfg.num_eval, seed))
         schema = "preference"
+    elif data_cfg.jsonl:
+        schema = data_cfg.schema
+        train = list(jsonl.read_records(data_cfg.jsonl, schema))
+        evals = train[: data_cfg.num_eval]
     else:
-        task, schema = None, data_cfg.schema
-        records = list(jsonl.read_records(data_cfg.jsonl, schema))
-        eval_prompts = [r["prompt"] for r in records[: data_cfg.num_eval]] if schema == "preference" else []
-        corpus = [text for r in records for text in r.values() if isinstance(text, str)]
-    tokenizer = _tokenizer(data_cfg, workdir, corpus)
-    train = pipeline.tokenized_records(records, tokenizer, schema)
-    return Data(tokenizer, train, eval_prompts, task)
+        schema = "preference"
+        train, evals = _tfds_splits(data_cfg, workdir)
+    if data_cfg.num_train and len(train) > data_cfg.num_train and not data_cfg.task:
+        train = _Head(train, data_cfg.num_train)
+    pretrain = _pretrain_texts(pretrain_cfg, task, seed)
+    tokenizer = _tokenizer(data_cfg, workdir, lambda: _corpus(task, train, pretrain, seed))
+    return Data(tokenizer, train, evals, task, schema, pretrain)
 
 
-def _tokenizer(data_cfg: ml_collections.ConfigDict, workdir: Path, corpus: list[str]) -> Tokenizer:
+def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[Any, list[dict[str, Any]]]:
+    from jaxalign.data import builders  # tensorflow_datasets is slow to import: only when needed
+
+    if data_cfg.dataset not in DATASETS:
+        raise ValueError(f"config.data.dataset={data_cfg.dataset!r}; known: {', '.join(DATASETS)}")
+    if not data_cfg.source_dir:
+        raise ValueError(f"config.data.dataset={data_cfg.dataset!r} needs data.source_dir (the upstream files)")
+    tfds_dir = data_cfg.tfds_dir or str(workdir / "tfds")
+    if data_cfg.dataset == "jsonl_preference":
+        splits = builders.prepare(data_cfg.source_dir, tfds_dir)
+        decode = builders.decode_record
+    else:
+        splits = builders.feedback.prepare(data_cfg.dataset, data_cfg.source_dir, tfds_dir)
+        decode = builders.feedback.decode_record
+    held_out = next((s for s in ("validation", "test") if s in splits), None)
+    evals = [] if held_out is None else [
+        decode(splits[held_out][i]) for i in range(min(data_cfg.num_eval, len(splits[held_out])))
+    ]
+    return splits["train"], evals
+
+
+class _Head:
+    """The first n records of a random-access source, still random access."""
+
+    def __init__(self, source: Sequence[Any], n: int) -> None:
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.source[index]
+
+
+def synthetic_pretraining_texts(task: synthetic.Task, seed: int, n: int) -> list[dict[str, str]]:
+    """n plain texts "{prompt}\\n{response}", the response chosen or rejected with equal odds."""
+    rng = random.Random(seed * 7919 + 17)
+    examples = synthetic.make_split(task, "train", n, seed + 1_000_003)
+    return [{"text": f"{e.prompt}\n{e.chosen if rng.random() < 0.5 else e.rejected}"} for e in examples]
+
+
+def _pretrain_texts(pretrain_cfg: ml_collections.ConfigDict | None, task: synthetic.Task | None,
+                    seed: int) -> list[dict[str, str]] | None:
+    if pretrain_cfg is None:
+        return None
+    check_keys(pretrain_cfg, PRETRAIN_KEYS, "config.pretrain")
+    if not pretrain_cfg.weight:
+        return None
+    if pretrain_cfg.weight < 0:
+        raise ValueError(f"config.pretrain.weight={pretrain_cfg.weight} must be >= 0")
+    if pretrain_cfg.jsonl:
+        return list(jsonl.read_records(pretrain_cfg.jsonl, "text"))
+    if task is None:
+        raise ValueError("config.pretrain.weight > 0 needs pretrain.jsonl (text records) unless data.task is set")
+    return synthetic_pretraining_texts(task, seed, pretrain_cfg.num_texts)
+
+
+def _corpus(task, train, pretrain, seed) -> list[str]:
+    corpus = task.corpus(seed, 2000) if task is not None else []
+    for index in range(min(len(train), TOKENIZER_SAMPLE)):
+        corpus += [_as_text(v) for v in train[index].values() if isinstance(v, (str, bytes))]
+    corpus += [r["text"] for r in (pretrain or [])[:TOKENIZER_SAMPLE]]
+    return corpus
+
+
+def _as_text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _tokenizer(data_cfg: ml_collections.ConfigDict, workdir: Path, corpus) -> Tokenizer:
     """The workdir's tokenizer when resuming (ids must not change), else a given or new one."""
     saved = workdir / "tokenizer"
     if saved.exists():
@@ -65,6 +170,6 @@ def _tokenizer(data_cfg: ml_collections.ConfigDict, workdir: Path, corpus: list[
     if data_cfg.tokenizer:
         tokenizer = Tokenizer.load(data_cfg.tokenizer)
     else:
-        tokenizer = train_sentencepiece(corpus, vocab_size=data_cfg.vocab_size)
+        tokenizer = train_sentencepiece(corpus(), vocab_size=data_cfg.vocab_size)
     tokenizer.save_pretrained(saved)
     return tokenizer

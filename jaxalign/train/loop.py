@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -24,7 +25,7 @@ from jaxalign import bench, models, sample
 from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
 from jaxalign.data import pipeline, sources
-from jaxalign.objectives import lm
+from jaxalign.objectives import lm, registry
 from jaxalign.train import optim
 from jaxalign.train import state as state_lib
 from jaxalign.train import step as step_lib
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 TOP_KEYS = (
     "seed", "total_steps", "batch_size", "seq_len", "mesh", "model", "objective", "data",
     "optimizer", "microbatches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "num_samples", "max_new_tokens",
+    "num_samples", "max_new_tokens", "pretrain", "init_from",
 )
 
 
@@ -51,35 +52,48 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.M
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Trains (or resumes) and returns a summary: final step, last loss, samples and score."""
+    """Trains (or resumes) and returns a summary: final step, last loss, samples and score.
+
+    ``config.init_from`` (optional) starts from a trained model (a train workdir, a jaxalign model
+    directory or a Hugging Face directory) instead of random parameters, and uses its tokenizer;
+    ``config.pretrain`` (optional, `sources.default_pretrain_config`) adds the plain-text stream.
+    The reference model of DPO is the initial model: `init_from`, or the seed's initialisation.
+    """
     config_lib.check_keys(config, TOP_KEYS, "the config")
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh_lib.make_mesh(config.mesh)
-    data = sources.build(config.data, workdir, config.seed)
+    init_from = config.get("init_from", "")
+    data_cfg = config.data
+    if init_from and not data_cfg.tokenizer:
+        data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+        data_cfg.tokenizer = str(_tokenizer_dir(Path(init_from)))
+    data = sources.build(data_cfg, workdir, config.seed, config.get("pretrain"))
     cfg = model_config(config, data.tokenizer.vocab_size)
     if cfg.vocab_size < data.tokenizer.vocab_size:
         raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
                          f"tokenizer's {data.tokenizer.vocab_size}")
+    objective = registry.make(config.objective, data.tokenizer, seed=config.seed, schema=data.schema)
     tx, schedule = optim.make_optimizer(config.optimizer)
-    loss_fn = _loss_fn(config.objective)
-    batches = pipeline.make_batches(
-        data.train, seq_len=config.seq_len, batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed,
-    )
+    batches = _batches(config, data, objective)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
                                 save_every=config.checkpoint_every)
     resolved = json.loads(config_lib.to_json(config))
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    if checkpointer.latest_step() is not None:
+    resuming = checkpointer.latest_step() is not None
+    initial = None
+    if not resuming or objective.reference:
+        initial = _initial_params(init_from, cfg, mesh, config.seed)
+    reference = jax.tree.map(jnp.copy, initial) if objective.reference else None
+    if resuming:
         abstract = state_lib.abstract_train_state(cfg, tx, mesh)
         state, data_state, _ = checkpointer.restore(abstract)
         batches.set_state(data_state)
         log.info("resumed from step %d in %s", int(state.step), workdir)
     else:
-        state = state_lib.init_train_state(cfg, tx, mesh, config.seed)
-    train_step = step_lib.make_train_step(cfg, tx, mesh, microbatches=config.microbatches,
-                                          loss_fn=loss_fn, schedule=schedule)
+        state = state_lib.init_train_state(cfg, tx, mesh, config.seed, params=initial)
+    train_step = step_lib.make_train_step(cfg, tx, mesh, streams=_streams(config, objective),
+                                          schedule=schedule, reference_params=reference)
 
     start = int(state.step)
     writer = MetricsWriter(workdir, config.total_steps, start)
@@ -101,7 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
                 # Fetching the metrics waits for the step; only log and save steps pay that.
                 metrics = jax.device_get(metrics)
                 _check_finite(metrics, step)
-            window.add(t1 - t0, time.perf_counter() - t0, float(np.sum(batch["weights"] > 0)))
+            window.add(t1 - t0, time.perf_counter() - t0, _loss_tokens(batch))
             writer.advance()
             if due_log:
                 writer.write(step, {**metrics, **window.summary(flops, peak, config)})
@@ -120,15 +134,87 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
 
     summary = {"status": status, "step": int(state.step), "workdir": str(workdir)}
     if status == "done" and config.num_samples > 0 and data.eval_prompts:
-        summary.update(_samples(config, cfg, state.params, mesh, data, workdir))
+        summary.update(_samples(config, cfg, state.params, mesh, data, objective, workdir))
     return summary
 
 
-def _loss_fn(objective: ml_collections.ConfigDict):
-    config_lib.check_keys(objective, ("name", "normalization"), "config.objective")
-    if objective.name != "sft":
-        raise ValueError(f"config.objective.name={objective.name!r}: only 'sft' exists so far")
-    return lambda logits, batch: lm.loss(logits, batch, normalization=objective.normalization)
+def _batches(config: ml_collections.ConfigDict, data: sources.Data, objective: registry.Objective):
+    """The objective's batches, and the pretraining text's as a second stream when it is on."""
+    per_process = jax.process_count()
+    main = pipeline.make_batches(
+        objective.source(data.train), seq_len=config.seq_len, batch_size=config.batch_size // per_process,
+        seed=config.seed, fields=objective.fields,
+    )
+    if data.pretrain is None:
+        return main
+    texts = registry.ExpandedSource(
+        data.pretrain, 1, lambda record, j, i: pipeline.record_to_example(record, data.tokenizer, "text"))
+    pretrain = pipeline.make_batches(
+        texts, seq_len=config.seq_len, batch_size=config.pretrain.batch_size // per_process,
+        seed=config.seed + 1,
+    )
+    return _StreamBatches({"feedback": main, "pretrain": pretrain})
+
+
+def _streams(config: ml_collections.ConfigDict, objective: registry.Objective) -> dict[str, step_lib.Stream]:
+    main = step_lib.Stream(objective.loss_fn, 1.0, config.microbatches, objective.batch_transform,
+                           objective.reference)
+    pretrain = config.get("pretrain")
+    if pretrain is None or not pretrain.weight:
+        return {step_lib.SINGLE: main}
+    # Plain text is weighted per token, as language-model pretraining is.
+    return {"feedback": main, "pretrain": step_lib.Stream(lm.loss, float(pretrain.weight), pretrain.microbatches)}
+
+
+class _StreamBatches:
+    """Several checkpointable batch iterators as one: next() gives {stream: batch}, one state."""
+
+    def __init__(self, iterators: dict[str, Any]) -> None:
+        self.iterators = iterators
+
+    def __next__(self) -> dict[str, Any]:
+        return {name: next(it) for name, it in self.iterators.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return {name: it.get_state() for name, it in self.iterators.items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if sorted(state) != sorted(self.iterators):
+            raise ValueError(f"the checkpoint's data state has streams {sorted(state)}, this run "
+                             f"{sorted(self.iterators)}: was config.pretrain changed?")
+        for name, it in self.iterators.items():
+            it.set_state(state[name])
+
+
+def _loss_tokens(batch: dict[str, Any]) -> float:
+    rows = batch.values() if "inputs" not in batch else [batch]
+    return float(sum(np.sum(r["weights"] > 0) for r in rows))
+
+
+def _tokenizer_dir(path: Path) -> Path:
+    for candidate in (path / "tokenizer", path):
+        if (candidate / "tokenizer.model").is_file() or (candidate / "tokenizer.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"config.init_from={str(path)!r}: no tokenizer found there")
+
+
+def _initial_params(init_from: str, cfg: models.ModelConfig, mesh, seed: int) -> Any:
+    """The starting parameters: those of `init_from` (checked against the config), else random."""
+    if not init_from:
+        return models.init_params(cfg, mesh, seed)
+    from jaxalign import api, checkpoints
+
+    loaded = api.load(init_from, mesh)
+    want = jax.tree.map(lambda s: s.shape, models.param_shapes(cfg))
+    got = jax.tree.map(lambda a: a.shape, loaded.params)
+    if want != got:
+        raise checkpoints.CheckpointMismatchError(
+            f"config.init_from={init_from!r}: its parameters do not fit config.model "
+            f"(the model there is {loaded.cfg.num_hidden_layers} layers of width {loaded.cfg.hidden_size}, "
+            f"vocabulary {loaded.cfg.vocab_size}; this config asks for {cfg.num_hidden_layers}, "
+            f"{cfg.hidden_size}, {cfg.vocab_size})"
+        )
+    return jax.tree.map(lambda a, s: a.astype(s.dtype), loaded.params, models.param_shapes(cfg))
 
 
 def _check_finite(metrics: dict[str, Any], step: int) -> None:
@@ -176,11 +262,14 @@ class _Window:
         }
 
 
-def _samples(config, cfg, params, mesh, data: sources.Data, workdir: Path) -> dict[str, Any]:
-    """Greedy generations for the first eval prompts, scored when the task has a judge."""
+def _samples(config, cfg, params, mesh, data: sources.Data, objective: registry.Objective,
+             workdir: Path) -> dict[str, Any]:
+    """Greedy generations for the first eval prompts (prompted as the objective trained them, e.g.
+    with CoH's positive marker), scored when the task has a judge."""
     prompts = data.eval_prompts[: config.num_samples]
     tok = data.tokenizer
-    ids = [tok.encode(pipeline.format_prompt(p), add_bos=True) for p in prompts]
+    ids = [tok.encode(objective.prompt_template.format(prompt=p), add_bos=tok.bos_id is not None)
+           for p in prompts]
     out = sample.generate(params, cfg, ids, mesh=mesh, max_new_tokens=config.max_new_tokens,
                           eos_id=tok.eos_id)
     responses = [tok.decode(row).strip() for row in out]

@@ -1,0 +1,173 @@
+"""From a config's `objective` section to what the trainer needs: examples, a loss, a prompt.
+
+    objective = registry.make(config.objective, tokenizer, seed=config.seed)
+    source = objective.source(records)          # random access: example j of record i // fanout
+    loss_fn = objective.loss_fn                 # loss_fn(logits, batch) -> (loss, metrics)
+    lm.generate(objective.prompt_template.format(prompt=p))
+
+Objectives (the rows of the Chain of Hindsight paper's Table 4, and DPO)::
+
+    sft           SFT on the chosen responses
+    sft_pos_neg   SFT on chosen and rejected responses alike (two examples per record)
+    unlikelihood  SFT on chosen + unlikelihood on rejected (Welleck et al. 2019)
+    dpo           DPO against a frozen reference model (Rafailov et al. 2023)
+    coh           Chain of Hindsight (`jaxalign.objectives.coh`), optionally with FCM
+
+Each objective's config keys are `DEFAULTS[name]`; a key that is not among them is an error rather
+than silently ignored. Text records (``{"text"}``) train only with ``sft``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from jaxalign.config import check_keys
+from jaxalign.data import pipeline
+from jaxalign.data.tokenizer import Tokenizer
+from jaxalign.objectives import coh, dpo, lm, unlikelihood
+
+Example = dict[str, Any]
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {"normalization": "token"},
+    "sft_pos_neg": {"normalization": "token"},
+    "unlikelihood": {"normalization": "token", "alpha": 1.0},
+    "dpo": {"beta": 0.1, "label_smoothing": 0.0},
+    "coh": {
+        "normalization": "sequence", "user_marker": "User:", "positive_marker": "A helpful answer:",
+        "negative_marker": "An unhelpful answer:", "variants": "p,n,pn,np", "aux_phrases": False,
+        "fcm_min": 0.0, "fcm_max": 0.05,
+    },
+}
+
+
+def default_config(name: str = "coh") -> ml_collections.ConfigDict:
+    """The objective section with `name` and its defaults (e.g. ``default_config("dpo")``)."""
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(DEFAULTS)}")
+    return ml_collections.ConfigDict({"name": name, **DEFAULTS[name]})
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    fanout: int  # examples per record
+    make_example: Callable[[Mapping[str, Any], int, int], Example]  # (record, j, record index)
+    loss_fn: lm.LossFn
+    prompt_template: str  # str.format template with {prompt}: how generation is prompted
+    reference: bool = False  # the loss needs the frozen reference model's log-probs
+    fields: tuple[str, ...] = ()  # extra per-token fields the packer must carry
+    batch_transform: Any = None  # train-only transform (CoH's FCM)
+
+    def source(self, records: Sequence[Mapping[str, Any]]) -> ExpandedSource:
+        return ExpandedSource(records, self.fanout, self.make_example)
+
+
+class ExpandedSource:
+    """A random-access source of `fanout` examples per record, made when read (grain's read threads
+    run it ahead of packing), so shuffling mixes the variants of all records."""
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], fanout: int,
+                 make_example: Callable[[Mapping[str, Any], int, int], Example]) -> None:
+        self.records, self.fanout, self.make_example = records, fanout, make_example
+
+    def __len__(self) -> int:
+        return len(self.records) * self.fanout
+
+    def __getitem__(self, index: int) -> Example:
+        record_index, j = divmod(int(index), self.fanout)
+        try:
+            return self.make_example(self.records[record_index], j, record_index)
+        except ValueError as e:
+            raise ValueError(f"record {record_index}: {e}") from e
+
+
+def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed: int = 0,
+         schema: str = "preference") -> Objective:
+    """The objective `objective_cfg.name` with its options, for records of `schema`."""
+    name = objective_cfg.get("name", "sft")
+    if name not in DEFAULTS:
+        raise ValueError(f"config.objective.name={name!r}; known: {', '.join(DEFAULTS)}")
+    check_keys(objective_cfg, ("name", *DEFAULTS[name]), f"config.objective (name={name!r})")
+    opts = {**DEFAULTS[name], **{k: v for k, v in objective_cfg.items() if k != "name"}}
+    if schema == "text" and name != "sft":
+        raise ValueError(f"objective {name!r} needs preference records; text records train only with 'sft'")
+    if tokenizer.eos_id is None:
+        raise ValueError(f"{tokenizer!r} has no EOS token, which ends every response")
+    return _BUILDERS[name](opts, tokenizer, seed, schema)
+
+
+def _encode_pair(record: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """(BOS + formatted prompt, chosen, rejected) ids, the prompt as `pipeline.format_prompt` has it."""
+    text = functools.partial(pipeline._text_field, record, kind="preference")
+    prompt = tokenizer.encode(pipeline.format_prompt(text(key="prompt")), add_bos=tokenizer.bos_id is not None)
+    return prompt, tokenizer.encode(text(key="chosen")), tokenizer.encode(text(key="rejected"))
+
+
+def _sft(opts, tokenizer, seed, schema) -> Objective:
+    def example(record, j, index):
+        return pipeline.record_to_example(record, tokenizer, schema)
+
+    return Objective("sft", 1, example, lm.make_loss_fn(opts["normalization"]), pipeline.PROMPT_TEMPLATE)
+
+
+def _sft_pos_neg(opts, tokenizer, seed, schema) -> Objective:
+    def example(record, j, index):
+        prompt, chosen, rejected = _encode_pair(record, tokenizer)
+        return pipeline.sft_example(prompt, (chosen, rejected)[j], tokenizer.eos_id)
+
+    return Objective("sft_pos_neg", 2, example, lm.make_loss_fn(opts["normalization"]), pipeline.PROMPT_TEMPLATE)
+
+
+def _unlikelihood(opts, tokenizer, seed, schema) -> Objective:
+    def example(record, j, index):
+        prompt, chosen, rejected = _encode_pair(record, tokenizer)
+        build = unlikelihood.positive_example if j == 0 else unlikelihood.negative_example
+        return build(prompt, chosen if j == 0 else rejected, tokenizer.eos_id)
+
+    loss_fn = functools.partial(unlikelihood.loss, alpha=float(opts["alpha"]), normalization=opts["normalization"])
+    return Objective("unlikelihood", 2, example, loss_fn, pipeline.PROMPT_TEMPLATE, fields=("ul_weights",))
+
+
+def _dpo(opts, tokenizer, seed, schema) -> Objective:
+    def example(record, j, index):
+        return dpo.pair_example(*_encode_pair(record, tokenizer), tokenizer.eos_id)
+
+    loss_fn = functools.partial(dpo.loss, beta=float(opts["beta"]), label_smoothing=float(opts["label_smoothing"]))
+    return Objective("dpo", 1, example, loss_fn, pipeline.PROMPT_TEMPLATE, reference=True)
+
+
+def coh_format(opts: Mapping[str, Any]) -> coh.CoHFormat:
+    variants = opts["variants"]
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    return coh.CoHFormat(opts["user_marker"], opts["positive_marker"], opts["negative_marker"],
+                         tuple(variants), bool(opts["aux_phrases"]))
+
+
+def _coh(opts, tokenizer, seed, schema) -> Objective:
+    fmt = coh_format(opts)
+
+    def example(record, j, index):
+        return coh.make_example(record, fmt.variants[j], tokenizer, fmt, seed=seed, record_index=index)
+
+    return Objective(
+        "coh", len(fmt.variants), example, lm.make_loss_fn(opts["normalization"]), fmt.prompt_template(),
+        batch_transform=coh.fcm_transform(float(opts["fcm_min"]), float(opts["fcm_max"])),
+    )
+
+
+_BUILDERS = {"sft": _sft, "sft_pos_neg": _sft_pos_neg, "unlikelihood": _unlikelihood, "dpo": _dpo, "coh": _coh}
+
+
+def prompt_template(objective_cfg: Mapping[str, Any]) -> str:
+    """The generation prompt template of a saved run's objective section (a dict or ConfigDict)."""
+    name = objective_cfg.get("name", "sft")
+    if name == "coh":
+        return coh_format({**DEFAULTS["coh"], **dict(objective_cfg)}).prompt_template()
+    return pipeline.PROMPT_TEMPLATE
