@@ -7,6 +7,7 @@ Bad input (a mesh spec, a checkpoint, a config key, a path) ends with one line o
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--coordinator", help="host:port of process 0 (multi-host GPU/CPU)")
     train.add_argument("--num-processes", type=int)
     train.add_argument("--process-id", type=int)
+
+    ev = commands.add_parser("eval", help="evaluate a model on its config's held-out data (JSON report)")
+    ev.add_argument("--config", required=True, help="the experiment config (its data and objective)")
+    ev.add_argument("--checkpoint", required=True, help="a train workdir, jaxalign model or HF directory")
+    ev.add_argument("--out", help="report path (default: <checkpoint>/eval.json)")
+    ev.add_argument("--num-eval", type=int, help="held-out records (default: config.data.num_eval)")
+    ev.add_argument("--max-new-tokens", type=int, help="default: config.max_new_tokens")
+    _add_mesh(ev)
 
     gen = commands.add_parser("generate", help="continue prompts with a model")
     source = gen.add_mutually_exclusive_group(required=True)
@@ -69,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "eval"):
         # --config.key=value overrides are applied by jaxalign.config.load_config.
         args.overrides = [e for e in extra if e.startswith("--config.")]
         extra = [e for e in extra if not e.startswith("--config.")]
@@ -92,6 +101,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "train":
         return _train(args)
+    if args.command == "eval":
+        return _eval(args)
     if args.command == "generate":
         if args.checkpoint:
             lm = api.load(args.checkpoint, mesh=args.mesh)
@@ -145,6 +156,22 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  {row['prompt']!r} -> {row['response']!r}{score}")
     if "score" in summary:
         print(f"mean task score on {len(summary['samples'])} held-out prompts: {summary['score']:.3f}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxalign import config as config_lib
+    from jaxalign.eval import report as report_lib
+
+    config = config_lib.load_config(args.config, args.overrides)
+    report = report_lib.evaluate(config, args.checkpoint, mesh=args.mesh, num_eval=args.num_eval,
+                                 max_new_tokens=args.max_new_tokens)
+    out = report_lib.write(report, args.out or Path(args.checkpoint) / "eval.json")
+    summary = {k: report[k] for k in ("preference", "feedback", "rouge", "task") if k in report}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
     return 0
 
 

@@ -66,7 +66,9 @@ class Data:
 
 
 def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
-          pretrain_cfg: ml_collections.ConfigDict | None = None) -> Data:
+          pretrain_cfg: ml_collections.ConfigDict | None = None, tokenizer: Tokenizer | None = None) -> Data:
+    """Records and a tokenizer: `tokenizer` if given, else the workdir's, data.tokenizer, or a new one
+    trained on the data (saved in the workdir, so a resumed run keeps its ids)."""
     check_keys(data_cfg, DATA_KEYS, "config.data")
     chosen = [k for k in ("task", "jsonl", "dataset") if data_cfg.get(k)]
     if len(chosen) != 1:
@@ -87,7 +89,8 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
     if data_cfg.num_train and len(train) > data_cfg.num_train and not data_cfg.task:
         train = _Head(train, data_cfg.num_train)
     pretrain = _pretrain_texts(pretrain_cfg, task, seed)
-    tokenizer = _tokenizer(data_cfg, workdir, lambda: _corpus(task, train, pretrain, seed))
+    if tokenizer is None:
+        tokenizer = _tokenizer(data_cfg, workdir, lambda: _corpus(task, train, pretrain, seed))
     return Data(tokenizer, train, evals, task, schema, pretrain)
 
 

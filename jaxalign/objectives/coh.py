@@ -88,11 +88,12 @@ class CoHFormat:
         noun = NOUNS.get(task or "", DEFAULT_NOUN)[0]
         return f"The following is a {'better' if positive else 'worse'} {noun}. {marker} "
 
-    def prompt_template(self, task: str | None = None) -> str:
-        """``str.format`` template with ``{prompt}``: what generation is prompted with."""
+    def prompt_template(self, task: str | None = None, positive: bool = True) -> str:
+        """``str.format`` template with ``{prompt}``: what generation is prompted with (the positive
+        marker; ``positive=False`` gives the negative one, for scoring)."""
         escape = lambda text: text.replace("{", "{{").replace("}", "}}")  # noqa: E731
         context = escape(self.context("\0")).replace("\0", "{prompt}")
-        return context + escape(self.lead(True, task))
+        return context + escape(self.lead(positive, task))
 
     def pieces(self, record: Mapping[str, Any], variant: str, first_is_chosen: bool, eos: int) -> list[Piece]:
         prompt, chosen, rejected = (_text(record, k) for k in ("prompt", "chosen", "rejected"))
