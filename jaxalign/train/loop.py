@@ -251,8 +251,11 @@ class _Window:
 
     def summary(self, flops_per_token: float, peak: float, config) -> dict[str, float]:
         step_s = self.total_s / max(self.steps, 1)
-        # MFU counts every position of the row (the model computes them all), padding included.
-        tokens_per_s = config.batch_size * config.seq_len / step_s
+        # MFU counts every position of the row (the model computes them all), padding included,
+        # over all streams.
+        pretrain = config.get("pretrain")
+        rows = config.batch_size + (pretrain.batch_size if pretrain is not None and pretrain.weight else 0)
+        tokens_per_s = rows * config.seq_len / step_s
         return {
             "step_s": step_s,
             "data_fraction": self.data_s / max(self.total_s, 1e-9),
