@@ -31,9 +31,9 @@ Choices (the paper and methods.md are silent where "design choice" is written):
   (the paper's sizes and lambda). Rows are packed: examples share a row without attending to each
   other, so a row holds ``seq_len`` tokens as the official code's rows did (it concatenated every
   sequence into one token stream, cut into rows of 1024 tokens).
-- seq_len 1024: the official code's ``seq_length`` for both streams. Longer examples (a long dialogue
-  in a two-answer chain) are truncated and the packer logs how many; attention here is
-  materialised (quadratic in seq_len), so 2048 would cost 4x the attention memory and FLOPs.
+- seq_len 1024: the ``seq_length`` of both streams in the official training command. Longer
+  examples (a long dialogue in a two-answer chain) are truncated and the packer logs how many;
+  attention here is materialised (quadratic in seq_len), so 2048 would cost 4x its memory and FLOPs.
 - microbatches: 4 (feedback) and 16 (pretraining), i.e. 128 rows per microbatch in both streams: 4
   rows per device on 32 devices, 1 on 128. A slice with more devices than 128 needs fewer
   microbatches (each microbatch's rows are split over all devices).

@@ -118,7 +118,8 @@ def evaluate(row: str, seed: int, task: str, steps: int, workdir: Path) -> dict[
     objective = "sft" if row == "pretrained" else ROWS[row][0]
     config = base_config(seed, task, steps, objective)
     report = report_lib.evaluate(config, workdir, max_new_tokens=40)
-    result = {"score": report["task"]["score"], "preference_accuracy": report["preference"]["sum"]["accuracy"]}
+    result = {"score": report["task"]["score"],
+              "preference_accuracy": report["preference"]["sum"]["accuracy"]}
     if "feedback" in report:
         result["feedback_accuracy"] = report["feedback"]["accuracy"]
     return result
@@ -142,8 +143,9 @@ def table(results: dict[str, list[dict[str, float]]], task: str, seeds: list[int
         score = np.array([r["score"] for r in runs])
         pref = np.array([r["preference_accuracy"] for r in runs])
         paper = PAPER.get(row, (None, None))
+        paper_sum, paper_dia = (value if value else "-" for value in paper)
         lines.append(f"| {LABELS[row]} | {score.mean():.3f} +- {score.std():.3f} | {pref.mean():.3f} +- "
-                     f"{pref.std():.3f} | {paper[0] if paper[0] else '-'} | {paper[1] if paper[1] else '-'} |")
+                     f"{pref.std():.3f} | {paper_sum} | {paper_dia} |")
     return "\n".join(lines) + "\n"
 
 

@@ -68,7 +68,8 @@ def test_weights_are_zero_on_template_and_one_on_outputs(tok, variant, aux):
         else:
             outputs = {"p": "chosen", "n": "rejected", "pn": "chosen rejected", "np": "rejected chosen"}
             assert weighted == "".join(record[k] for k in outputs[variant].split())
-        assert np.sum(example["weights"][example["tokens"] == tok.eos_id]) == len(variant) if variant != "compare" else 1
+        eos_weight = np.sum(example["weights"][example["tokens"] == tok.eos_id])
+        assert eos_weight == (1 if variant == "compare" else len(variant))
 
 
 def test_generation_prompt_is_the_trained_prefix(tok):

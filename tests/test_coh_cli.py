@@ -7,7 +7,8 @@ from jaxalign import cli
 from jaxalign.objectives import coh
 
 TINY = [
-    "--config.model.preset=tiny", "--config.total_steps=4", "--config.optimizer.warmup_steps=1", "--config.seq_len=96", "--config.batch_size=8",
+    "--config.model.preset=tiny", "--config.total_steps=4", "--config.optimizer.warmup_steps=1",
+    "--config.seq_len=96", "--config.batch_size=8",
     "--config.pretrain.batch_size=8", "--config.data.num_train=48", "--config.data.num_eval=8",
     "--config.data.vocab_size=320", "--config.log_every=2", "--config.checkpoint_every=2",
     "--config.num_samples=2", "--config.max_new_tokens=6", "--config.mesh=dp:2,fsdp:4,tp:1",
@@ -38,7 +39,7 @@ def test_coh_train_eval_generate_through_the_cli(tmp_path, capsys):
 
 
 def test_unknown_objective_key_is_one_clear_error(tmp_path, capsys):
-    code = cli.main(["train", "--config", "experiments/coh_synthetic.py", *TINY, "--config.objective.beta=0.1",
-                     "--workdir", str(tmp_path / "bad")])
+    code = cli.main(["train", "--config", "experiments/coh_synthetic.py", *TINY,
+                     "--config.objective.beta=0.1", "--workdir", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and "beta" in err and err.startswith("jaxalign: error:")

@@ -72,7 +72,8 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
     check_keys(data_cfg, DATA_KEYS, "config.data")
     chosen = [k for k in ("task", "jsonl", "dataset") if data_cfg.get(k)]
     if len(chosen) != 1:
-        raise ValueError(f"config.data: set exactly one of data.task, data.jsonl and data.dataset (got {chosen})")
+        raise ValueError(
+            f"config.data: set exactly one of data.task, data.jsonl and data.dataset (got {chosen})")
     task = None
     if data_cfg.task:
         task = synthetic.get_task(data_cfg.task)
@@ -100,7 +101,8 @@ def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[An
     if data_cfg.dataset not in DATASETS:
         raise ValueError(f"config.data.dataset={data_cfg.dataset!r}; known: {', '.join(DATASETS)}")
     if not data_cfg.source_dir:
-        raise ValueError(f"config.data.dataset={data_cfg.dataset!r} needs data.source_dir (the upstream files)")
+        raise ValueError(
+            f"config.data.dataset={data_cfg.dataset!r} needs data.source_dir (the upstream files)")
     tfds_dir = data_cfg.tfds_dir or str(workdir / "tfds")
     if data_cfg.dataset == "jsonl_preference":
         splits = builders.prepare(data_cfg.source_dir, tfds_dir)
@@ -149,7 +151,8 @@ def _pretrain_texts(pretrain_cfg: ml_collections.ConfigDict | None, task: synthe
     if pretrain_cfg.jsonl:
         return list(jsonl.read_records(pretrain_cfg.jsonl, "text"))
     if task is None:
-        raise ValueError("config.pretrain.weight > 0 needs pretrain.jsonl (text records) unless data.task is set")
+        raise ValueError(
+            "config.pretrain.weight > 0 needs pretrain.jsonl (text records) unless data.task is set")
     return synthetic_pretraining_texts(task, seed, pretrain_cfg.num_texts)
 
 

@@ -71,7 +71,8 @@ def evaluate(
     }
     report["preference"] = _preference(lm, records, template)
     if objective.get("name") == "coh":
-        report["feedback"] = _feedback(lm, records, registry.coh_format({**registry.DEFAULTS["coh"], **objective}))
+        fmt = registry.coh_format({**registry.DEFAULTS["coh"], **objective})
+        report["feedback"] = _feedback(lm, records, fmt)
     prompts = [r["prompt"] for r in records]
     responses = lm_generate(lm, prompts, template, max_new_tokens or config.get("max_new_tokens", 64))
     report["rouge"] = rouge(responses, [r["chosen"] for r in records])

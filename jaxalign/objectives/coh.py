@@ -126,7 +126,8 @@ def assemble(pieces: Sequence[Piece], tokenizer: Tokenizer) -> Example:
     tokenized as one string, weighted text on its own (see the module docstring)."""
     merged: list[Piece] = []
     for value, weight in pieces:
-        if merged and weight == 0 and merged[-1][1] == 0 and isinstance(value, str) and isinstance(merged[-1][0], str):
+        mergeable = merged and weight == 0 and merged[-1][1] == 0
+        if mergeable and isinstance(value, str) and isinstance(merged[-1][0], str):
             merged[-1] = (merged[-1][0] + value, 0.0)
         else:
             merged.append((value, weight))
@@ -170,7 +171,8 @@ def fcm_mask(key: jax.Array, segment_ids: jax.Array, positions: jax.Array, fcm_m
     rates = jax.random.uniform(rate_key, (b, length + 1), minval=fcm_min, maxval=fcm_max)
     rate = jnp.take_along_axis(rates, segment_ids, axis=1)  # [b, L]: the query's example
     threshold = jnp.round(rate * 65536.0).astype(jnp.uint32)
-    drop = jax.random.bits(coin_key, (b, length, length), jnp.uint16).astype(jnp.uint32) < threshold[:, :, None]
+    coins = jax.random.bits(coin_key, (b, length, length), jnp.uint16).astype(jnp.uint32)
+    drop = coins < threshold[:, :, None]
     index = jnp.arange(length)
     strictly_past = index[None, :] < index[:, None]
     droppable = strictly_past[None] & (positions != 0)[:, None, :]

@@ -105,7 +105,8 @@ def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed
 def _encode_pair(record: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[int]]:
     """(BOS + formatted prompt, chosen, rejected) ids, the prompt as `pipeline.format_prompt` has it."""
     text = functools.partial(pipeline._text_field, record, kind="preference")
-    prompt = tokenizer.encode(pipeline.format_prompt(text(key="prompt")), add_bos=tokenizer.bos_id is not None)
+    add_bos = tokenizer.bos_id is not None
+    prompt = tokenizer.encode(pipeline.format_prompt(text(key="prompt")), add_bos=add_bos)
     return prompt, tokenizer.encode(text(key="chosen")), tokenizer.encode(text(key="rejected"))
 
 
@@ -121,7 +122,8 @@ def _sft_pos_neg(opts, tokenizer, seed, schema) -> Objective:
         prompt, chosen, rejected = _encode_pair(record, tokenizer)
         return pipeline.sft_example(prompt, (chosen, rejected)[j], tokenizer.eos_id)
 
-    return Objective("sft_pos_neg", 2, example, lm.make_loss_fn(opts["normalization"]), pipeline.PROMPT_TEMPLATE)
+    loss_fn = lm.make_loss_fn(opts["normalization"])
+    return Objective("sft_pos_neg", 2, example, loss_fn, pipeline.PROMPT_TEMPLATE)
 
 
 def _unlikelihood(opts, tokenizer, seed, schema) -> Objective:
@@ -130,7 +132,8 @@ def _unlikelihood(opts, tokenizer, seed, schema) -> Objective:
         build = unlikelihood.positive_example if j == 0 else unlikelihood.negative_example
         return build(prompt, chosen if j == 0 else rejected, tokenizer.eos_id)
 
-    loss_fn = functools.partial(unlikelihood.loss, alpha=float(opts["alpha"]), normalization=opts["normalization"])
+    loss_fn = functools.partial(unlikelihood.loss, alpha=float(opts["alpha"]),
+                                normalization=opts["normalization"])
     return Objective("unlikelihood", 2, example, loss_fn, pipeline.PROMPT_TEMPLATE, fields=("ul_weights",))
 
 
@@ -138,7 +141,8 @@ def _dpo(opts, tokenizer, seed, schema) -> Objective:
     def example(record, j, index):
         return dpo.pair_example(*_encode_pair(record, tokenizer), tokenizer.eos_id)
 
-    loss_fn = functools.partial(dpo.loss, beta=float(opts["beta"]), label_smoothing=float(opts["label_smoothing"]))
+    loss_fn = functools.partial(dpo.loss, beta=float(opts["beta"]),
+                                label_smoothing=float(opts["label_smoothing"]))
     return Objective("dpo", 1, example, loss_fn, pipeline.PROMPT_TEMPLATE, reference=True)
 
 
@@ -162,7 +166,9 @@ def _coh(opts, tokenizer, seed, schema) -> Objective:
     )
 
 
-_BUILDERS = {"sft": _sft, "sft_pos_neg": _sft_pos_neg, "unlikelihood": _unlikelihood, "dpo": _dpo, "coh": _coh}
+_BUILDERS = {
+    "sft": _sft, "sft_pos_neg": _sft_pos_neg, "unlikelihood": _unlikelihood, "dpo": _dpo, "coh": _coh,
+}
 
 
 def prompt_template(objective_cfg: Mapping[str, Any]) -> str:

@@ -163,7 +163,8 @@ def _streams(config: ml_collections.ConfigDict, objective: registry.Objective) -
     if pretrain is None or not pretrain.weight:
         return {step_lib.SINGLE: main}
     # Plain text is weighted per token, as language-model pretraining is.
-    return {"feedback": main, "pretrain": step_lib.Stream(lm.loss, float(pretrain.weight), pretrain.microbatches)}
+    text = step_lib.Stream(lm.loss, float(pretrain.weight), pretrain.microbatches)
+    return {"feedback": main, "pretrain": text}
 
 
 class _StreamBatches:

@@ -228,7 +228,9 @@ class MeshStep:
             _check_batch(rows, self.microbatches[name], self._global_shape, where)
         shardings = self.batch_shardings(batch)
         placed = jax.tree.map(self._place, streams, shardings)
-        key = tuple(sorted((s, n, x.shape, str(x.dtype)) for s, rows in placed.items() for n, x in rows.items()))
+        key = tuple(sorted(
+            (s, n, x.shape, str(x.dtype)) for s, rows in placed.items() for n, x in rows.items()
+        ))
         if key not in self._jitted:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             out_shardings = (self._first_shardings, replicated) if self._donate else replicated
@@ -351,7 +353,8 @@ def make_train_step(
             loss += stream.weight * finished["loss"]
             tokens += finished["tokens"]
             prefix = "" if len(streams) == 1 else f"{name}/"
-            metrics.update({prefix + k: v for k, v in finished.items() if prefix or k not in ("loss", "tokens")})
+            kept = {k: v for k, v in finished.items() if prefix or k not in ("loss", "tokens")}
+            metrics.update({prefix + k: v for k, v in kept.items()})
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads32, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(
