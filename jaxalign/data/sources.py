@@ -59,6 +59,7 @@ class Data:
     task: synthetic.Task | None  # ground-truth scorer, for synthetic tasks
     schema: str  # "preference" or "text"
     pretrain: list[dict[str, str]] | None = None  # {"text"} records when pretrain.weight > 0
+    eval_split: str = "eval"  # where `eval` comes from; "train" means it is not held out
 
     @property
     def eval_prompts(self) -> list[str]:
@@ -74,7 +75,7 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
     if len(chosen) != 1:
         raise ValueError(
             f"config.data: set exactly one of data.task, data.jsonl and data.dataset (got {chosen})")
-    task = None
+    task, eval_split = None, "eval"
     if data_cfg.task:
         task = synthetic.get_task(data_cfg.task)
         train = synthetic.to_records(synthetic.make_split(task, "train", data_cfg.num_train, seed))
@@ -83,19 +84,19 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
     elif data_cfg.jsonl:
         schema = data_cfg.schema
         train = list(jsonl.read_records(data_cfg.jsonl, schema))
-        evals = train[: data_cfg.num_eval]
+        evals, eval_split = train[: data_cfg.num_eval], "train"
     else:
         schema = "preference"
-        train, evals = _tfds_splits(data_cfg, workdir)
+        train, evals, eval_split = _tfds_splits(data_cfg, workdir)
     if data_cfg.num_train and len(train) > data_cfg.num_train and not data_cfg.task:
         train = _Head(train, data_cfg.num_train)
     pretrain = _pretrain_texts(pretrain_cfg, task, seed)
     if tokenizer is None:
         tokenizer = _tokenizer(data_cfg, workdir, lambda: _corpus(task, train, pretrain, seed))
-    return Data(tokenizer, train, evals, task, schema, pretrain)
+    return Data(tokenizer, train, evals, task, schema, pretrain, eval_split)
 
 
-def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[Any, list[dict[str, Any]]]:
+def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[Any, list[dict[str, Any]], str]:
     from jaxalign.data import builders  # tensorflow_datasets is slow to import: only when needed
 
     if data_cfg.dataset not in DATASETS:
@@ -114,7 +115,7 @@ def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[An
     evals = [] if held_out is None else [
         decode(splits[held_out][i]) for i in range(min(data_cfg.num_eval, len(splits[held_out])))
     ]
-    return splits["train"], evals
+    return splits["train"], evals, held_out or "none"
 
 
 class _Head:

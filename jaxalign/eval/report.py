@@ -67,8 +67,11 @@ def evaluate(
     template = registry.prompt_template(objective)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "objective": objective.get("name", "sft"),
-        "num_eval": len(records), "prompt_template": template,
+        "num_eval": len(records), "eval_split": data.eval_split, "prompt_template": template,
     }
+    if data.eval_split == "train":
+        # data.jsonl has no held-out split: say so in the report rather than pass training data off.
+        report["warning"] = "evaluated on the first records of the training file (no held-out split)"
     report["preference"] = _preference(lm, records, template)
     if objective.get("name") == "coh":
         fmt = registry.coh_format({**registry.DEFAULTS["coh"], **objective})
