@@ -50,7 +50,7 @@ def _rows(seed: int, rows: int) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def batches():
-    a, b = _rows(1, 8), _rows(2, 4)
+    a, b = _rows(1, 16), _rows(2, 8)
     # Uneven weight between the microbatches of `a` (rows 0, 2, .. vs 1, 3, ..), so that a mean of
     # per-microbatch means would be visibly wrong.
     a["weights"][0::2, 4:] = 0
@@ -73,7 +73,8 @@ def _update(step, cfg, mesh, params, batch):
 def _assert_trees_close(actual, expected, rtol=1e-5, atol=3e-7):
     # atol: a delta is new - old of float32 parameters up to 1.0 (norm scales), so it carries the
     # rounding of the update, up to an ulp of 1.0 (1.2e-7); gradient entries are ~1e-3.
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True):
+    leaves = zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True)
+    for (path, a), b in leaves:
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
@@ -90,8 +91,8 @@ def single(cfg, mesh, params, batches):
 def test_two_streams_update_is_the_weighted_sum_of_normalised_gradients(
         cfg, mesh, params, batches, single, microbatches):
     streams = {
-        "a": Stream(lm.loss, 1.0, microbatches=microbatches[0]),  # token-normalised, 8 rows
-        "b": Stream(SEQUENCE_LOSS, 1.5, microbatches=microbatches[1]),  # per sequence, 4 rows
+        "a": Stream(lm.loss, 1.0, microbatches=microbatches[0]),  # token-normalised, 16 rows
+        "b": Stream(SEQUENCE_LOSS, 1.5, microbatches=microbatches[1]),  # per sequence, 8 rows
     }
     step = make_train_step(cfg, SGD, mesh, streams=streams)
     metrics, delta = _update(step, cfg, mesh, params, batches)
@@ -108,10 +109,22 @@ def test_two_streams_update_is_the_weighted_sum_of_normalised_gradients(
             np.testing.assert_allclose(metrics[f"{name}/{key}"], m[key], rtol=1e-5, err_msg=f"{name}/{key}")
     np.testing.assert_allclose(metrics["b/num_sequences"], mb["num_sequences"])
     np.testing.assert_allclose(metrics["a/loss_weight"], batches["a"]["weights"].sum(), rtol=1e-6)
-    assert metrics["b/loss_weight"] == metrics["b/num_sequences"] > 4  # several sequences per row
+    assert metrics["b/loss_weight"] == metrics["b/num_sequences"] > 8  # several sequences per row
     np.testing.assert_allclose(metrics["loss"], ma["loss"] + 1.5 * mb["loss"], rtol=1e-6)
     np.testing.assert_allclose(metrics["tokens"], ma["tokens"] + mb["tokens"], rtol=1e-6)
     assert not {"accuracy", "loss_weight", "num_sequences"} & set(metrics), sorted(metrics)
+
+
+# Regression: flax's logical constraint used to split a 2-row (or 1-row) microbatch over dp*fsdp = 4
+# devices, and with tp > 1 XLA then computed wrong (1 row: NaN) gradients.
+def test_microbatches_smaller_than_the_batch_sharding_give_the_same_gradient(
+        cfg, mesh, params, batches, single):
+    # 2 and 1 rows per microbatch, on a mesh whose batch axis is split 4 ways (and tp = 2).
+    streams = {"a": Stream(lm.loss, 1.0, microbatches=8), "b": Stream(SEQUENCE_LOSS, 1.5, microbatches=8)}
+    metrics, delta = _update(make_train_step(cfg, SGD, mesh, streams=streams), cfg, mesh, params, batches)
+    want = single["a"][0]["loss"] + 1.5 * single["b"][0]["loss"]
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+    _assert_trees_close(delta, jax.tree.map(lambda x, y: x + 1.5 * y, single["a"][1], single["b"][1]))
 
 
 def test_a_weight_zero_stream_does_not_move_the_parameters(cfg, mesh, params, batches, single):
@@ -131,8 +144,8 @@ def test_stream_batch_errors_are_clear(cfg, mesh, params, batches):
         step(state, {"a": batches["a"]})
     with pytest.raises(ValueError, match=r"trains on streams \['a', 'b'\]; the batch has \['a', 'b', 'c'\]"):
         step(state, {**batches, "c": batches["b"]})
-    with pytest.raises(ValueError, match=r"batch\['b'\]: 4 rows do not split into microbatches=2"):
-        make_train_step(cfg, SGD, mesh, streams={"a": Stream(), "b": Stream(microbatches=8)})(state, batches)
+    with pytest.raises(ValueError, match=r"batch\['b'\]: 8 rows do not split into microbatches=3"):
+        make_train_step(cfg, SGD, mesh, streams={"a": Stream(), "b": Stream(microbatches=3)})(state, batches)
     with pytest.raises(ValueError, match=r"batch\['b'\] is missing \['weights'\]"):
         step(state, {"a": batches["a"], "b": {k: v for k, v in batches["b"].items() if k != "weights"}})
     # The state was not consumed by the failed calls.
@@ -214,3 +227,14 @@ def test_eval_with_reference_agrees_with_the_train_step(cfg, mesh, params, batch
 def test_reference_stream_without_reference_params_is_an_error(cfg, mesh):
     with pytest.raises(ValueError, match="reference=True needs reference_params"):
         make_train_step(cfg, SGD, mesh, streams={"a": Stream(), "dpo": Stream(_probe, reference=True)})
+
+
+def test_reference_params_that_are_the_donated_state_are_an_error(cfg, mesh, params, batches):
+    # Passing the state's own arrays as the reference would donate them and crash the runtime.
+    adam = optax.adam(1e-2)
+    state = _state(cfg, adam, mesh, params)
+    step = make_train_step(cfg, adam, mesh, streams={"main": Stream(_probe, reference=True)},
+                           reference_params=state.params)
+    with pytest.raises(ValueError, match="reference_params share arrays with the train state"):
+        step(state, batches["a"])
+    assert not any(x.is_deleted() for x in jax.tree.leaves(state))

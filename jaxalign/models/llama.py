@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign import mesh as mesh_lib
 from jaxalign.models.config import ModelConfig
 
 Array = jax.Array
@@ -38,7 +39,13 @@ def _init(cfg: ModelConfig, names: tuple[str, ...]):
 
 
 def _constrain(x: Array, names: tuple[str, ...]) -> Array:
-    return nn.with_logical_constraint(x, names)
+    """Constrains an activation by its logical names, leaving out a mesh axis its dimension does not
+    divide. flax's with_logical_constraint would split, e.g., a 2-row microbatch over dp*fsdp = 4, and
+    XLA then computes wrong (with 1 row: NaN) gradients when tp > 1 as well."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, mesh_lib.logical_to_spec(names, x.shape, mesh))
 
 
 class RMSNorm(nn.Module):
