@@ -185,6 +185,12 @@ class MeshStep:
 
     def __call__(self, first: Any, batch: Batch) -> Any:
         jitted, batch = self._prepare(batch)
+        if self._donate and self.frozen is not None:
+            # Donating an array that is also the frozen argument crashes the runtime (on CPU a segfault).
+            frozen = {id(x) for x in jax.tree.leaves(self.frozen)}
+            if any(id(x) in frozen for x in jax.tree.leaves(first)):
+                raise ValueError("reference_params share arrays with the train state, which the step "
+                                 "donates; pass a copy, e.g. jax.tree.map(jnp.copy, state.params)")
         with mesh_lib.use(self.mesh):
             return jitted(first, batch, self.frozen)
 

@@ -1,0 +1,179 @@
+"""Every objective of the registry through `loop.train` on tiny configs of experiments/coh_synthetic.py:
+finite losses and each objective's metrics, exact resume with the pretraining stream on, DPO started
+from an SFT run (`init_from`: the reference is that model), and clear errors for a model that does not
+fit `init_from` and for an option the objective does not have."""
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+import jaxalign
+from jaxalign import checkpoints
+from jaxalign import config as config_lib
+from jaxalign.objectives import registry
+from jaxalign.train import loop
+from jaxalign.train.checkpointing import Checkpointer
+
+EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "coh_synthetic.py"
+MESH = "dp:2,fsdp:4,tp:1"
+TINY = [
+    "--config.model.preset=tiny", "--config.total_steps=4", "--config.batch_size=8", "--config.seq_len=64",
+    "--config.data.num_train=64", "--config.data.num_eval=4", "--config.data.vocab_size=320",
+    "--config.pretrain.batch_size=8", "--config.pretrain.num_texts=64", f"--config.mesh={MESH}",
+    "--config.num_samples=2", "--config.max_new_tokens=8", "--config.log_every=1",
+    "--config.checkpoint_every=100", "--config.optimizer.warmup_steps=0",
+    "--config.optimizer.schedule=constant", "--config.optimizer.peak_lr=3e-3",
+]
+# The CoH experiment trains with its plain-text stream; DPO with it too, to cover a reference
+# stream beside a plain one; the other objectives without.
+WITH_PRETRAIN = ("coh", "dpo")
+EXPECTED = {  # metrics each objective must report (under "feedback/" with the pretraining stream)
+    "sft": ("accuracy", "loss_weight"),
+    "sft_pos_neg": ("accuracy", "loss_weight"),
+    "unlikelihood": ("nll", "unlikelihood", "num_ul_tokens", "loss_weight"),
+    "dpo": ("accuracy", "num_pairs", "reward_margin", "reward_chosen", "reward_rejected", "logp_chosen"),
+    "coh": ("accuracy", "num_sequences", "loss_weight"),
+}
+
+
+def _config(objective, *overrides):
+    pretrain = [] if objective in WITH_PRETRAIN else ["--config.pretrain.weight=0"]
+    return config_lib.load_config(f"{EXPERIMENT}:{objective}", [*TINY, *pretrain, *overrides])
+
+
+def _metrics(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return {row["step"]: row for row in map(json.loads, lines)}
+
+
+def _losses(workdir):
+    """Every loss-like value of every logged step (no timings)."""
+    return {step: {k: v for k, v in row.items() if k.endswith(("loss", "reward_margin")) or k == "grad_norm"}
+            for step, row in _metrics(workdir).items()}
+
+
+def _params(workdir):
+    return jax.device_get(jaxalign.load(workdir, mesh=MESH).params)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+    """The runs compile the same init and train steps again and again: cache them for this module."""
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {key: jax.config.values[key] for key in keys}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compilation_cache.reset_cache()  # jax decides once whether to use the cache: decide again
+    yield
+    for key, value in before.items():
+        jax.config.update(key, value)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """objective -> (summary, workdir) of a 4-step run, trained on first use."""
+    done = {}
+
+    def get(objective):
+        if objective not in done:
+            workdir = tmp_path_factory.mktemp(objective)
+            done[objective] = loop.train(_config(objective), workdir), workdir
+        return done[objective]
+
+    return get
+
+
+def test_the_objectives_are_the_ones_tested():
+    assert set(EXPECTED) == set(registry.DEFAULTS)
+
+
+@pytest.mark.parametrize("objective", list(registry.DEFAULTS))
+def test_objective_trains_with_its_metrics(runs, objective):
+    summary, workdir = runs(objective)
+    assert summary["status"] == "done" and summary["step"] == 4
+    assert len(summary["samples"]) == 2 and 0.0 <= summary["score"] <= 1.0
+    metrics = _metrics(workdir)
+    assert sorted(metrics) == [1, 2, 3, 4]
+    streams = objective in WITH_PRETRAIN
+    prefix = "feedback/" if streams else ""
+    for step, row in metrics.items():
+        missing = [prefix + k for k in EXPECTED[objective] if prefix + k not in row]
+        assert not missing, f"step {step}: {missing} not in {sorted(row)}"
+        assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row
+        assert row[prefix + "loss_weight" if objective != "dpo" else prefix + "num_pairs"] > 0
+        if streams:
+            assert row["pretrain/loss"] > 0 and row["pretrain/loss_weight"] > 0
+            assert row["loss"] == pytest.approx(row["feedback/loss"] + 1.5 * row["pretrain/loss"], rel=1e-5)
+        else:
+            assert not any("/" in k for k in row), sorted(row)
+    if objective == "unlikelihood":
+        assert all(row["num_ul_tokens"] > 0 and row["unlikelihood"] > 0 for row in metrics.values())
+    if objective == "dpo":
+        # The reference is the initial policy: at step 1 every reward is 0 and the loss is log 2.
+        first = metrics[1]
+        assert first["feedback/loss"] == pytest.approx(math.log(2), rel=1e-5)
+        assert first["feedback/reward_margin"] == pytest.approx(0, abs=1e-5)
+        assert metrics[4]["feedback/reward_margin"] != 0  # the policy moved; the reference did not
+
+
+@pytest.mark.parametrize("objective", ["coh", "dpo"])
+def test_resume_with_the_pretraining_stream_is_exact(runs, tmp_path, objective):
+    # coh: FCM masks drawn per step; dpo: the reference must again be the initial model, not the
+    # restored one. Both with two streams, whose data states are checkpointed together.
+    _, uninterrupted = runs(objective)  # 4 steps
+    summary = loop.train(_config(objective, "--config.total_steps=2", "--config.num_samples=0"), tmp_path)
+    assert summary["step"] == 2 and Checkpointer(tmp_path / "checkpoints").latest_step() == 2
+    summary = loop.train(_config(objective, "--config.num_samples=0"), tmp_path)
+    assert summary["step"] == 4
+    assert _losses(tmp_path) == _losses(uninterrupted)  # bitwise, both streams' data order included
+    jax.tree.map(np.testing.assert_array_equal, _params(tmp_path), _params(uninterrupted))
+
+
+def test_dpo_from_an_sft_run(runs, tmp_path, monkeypatch):
+    _, sft = runs("sft")
+    sft_params = _params(sft)
+    sft_steps = Checkpointer(sft / "checkpoints").all_steps()
+    dpo = ["--config.pretrain.weight=0", f"--config.init_from={sft}", "--config.total_steps=2",
+           "--config.num_samples=0"]
+
+    # A model of another size does not load, and leaves both workdirs usable.
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"init_from=.*do not fit config.model"):
+        loop.train(_config("dpo", *dpo, "--config.model.num_hidden_layers=1"), tmp_path)
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() is None
+
+    initial, original = [], loop._initial_params
+
+    def record(*args):
+        params = original(*args)
+        initial.append(jax.device_get(params))  # before the new state takes (donates) them
+        return params
+
+    monkeypatch.setattr(loop, "_initial_params", record)
+    summary = loop.train(_config("dpo", *dpo), tmp_path)
+    assert summary["status"] == "done" and summary["step"] == 2
+    # It started from the SFT model, and that model is the reference: at step 1 the policy equals
+    # the reference, so every reward is 0 and the DPO loss is log 2.
+    jax.tree.map(np.testing.assert_array_equal, initial[0], sft_params)
+    first, second = _metrics(tmp_path)[1], _metrics(tmp_path)[2]
+    assert first["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    for key in ("reward_chosen", "reward_rejected", "reward_margin"):
+        assert first[key] == pytest.approx(0, abs=1e-6), key
+    assert first["num_pairs"] > 0  # (accuracy counts margins > 0: at step 1 those are rounding noise)
+    assert second["reward_margin"] != 0 and second["loss"] != pytest.approx(math.log(2), rel=1e-6)
+    # The SFT run is untouched.
+    assert Checkpointer(sft / "checkpoints").all_steps() == sft_steps
+    jax.tree.map(np.testing.assert_array_equal, _params(sft), sft_params)
+
+
+def test_an_option_of_another_objective_is_an_error_naming_it(tmp_path):
+    config = _config("coh")
+    config.objective.beta = 0.1  # a DPO option
+    with pytest.raises(config_lib.ConfigError, match=r"unknown key\(s\) \['beta'\] in config.objective"):
+        loop.train(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # stopped before anything was trained or saved
