@@ -117,10 +117,11 @@ def finetune(row: str, seed: int, task: str, steps: int, base: Path, workdir: Pa
     return workdir
 
 
-def evaluate(row: str, seed: int, task: str, steps: int, workdir: Path) -> dict[str, float]:
+def evaluate(row: str, seed: int, task: str, steps: int, workdir: Path,
+             temperature: float) -> dict[str, float]:
     objective = "sft" if row == "pretrained" else ROWS[row][0]
     config = base_config(seed, task, steps, objective)
-    report = report_lib.evaluate(config, workdir, max_new_tokens=40)
+    report = report_lib.evaluate(config, workdir, max_new_tokens=40, temperature=temperature, seed=seed)
     result = {"score": report["task"]["score"],
               "preference_accuracy": report["preference"]["sum"]["accuracy"]}
     if "feedback" in report:
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help="fine-tuned rows (pretrained is always run)")
     parser.add_argument("--task", default="harmless", choices=sorted(synthetic.TASKS))
     parser.add_argument("--steps", type=int, default=120, help="fine-tuning steps per row")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy answers; polite needs sampling (greedy turns a mix into a coin flip)")
     parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--workdir", default="workdirs/replicate_coh")
     parser.add_argument("--out", default=str(HERE / "results" / "coh_synthetic.md"))
@@ -179,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     base = pretrain(seeds[0], args.task, args.pretrain_steps, Path(args.workdir) / "pretrained")
     for seed in seeds:
         root = Path(args.workdir) / f"seed{seed}"
-        results["pretrained"].append(evaluate("pretrained", seed, args.task, args.steps, base))
+        results["pretrained"].append(
+            evaluate("pretrained", seed, args.task, args.steps, base, args.temperature))
         for row in rows:
             t0 = time.time()
             run = finetune(row, seed, args.task, args.steps, base, root / row)
-            results[row].append(evaluate(row, seed, args.task, args.steps, run))
+            results[row].append(evaluate(row, seed, args.task, args.steps, run,
+                                         args.temperature))
             print(f"seed {seed} {row}: {results[row][-1]} ({time.time() - t0:.0f} s)", file=sys.stderr)
     minutes = (time.time() - start) / 60
     markdown = table(results, args.task, seeds, args.steps, args.pretrain_steps, minutes)

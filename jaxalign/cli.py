@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="report path (default: <checkpoint>/eval.json)")
     ev.add_argument("--num-eval", type=int, help="held-out records (default: config.data.num_eval)")
     ev.add_argument("--max-new-tokens", type=int, help="default: config.max_new_tokens")
+    ev.add_argument("--temperature", type=float, default=0.0, help="0: greedy generations")
+    ev.add_argument("--seed", type=int, default=0)
     _add_mesh(ev)
 
     gen = commands.add_parser("generate", help="continue prompts with a model")
@@ -167,7 +169,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     config = config_lib.load_config(args.config, args.overrides)
     report = report_lib.evaluate(config, args.checkpoint, mesh=args.mesh, num_eval=args.num_eval,
-                                 max_new_tokens=args.max_new_tokens)
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 seed=args.seed)
     out = report_lib.write(report, args.out or Path(args.checkpoint) / "eval.json")
     summary = {k: report[k] for k in ("preference", "feedback", "rouge", "task") if k in report}
     print(json.dumps(summary, indent=2))

@@ -12,7 +12,7 @@ What the report holds (every number over the same `num_eval` held-out preference
                  judged good when log p(y | positive marker) > log p(y | negative marker) (by Bayes,
                  the marker the response makes more likely); accuracy over chosen (should be good)
                  and rejected (should be bad) responses.
-    rouge        CoH's "Sum" column: ROUGE-1/2/L of greedy generations, prompted as in training,
+    rouge        CoH's "Sum" column: ROUGE-1/2/L of generations (greedy by default), prompted as in training,
                  against the chosen response; "avg" is the paper's average.
     task         synthetic tasks only: the ground-truth scorer's mean score (and its extras) of
                  the same generations.
@@ -43,10 +43,12 @@ NUM_SAMPLES = 8
 def evaluate(
     config: ml_collections.ConfigDict, checkpoint: str | Path, *, mesh: str = "dp:1,fsdp:-1,tp:1",
     num_eval: int | None = None, max_new_tokens: int | None = None, data_dir: str | Path | None = None,
+    temperature: float = 0.0, seed: int = 0,
 ) -> dict[str, Any]:
     """The report (module docstring) of `checkpoint` on `config`'s held-out records.
 
     `data_dir` holds built tfds datasets (default: the train workdir, or the model directory's parent).
+    Generations are greedy unless `temperature` > 0 (sampled, reproducible by `seed`).
     """
     checkpoint = Path(checkpoint)
     lm = api.load(checkpoint, mesh)
@@ -77,7 +79,9 @@ def evaluate(
         fmt = registry.coh_format({**registry.DEFAULTS["coh"], **objective})
         report["feedback"] = _feedback(lm, records, fmt)
     prompts = [r["prompt"] for r in records]
-    responses = lm_generate(lm, prompts, template, max_new_tokens or config.get("max_new_tokens", 64))
+    responses = lm_generate(lm, prompts, template, max_new_tokens or config.get("max_new_tokens", 64),
+                            temperature=temperature, seed=seed)
+    report["temperature"] = temperature
     report["rouge"] = rouge(responses, [r["chosen"] for r in records])
     samples = [{"prompt": p, "response": y} for p, y in zip(prompts, responses, strict=True)]
     if data.task is not None:
@@ -97,10 +101,12 @@ def write(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def lm_generate(lm: api.LM, prompts: Sequence[str], template: str, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of `prompts` formatted with `template` (how the model was trained)."""
+def lm_generate(lm: api.LM, prompts: Sequence[str], template: str, max_new_tokens: int,
+                temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Continuations of `prompts` formatted with `template` (how the model was trained)."""
     lm = api.LM(lm.cfg, lm.params, lm.mesh, lm.tokenizer, prompt_template=template)
-    return [text.strip() for text in lm.generate(list(prompts), max_new_tokens=max_new_tokens)]
+    outputs = lm.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return [text.strip() for text in outputs]
 
 
 def response_example(tokenizer: Tokenizer, prompt_text: str, response: str) -> dict[str, np.ndarray]:
