@@ -10,7 +10,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 import jaxalign
 from jaxalign import checkpoints
@@ -59,20 +58,6 @@ def _losses(workdir):
 
 def _params(workdir):
     return jax.device_get(jaxalign.load(workdir, mesh=MESH).params)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def persistent_compilation_cache(tmp_path_factory):
-    """The runs compile the same init and train steps again and again: cache them for this module."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    before = {key: jax.config.values[key] for key in keys}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    compilation_cache.reset_cache()  # jax decides once whether to use the cache: decide again
-    yield
-    for key, value in before.items():
-        jax.config.update(key, value)
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
