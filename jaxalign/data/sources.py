@@ -158,7 +158,9 @@ def _pretrain_texts(pretrain_cfg: ml_collections.ConfigDict | None, task: synthe
 
 
 def _corpus(task, train, pretrain, seed) -> list[str]:
-    corpus = task.corpus(seed, 2000) if task is not None else []
+    if task is not None:  # the task's own sample of its grammar covers its records and texts
+        return task.corpus(seed, 2000)
+    corpus = []
     for index in range(min(len(train), TOKENIZER_SAMPLE)):
         corpus += [_as_text(v) for v in train[index].values() if isinstance(v, (str, bytes))]
     corpus += [r["text"] for r in (pretrain or [])[:TOKENIZER_SAMPLE]]
