@@ -80,7 +80,8 @@ def sft_example(prompt_ids: Sequence[int] | np.ndarray, response_ids: Sequence[i
     return {"tokens": tokens, "weights": weights}
 
 
-def _text_field(record: Mapping[str, Any], key: str, kind: str) -> str:
+def text_field(record: Mapping[str, Any], key: str, kind: str) -> str:
+    """record[key] as str (tfds sources give UTF-8 bytes); a missing or non-text field is an error."""
     if key not in record:
         raise ValueError(f"a {kind} record needs a {key!r} field, got keys {sorted(record)}")
     value = record[key]
@@ -111,11 +112,11 @@ def record_to_example(record: Mapping[str, Any], tokenizer: Tokenizer, kind: str
     """
     add_bos = tokenizer.bos_id is not None
     if kind == "text":
-        tokens = tokenizer.encode(_text_field(record, "text", kind), add_bos=add_bos, add_eos=True)
+        tokens = tokenizer.encode(text_field(record, "text", kind), add_bos=add_bos, add_eos=True)
         return {"tokens": np.asarray(tokens, np.int32), "weights": np.ones(len(tokens), np.float32)}
     if kind == "preference":
-        prompt = tokenizer.encode(format_prompt(_text_field(record, "prompt", kind)), add_bos=add_bos)
-        chosen = tokenizer.encode(_text_field(record, "chosen", kind))
+        prompt = tokenizer.encode(format_prompt(text_field(record, "prompt", kind)), add_bos=add_bos)
+        chosen = tokenizer.encode(text_field(record, "chosen", kind))
         if tokenizer.eos_id is None:
             raise ValueError(f"{tokenizer!r} has no eos token, which ends every response")
         return sft_example(prompt, chosen, tokenizer.eos_id)

@@ -116,7 +116,7 @@ def response_example(tokenizer: Tokenizer, prompt_text: str, response: str) -> d
 
 
 def _scores(lm: api.LM, examples: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    scores = sequence_logprobs(lm.params, lm.cfg, lm.mesh, examples, overflow="truncate")
+    scores = sequence_logprobs(lm.params, lm.cfg, lm.mesh, examples)
     return scores.logp, scores.logp / np.maximum(scores.num_tokens, 1)
 
 

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.data.pipeline import text_field
 from jaxalign.data.tokenizer import Tokenizer
 
 VARIANTS = ("p", "n", "pn", "np", "compare")
@@ -96,8 +97,8 @@ class CoHFormat:
         return context + escape(self.lead(positive, task))
 
     def pieces(self, record: Mapping[str, Any], variant: str, first_is_chosen: bool, eos: int) -> list[Piece]:
-        prompt, chosen, rejected = (_text(record, k) for k in ("prompt", "chosen", "rejected"))
-        task = _text(record, "task") if "task" in record else None
+        prompt, chosen, rejected = (text_field(record, k, "CoH") for k in ("prompt", "chosen", "rejected"))
+        task = text_field(record, "task", "CoH") if "task" in record else None
         context = self.context(prompt)
         output = {True: [(self.lead(True, task), 0.0), (chosen, 1.0), (eos, 1.0)],
                   False: [(self.lead(False, task), 0.0), (rejected, 1.0), (eos, 1.0)]}
@@ -108,17 +109,6 @@ class CoHFormat:
             return [(context + question, 0.0), (ANSWERS[0 if first_is_chosen else 1], 1.0), (eos, 1.0)]
         order = {"p": [True], "n": [False], "pn": [True, False], "np": [False, True]}[variant]
         return [(context, 0.0)] + [piece for positive in order for piece in output[positive]]
-
-
-def _text(record: Mapping[str, Any], key: str) -> str:
-    if key not in record:
-        raise ValueError(f"a CoH record needs {key!r}, got keys {sorted(record)}")
-    value = record[key]
-    if isinstance(value, (bytes, np.bytes_)):  # tfds data sources return bytes
-        value = bytes(value).decode("utf-8")
-    if not isinstance(value, str):
-        raise ValueError(f"record field {key!r} must be a string, got {type(value).__name__}")
-    return value
 
 
 def assemble(pieces: Sequence[Piece], tokenizer: Tokenizer) -> Example:

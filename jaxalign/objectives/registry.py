@@ -104,7 +104,7 @@ def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed
 
 def _encode_pair(record: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[int]]:
     """(BOS + formatted prompt, chosen, rejected) ids, the prompt as `pipeline.format_prompt` has it."""
-    text = functools.partial(pipeline._text_field, record, kind="preference")
+    text = functools.partial(pipeline.text_field, record, kind="preference")
     add_bos = tokenizer.bos_id is not None
     prompt = tokenizer.encode(pipeline.format_prompt(text(key="prompt")), add_bos=add_bos)
     return prompt, tokenizer.encode(text(key="chosen")), tokenizer.encode(text(key="rejected"))
