@@ -27,11 +27,13 @@ setup(
         "tqdm",
         "tensorboardX",
         "rouge-score",  # jaxalign.eval.rouge: the CoH paper's summarisation metric
+        "rapidfuzz>=3.0",  # jaxalign.objectives.edit_chain: edit operations over token ids (C++)
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-xdist",
+            "hypothesis",
             "ruff",
             "torch==2.13.0",
             "transformers>=5.0,<6",
