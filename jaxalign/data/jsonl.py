@@ -4,6 +4,8 @@ Schemas (`SCHEMAS`)
 -------------------
 ``text``         ``{"text": str}``                                    plain language-model data
 ``preference``   ``{"prompt": str, "chosen": str, "rejected": str}``  a pair of responses to a prompt
+``labelled``     ``{"prompt": str (optional), "text": str, "label": 0 | 1}``  a response judged
+                 acceptable (1) or not (0): reward-model data (ETHICS, MIC)
 
 Every schema also accepts an optional ``"id"`` (string or integer) so that records can be traced
 back to their source. Any other key is an error: a misspelt field ("choosen") must not be
@@ -68,6 +70,11 @@ SCHEMAS: dict[str, Schema] = {
     "preference": Schema(
         "preference",
         (Field("prompt", (str,), allow_empty=True), Field("chosen", (str,)), Field("rejected", (str,)), _ID),
+    ),
+    "labelled": Schema(
+        "labelled",
+        (Field("prompt", (str,), required=False, allow_empty=True), Field("text", (str,)),
+         Field("label", (int,)), _ID),
     ),
 }
 

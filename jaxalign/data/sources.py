@@ -1,9 +1,11 @@
 """From a config's `data` and `pretrain` sections to a tokenizer, records and evaluation data.
 
 Three kinds of source (set exactly one):
-  data.task = "sort" | "polite" | "harmless"    a bundled synthetic feedback task
-  data.jsonl = "path/to/train.jsonl"            user records ({"text"} or preference schema)
-  data.dataset = "hh_rlhf" | "webgpt" | "summarize_feedback" | "jsonl_preference"
+  data.task = "sort" | "polite" | "harmless" | "detox"   a bundled synthetic feedback task
+  data.jsonl = "path/to/train.jsonl"            user records (data.schema: text, preference or labelled)
+  data.dataset = "hh_rlhf" | "webgpt" | "summarize_feedback" | "jsonl_preference" (preference records),
+                 "moral_stories" (preference: chosen = moral, rejected = immoral action),
+                 "ethics_commonsense" | "mic" (labelled records, for a reward model)
                  with data.source_dir = the upstream files (see jaxalign.data.builders); built once
                  into array_record files under data.tfds_dir (default: <workdir>/tfds) and read
                  lazily, so a large dataset never sits in memory
@@ -34,7 +36,8 @@ from jaxalign.data.tokenizer import Tokenizer, train_sentencepiece
 DATA_KEYS = ("task", "jsonl", "schema", "dataset", "source_dir", "tfds_dir", "num_train", "num_eval",
              "vocab_size", "tokenizer")
 PRETRAIN_KEYS = ("weight", "batch_size", "microbatches", "jsonl", "num_texts")
-DATASETS = ("hh_rlhf", "webgpt", "summarize_feedback", "jsonl_preference")
+DATASETS = ("hh_rlhf", "webgpt", "summarize_feedback", "jsonl_preference", "moral_stories",
+            "ethics_commonsense", "mic")
 TOKENIZER_SAMPLE = 20000  # records a new tokenizer is trained on
 
 
@@ -57,7 +60,7 @@ class Data:
     train: Sequence[Mapping[str, Any]]  # records (dicts of str, or of bytes from a tfds source)
     eval: list[dict[str, Any]]  # held-out records (prompt/chosen/rejected for preference data)
     task: synthetic.Task | None  # ground-truth scorer, for synthetic tasks
-    schema: str  # "preference" or "text"
+    schema: str  # "preference", "text" or "labelled"
     pretrain: list[dict[str, str]] | None = None  # {"text"} records when pretrain.weight > 0
     eval_split: str = "eval"  # where `eval` comes from; "train" means it is not held out
 
@@ -86,8 +89,7 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
         train = list(jsonl.read_records(data_cfg.jsonl, schema))
         evals, eval_split = train[: data_cfg.num_eval], "train"
     else:
-        schema = "preference"
-        train, evals, eval_split = _tfds_splits(data_cfg, workdir)
+        train, evals, eval_split, schema = _tfds_splits(data_cfg, workdir)
     if data_cfg.num_train and len(train) > data_cfg.num_train and not data_cfg.task:
         train = _Head(train, data_cfg.num_train)
     pretrain = _pretrain_texts(pretrain_cfg, task, seed)
@@ -96,7 +98,9 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
     return Data(tokenizer, train, evals, task, schema, pretrain, eval_split)
 
 
-def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[Any, list[dict[str, Any]], str]:
+def _tfds_splits(data_cfg: ml_collections.ConfigDict,
+                 workdir: Path) -> tuple[Any, list[dict[str, Any]], str, str]:
+    """(train source, held-out records, where they come from, the records' schema)."""
     from jaxalign.data import builders  # tensorflow_datasets is slow to import: only when needed
 
     if data_cfg.dataset not in DATASETS:
@@ -105,9 +109,13 @@ def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[An
         raise ValueError(
             f"config.data.dataset={data_cfg.dataset!r} needs data.source_dir (the upstream files)")
     tfds_dir = data_cfg.tfds_dir or str(workdir / "tfds")
+    schema = "preference"
     if data_cfg.dataset == "jsonl_preference":
         splits = builders.prepare(data_cfg.source_dir, tfds_dir)
         decode = builders.decode_record
+    elif data_cfg.dataset in builders.values.BUILDERS:
+        splits = builders.values.prepare(data_cfg.dataset, data_cfg.source_dir, tfds_dir)
+        decode, schema = builders.values.decode_record, builders.values.schema(data_cfg.dataset)
     else:
         splits = builders.feedback.prepare(data_cfg.dataset, data_cfg.source_dir, tfds_dir)
         decode = builders.feedback.decode_record
@@ -115,7 +123,7 @@ def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path) -> tuple[An
     evals = [] if held_out is None else [
         decode(splits[held_out][i]) for i in range(min(data_cfg.num_eval, len(splits[held_out])))
     ]
-    return splits["train"], evals, held_out or "none"
+    return splits["train"], evals, held_out or "none", schema
 
 
 class _Head:

@@ -10,3 +10,9 @@ from jaxalign.data.builders import feedback  # noqa: E402
 from jaxalign.data.builders.feedback import HhRlhf, SummarizeFeedback, WebGpt  # noqa: E402
 
 __all__ += ["HhRlhf", "SummarizeFeedback", "WebGpt", "feedback"]
+
+# The Second Thoughts value datasets (Moral Stories, ETHICS commonsense, MIC): see values.py.
+from jaxalign.data.builders import values  # noqa: E402
+from jaxalign.data.builders.values import EthicsCommonsense, Mic, MoralStories  # noqa: E402
+
+__all__ += ["EthicsCommonsense", "Mic", "MoralStories", "values"]
