@@ -7,6 +7,13 @@ writes safetensors shards of at most `max_shard_bytes`, into a temporary directo
 renamed into place at the end, so a crash never leaves half a checkpoint.
 
 `_tensor_table` is the one place that names HF tensors and says how their layout maps to ours.
+
+Score models (``head="score"``, reward models) are ``*ForSequenceClassification`` checkpoints: the
+same backbone tensors, and ``score.weight`` [num_labels, hidden] in place of ``lm_head.weight``.
+Hugging Face pools the score of the rightmost token that is not ``pad_token_id``; jaxalign's reward
+models read the score at the last *response* token (whose target is the EOS; jaxalign.rl.reward).
+So in transformers feed prompt + response without the EOS, or set ``pad_token_id`` to the EOS id
+(then a trailing EOS and right padding are both skipped), to get the reward jaxalign computes.
 """
 
 from __future__ import annotations
@@ -33,7 +40,16 @@ from jaxalign.checkpoints import staged_directory
 from jaxalign.models.config import ModelConfig
 
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
-_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+# HF architecture -> (family, head).
+_ARCHITECTURES = {
+    "LlamaForCausalLM": ("llama", "lm"),
+    "MistralForCausalLM": ("mistral", "lm"),
+    "Qwen2ForCausalLM": ("qwen2", "lm"),
+    "LlamaForSequenceClassification": ("llama", "score"),
+    "MistralForSequenceClassification": ("mistral", "score"),
+    "Qwen2ForSequenceClassification": ("qwen2", "score"),
+}
+_CLASS_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
 _IGNORED_SUFFIX = "rotary_emb.inv_freq"  # a buffer old transformers saved; recomputed from config
 
 
@@ -86,7 +102,9 @@ def _tensor_table(cfg: ModelConfig) -> dict[tuple[str, ...], _Tensor]:
             table["layers", "self_attn", proj, "bias"] = _Tensor(A + f"{proj}.bias", (shape,), (0, 1))
     if cfg.attention_out_bias:
         table["layers", "self_attn", "o_proj", "bias"] = vec(A + "o_proj.bias", h)
-    if not cfg.tie_word_embeddings:
+    if cfg.head == "score":
+        table["score", "kernel"] = linear("score.weight", h, cfg.num_labels)
+    elif not cfg.tie_word_embeddings:
         table["lm_head", "kernel"] = linear("lm_head.weight", h, v)
     return table
 
@@ -95,13 +113,19 @@ def _tensor_table(cfg: ModelConfig) -> dict[tuple[str, ...], _Tensor]:
 
 
 def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig:
-    """A ModelConfig from an HF config.json (a dict, the file, or its directory)."""
+    """A ModelConfig from an HF config.json (a dict, the file, or its directory).
+
+    A ``*ForSequenceClassification`` architecture gives ``head="score"`` with HF's num_labels (the
+    size of id2label; 2, HF's default, when the file has neither). A file without architectures
+    is read as the causal LM of its model_type.
+    """
     d, where = _read_config(source)
-    archs = d.get("architectures") or [a for a, t in _ARCHITECTURES.items() if t == d.get("model_type")][:1]
+    causal = [a for a, kind in _ARCHITECTURES.items() if kind == (d.get("model_type"), "lm")]
+    archs = d.get("architectures") or causal
     if len(archs) != 1 or archs[0] not in _ARCHITECTURES:
         raise HFCheckpointError(
             f"{where}: architectures={archs} is not supported; supported: {list(_ARCHITECTURES)}")
-    family = _ARCHITECTURES[archs[0]]
+    family, head = _ARCHITECTURES[archs[0]]
 
     def reject(field: str, why: str) -> None:
         raise HFCheckpointError(f"{where}: {field}={d.get(field)!r} is not supported ({why})")
@@ -158,26 +182,40 @@ def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig
         # LLaMA's attention_bias puts biases on q, k, v and o; Qwen2 has them on q, k, v only.
         attention_bias=family == "qwen2" or bool(d.get("attention_bias", False)),
         attention_out_bias=family == "llama" and bool(d.get("attention_bias", False)),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        # A classifier has no output embedding: HF ties nothing whatever the flag says.
+        tie_word_embeddings=head == "lm" and bool(d.get("tie_word_embeddings", False)),
         initializer_range=d.get("initializer_range", 0.02),
         bos_token_id=d.get("bos_token_id"), eos_token_id=eos_list[0] if eos_list else eos,
         pad_token_id=d.get("pad_token_id"),
     )
     if eos_list:  # all stop ids, kept for generation_config.json
         values["eos_token_ids"] = tuple(eos_list)
+    if head == "score":
+        values.update(head="score", num_labels=_num_labels(d, where))
     return models.from_dict(values, source=where)
 
 
+def _num_labels(d: Mapping[str, Any], where: str) -> int:
+    """HF's num_labels: len(id2label) (what save_pretrained writes), else "num_labels", else 2."""
+    n = len(d["id2label"]) if d.get("id2label") else d.get("num_labels", 2)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise HFCheckpointError(f"{where}: num_labels={n!r} must be a positive integer")
+    return n
+
+
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """The config.json we export: LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v-only biases."""
+    """The config.json we export: LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v-only biases
+    (``*ForSequenceClassification`` with id2label/label2id for head="score")."""
     if cfg.attention_out_bias and not cfg.attention_bias:
         raise HFCheckpointError("an o_proj bias without q/k/v biases has no Hugging Face architecture")
     qwen2 = cfg.attention_bias and not cfg.attention_out_bias
     scaling = dict(cfg.rope_scaling or {})
     rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
     eos = list(cfg.eos_token_ids or []) or cfg.eos_token_id
+    family = "qwen2" if qwen2 else "llama"
+    suffix = "ForSequenceClassification" if cfg.head == "score" else "ForCausalLM"
     out = {
-        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+        "architectures": [_CLASS_NAMES[family] + suffix],
         "model_type": "qwen2" if qwen2 else "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
@@ -196,6 +234,9 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_hidden_layers)
     else:
         out.update(attention_bias=cfg.attention_bias, mlp_bias=False)
+    if cfg.head == "score":  # HF derives num_labels from id2label, which save_pretrained writes
+        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+        out["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
     return out
 
 
@@ -303,7 +344,11 @@ def _check_tensors(path: Path, expected: dict[str, _Tensor], where: dict[str, st
             )
     for name, f in where.items():
         if name not in expected and not name.endswith(_IGNORED_SUFFIX):
-            hint = " (config.json says tie_word_embeddings=true)" if name == "lm_head.weight" else ""
+            hint = ""
+            if name == "lm_head.weight" and "score.weight" in expected:
+                hint = " (a score model has no lm_head: is this a causal LM checkpoint?)"
+            elif name == "lm_head.weight":
+                hint = " (config.json says tie_word_embeddings=true)"
             raise HFCheckpointError(f"{path / f}: unexpected tensor {name!r}{hint}")
 
 
@@ -314,7 +359,8 @@ def export_checkpoint(
     params: Any, cfg: ModelConfig, out_dir: str | os.PathLike, tokenizer: Any = None,
     max_shard_bytes: int = 2**30, dtype: str | None = None, overwrite: bool = False,
 ) -> Path:
-    """Writes an HF directory that transformers.AutoModelForCausalLM.from_pretrained loads.
+    """Writes an HF directory that transformers.AutoModelForCausalLM.from_pretrained loads
+    (AutoModelForSequenceClassification for a score model).
 
     Every process must call this (the gathers are collective); only process 0 writes. A
     non-empty `out_dir` is replaced only with overwrite=True, and only once the new checkpoint
@@ -373,8 +419,9 @@ def _write_metadata(
     config = config_to_hf(cfg)
     config.update(dtype=np_dtype.name, torch_dtype=np_dtype.name)  # transformers 5 and 4
     _write_json(tmp / "config.json", config)
-    generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    _write_json(tmp / "generation_config.json", generation)
+    if cfg.head == "lm":  # a classifier generates nothing
+        generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        _write_json(tmp / "generation_config.json", generation)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
 

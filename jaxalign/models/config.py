@@ -2,6 +2,13 @@
 
 Field names follow Hugging Face's LlamaConfig where one exists, so conversion is a rename-free
 copy and a researcher reading either file recognises the other.
+
+Heads. ``head="lm"`` is the language model (logits over the vocabulary). ``head="score"`` replaces
+the unembedding with a bias-free [hidden, num_labels] projection named ``score``, as Hugging Face's
+LlamaForSequenceClassification does: a reward model reads its scalar off the final hidden state of
+one position. The backbone is the same, so an LM's parameters initialise a score model's backbone.
+There is nothing to tie in a score model, so ``tie_word_embeddings`` must be False there (an error,
+not a silently ignored flag: a tied LM becomes a score model with ``tie_word_embeddings=False``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
 ROPE_TYPES = ("default", "linear", "llama3")
+HEADS = ("lm", "score")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,8 @@ class ModelConfig:
     eos_token_id: int | None = 2
     eos_token_ids: tuple[int, ...] | None = None  # every stop id when HF lists several (Llama 3.1)
     pad_token_id: int | None = None
+    head: str = "lm"  # "lm": logits over the vocabulary; "score": num_labels scores (reward model)
+    num_labels: int = 1  # outputs of the score head (HF's num_labels); must stay 1 for head="lm"
     # Execution options: they change speed and memory, never the function computed.
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay float32
@@ -62,12 +72,24 @@ class ModelConfig:
             raise ValueError("hidden_size must be a multiple of num_attention_heads or set head_dim")
         if self.dims_per_head % 2:
             raise ValueError(f"head_dim={self.dims_per_head} must be even for RoPE")
+        self._check_head()
         if self.rope_scaling is not None:
             rope_type = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
             if rope_type not in ROPE_TYPES:
                 raise ValueError(
                     f"rope_scaling type {rope_type!r} is not supported; supported: {ROPE_TYPES}"
                 )
+
+    def _check_head(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"model.head={self.head!r}; choose one of {HEADS}")
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 1:
+            raise ValueError(f"model.num_labels={self.num_labels!r} must be a positive integer")
+        if self.head == "lm" and self.num_labels != 1:
+            raise ValueError(f"model.num_labels={self.num_labels} is only meaningful with head='score'")
+        if self.head == "score" and self.tie_word_embeddings:
+            raise ValueError("model.head='score' has no output embedding to tie: set "
+                             "tie_word_embeddings=False (the input embedding is kept either way)")
 
     def __hash__(self) -> int:
         # rope_scaling is a dict, so the generated hash would fail; configs key jit caches.
@@ -91,7 +113,11 @@ class ModelConfig:
         return d
 
     def num_params(self, include_embeddings: bool = True) -> int:
-        """Parameter count (analytic; matches the initialised tree)."""
+        """Parameter count (analytic; matches the initialised tree).
+
+        `include_embeddings` covers the input table and, for head="lm", the unembedding (its own
+        lm_head or the tied table); the small score head is always counted.
+        """
         h, i, L = self.hidden_size, self.intermediate_size, self.num_hidden_layers
         q = self.num_attention_heads * self.dims_per_head
         kv = self.kv_heads * self.dims_per_head
@@ -99,6 +125,8 @@ class ModelConfig:
         attn += (q + 2 * kv) * self.attention_bias + h * self.attention_out_bias
         per_layer = attn + 3 * h * i + 2 * h
         total = L * per_layer + h
+        if self.head == "score":
+            return total + h * self.num_labels + (self.vocab_size * h if include_embeddings else 0)
         if include_embeddings:
             total += self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return total

@@ -9,6 +9,12 @@ Masks. Attention combines (a) causality by position in the row (or in the KV cac
 (b) equal segment ids, so packed examples never see each other and left-padding (segment 0)
 is invisible to real tokens, and (c) an optional extra boolean mask [batch, q_len, k_len], which
 Chain of Hindsight's random past-token masking uses during training.
+
+Heads. With ``cfg.head == "score"`` the stack ends in a [hidden, num_labels] projection named
+``score`` instead of the unembedding (a reward model; see jaxalign.models.config). It is computed
+in float32 whatever the compute dtype: it costs nothing next to the stack, and rewards are used
+through their differences, which low precision would blur. A score model is never decoded, so it
+takes no KV cache.
 """
 
 from __future__ import annotations
@@ -139,24 +145,26 @@ class Projection(nn.Module):
     """
 
     features: tuple[int, ...]
-    names: tuple[str, ...]  # logical names of the kernel's axes, inputs first
+    names: tuple[str | None, ...]  # logical names of the kernel's axes, inputs first (None: replicated)
     cfg: ModelConfig
     in_dims: int = 1
     use_bias: bool = False
+    dtype: str | None = None  # compute dtype; None: cfg.dtype
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.cfg
+        dtype = self.dtype or cfg.dtype
         in_shape = x.shape[-self.in_dims:]
         kernel = self.param("kernel", _init(cfg, self.names), (*in_shape, *self.features),
                             cfg.param_dtype)
         contract = tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims))
-        y = jax.lax.dot_general(x.astype(cfg.dtype), kernel.astype(cfg.dtype), (contract, ((), ())))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
         if self.use_bias:
             bias_names = self.names[self.in_dims:]
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_names),
                               self.features, cfg.param_dtype)
-            y = y + bias.astype(cfg.dtype)
+            y = y + bias.astype(dtype)
         return y
 
 
@@ -248,7 +256,8 @@ def _block_class(cfg: ModelConfig) -> type[nn.Module]:
 
 
 class Transformer(nn.Module):
-    """Decoder-only LM. `__call__` returns float32 logits; `hidden` the final normed states.
+    """Decoder-only LM. `__call__` returns float32 logits [b, l, vocab] (head="score": float32 scores
+    [b, l, num_labels], and no cache); `hidden` the final normed states.
 
     Args of both: tokens [b, l] int; positions [b, l] (default: 0.. per row, continued from the
     cache index when decoding); segment_ids [b, l] (default all 1; 0 marks padding); extra_mask
@@ -277,7 +286,10 @@ class Transformer(nn.Module):
         else:
             self.layers = [block(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, cfg.param_dtype)
-        if not cfg.tie_word_embeddings:
+        if cfg.head == "score":
+            # num_labels is tiny: only the hidden axis is sharded (over fsdp, like every "embed").
+            self.score = Projection((cfg.num_labels,), ("embed", None), cfg, dtype="float32")
+        elif not cfg.tie_word_embeddings:
             self.lm_head = Projection((cfg.vocab_size,), ("embed", "vocab"), cfg)
 
     def __call__(
@@ -288,6 +300,11 @@ class Transformer(nn.Module):
         extra_mask: Array | None = None,
         cache: Cache | None = None,
     ) -> Array | tuple[Array, Cache]:
+        if self.cfg.head == "score":
+            if cache is not None:
+                raise ValueError("a score model (head='score') is not decoded: call it without a KV cache")
+            x, _ = self.hidden(tokens, positions, segment_ids, extra_mask)
+            return _constrain(self.score(x).astype(jnp.float32), ("batch", "length", None))
         x, new_cache = self.hidden(tokens, positions, segment_ids, extra_mask, cache)
         if self.cfg.tie_word_embeddings:
             logits = self.embed_tokens.attend(x)
