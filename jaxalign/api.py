@@ -145,7 +145,12 @@ def _load_workdir(workdir: Path, mesh: Mesh, overrides: dict[str, Any]) -> LM:
         state, _, _ = checkpointer.restore(state_lib.abstract_train_state(cfg, tx, mesh))
     from jaxalign.objectives import registry
 
-    template = registry.prompt_template(config.get("objective", {}))
+    objective = config.get("objective", {})
+    if objective.get("name") == "rl":  # prompted as the policy RL started from was trained
+        from jaxalign.rl import loop as rl_loop
+
+        objective = rl_loop.policy_objective(workdir)
+    template = registry.prompt_template(objective)
     return LM(cfg, state.params, mesh, tokenizer, prompt_template=template)
 
 

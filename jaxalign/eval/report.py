@@ -29,13 +29,15 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxalign import api
+from jaxalign import api, sample
 from jaxalign.data import pipeline, sources, synthetic
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.eval.preference import preference_accuracy
 from jaxalign.eval.rouge import rouge
 from jaxalign.eval.scoring import sequence_logprobs
-from jaxalign.objectives import registry
+from jaxalign.objectives import edit_chain, registry
+from jaxalign.rl import loop as rl_loop
+from jaxalign.rl import reward
 
 NUM_SAMPLES = 8
 
@@ -62,25 +64,37 @@ def evaluate(
         data_dir = checkpoint if (checkpoint / "checkpoints").is_dir() else checkpoint.parent
     # The model's own tokenizer (the ids it was trained on); nothing is written into the checkpoint.
     data = sources.build(data_cfg, Path(data_dir), config.seed, tokenizer=lm.tokenizer)
-    records = [r for r in data.eval if all(k in r for k in ("prompt", "chosen", "rejected"))]
-    if not records:
-        raise ValueError("config.data has no held-out preference records to evaluate on")
     objective = config.objective
-    template = registry.prompt_template(objective)
+    if objective.get("name") == "rl":  # judged as the policy RL refined: prompted and read as it was
+        objective = rl_loop.policy_objective(checkpoint)
     report: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "objective": objective.get("name", "sft"),
-        "num_eval": len(records), "eval_split": data.eval_split, "prompt_template": template,
+        "checkpoint": str(checkpoint), "objective": config.objective.get("name", "sft"),
+        "eval_split": data.eval_split,
     }
     if data.eval_split == "train":
         # data.jsonl has no held-out split: say so in the report rather than pass training data off.
         report["warning"] = "evaluated on the first records of the training file (no held-out split)"
-    report["preference"] = _preference(lm, records, template)
+    if lm.cfg.head == "score":
+        report["reward"] = reward_accuracy(lm, data.eval)
+        report["num_eval"] = report["reward"]["n"]
+        return report
+    records = [r for r in data.eval if all(k in r for k in ("prompt", "chosen", "rejected"))]
+    if not records:
+        raise ValueError("config.data has no held-out preference records to evaluate on")
+    template = registry.prompt_template(objective)
+    report.update(num_eval=len(records), prompt_template=template)
+    policy = registry.make(objective, lm.tokenizer, seed=config.seed)
+    if policy.prompt_fn is None:  # an edit-chain model reads a draft, not a bare prompt: no such pairs
+        report["preference"] = _preference(lm, records, template)
     if objective.get("name") == "coh":
         fmt = registry.coh_format({**registry.DEFAULTS["coh"], **objective})
         report["feedback"] = _feedback(lm, records, fmt)
     prompts = [r["prompt"] for r in records]
-    responses = lm_generate(lm, prompts, template, max_new_tokens or config.get("max_new_tokens", 64),
-                            temperature=temperature, seed=seed)
+    generated = _generate(lm, policy, records, max_new_tokens or config.get("max_new_tokens", 64),
+                          temperature, seed)
+    responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
+    if policy.name == "edit_chain" and objective.get("chain", True):
+        report["edit_chain"] = edit_chain_agreement(lm.tokenizer, records, generated)
     report["temperature"] = temperature
     report["rouge"] = rouge(responses, [r["chosen"] for r in records])
     samples = [{"prompt": p, "response": y} for p, y in zip(prompts, responses, strict=True)]
@@ -101,12 +115,48 @@ def write(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def lm_generate(lm: api.LM, prompts: Sequence[str], template: str, max_new_tokens: int,
-                temperature: float = 0.0, seed: int = 0) -> list[str]:
-    """Continuations of `prompts` formatted with `template` (how the model was trained)."""
-    lm = api.LM(lm.cfg, lm.params, lm.mesh, lm.tokenizer, prompt_template=template)
-    outputs = lm.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return [text.strip() for text in outputs]
+def _generate(lm: api.LM, policy: registry.Objective, records: list[dict[str, Any]], max_new_tokens: int,
+              temperature: float, seed: int) -> list[list[int]]:
+    """The policy's generations for `records`, prompted as it was trained (greedy at temperature 0)."""
+    tok = lm.tokenizer
+    ids = [tok.encode(policy.prompt(r), add_bos=tok.bos_id is not None) for r in records]
+    return sample.generate(lm.params, lm.cfg, ids, mesh=lm.mesh, max_new_tokens=max_new_tokens,
+                           temperature=temperature, seed=seed, eos_id=tok.eos_id)
+
+
+def edit_chain_agreement(tokenizer: Tokenizer, records: list[dict[str, Any]],
+                         generated: list[list[int]]) -> dict[str, float]:
+    """Shares of generations whose chain parses, and whose chain applied to the draft gives exactly
+    the generated target (the paper's chain and target can disagree; we report how often)."""
+    fmt = edit_chain.add_markers(tokenizer)
+    revisions = [edit_chain.parse_generation(row, tokenizer.encode(r["rejected"]), tokenizer, fmt)
+                 for r, row in zip(records, generated, strict=True)]
+    return {"parsed": float(np.mean([r.chain is not None for r in revisions])),
+            "agrees": float(np.mean([r.agrees for r in revisions])), "n": len(revisions)}
+
+
+def reward_accuracy(lm: api.LM, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A reward model on held-out records: pairs ranked right (preference records) or the sign of the
+    reward matching the label (labelled records), with mean rewards."""
+    tok = lm.tokenizer
+    pairs = [r for r in records if all(k in r for k in ("chosen", "rejected"))]
+    if pairs:
+        prompts = [r["prompt"] for r in pairs] * 2
+        responses = [r["chosen"] for r in pairs] + [r["rejected"] for r in pairs]
+        scores = reward.score_texts(lm.params, lm.cfg, lm.mesh, tok, prompts, responses)
+        chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
+        return {"accuracy": float(np.mean(chosen > rejected)), "reward_chosen": float(chosen.mean()),
+                "reward_rejected": float(rejected.mean()), "n": len(pairs)}
+    labelled = [r for r in records if "text" in r and "label" in r]
+    if not labelled:
+        raise ValueError("config.data has no held-out preference or labelled records to score")
+    scores = reward.score_texts(lm.params, lm.cfg, lm.mesh, tok, [r.get("prompt", "") for r in labelled],
+                                [r["text"] for r in labelled])
+    labels = np.asarray([int(r["label"]) for r in labelled])
+    return {"accuracy": float(np.mean((scores > 0) == (labels == 1))),
+            "reward_aligned": float(scores[labels == 1].mean()) if (labels == 1).any() else None,
+            "reward_unaligned": float(scores[labels == 0].mean()) if (labels == 0).any() else None,
+            "n": len(labelled)}
 
 
 def response_example(tokenizer: Tokenizer, prompt_text: str, response: str) -> dict[str, np.ndarray]:

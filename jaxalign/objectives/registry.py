@@ -12,9 +12,17 @@ Objectives (the rows of the Chain of Hindsight paper's Table 4, and DPO)::
     unlikelihood  SFT on chosen + unlikelihood on rejected (Welleck et al. 2019)
     dpo           DPO against a frozen reference model (Rafailov et al. 2023)
     coh           Chain of Hindsight (`jaxalign.objectives.coh`), optionally with FCM
+    edit_chain    Second Thoughts: context + unaligned draft -> edit chain -> aligned text
+                  (`jaxalign.objectives.edit_chain`; preference records: chosen = aligned,
+                  rejected = the unaligned draft)
+    reward        a reward model (scalar head, `jaxalign.rl.reward`): Bradley-Terry on preference
+                  records, cross-entropy on labelled records
+
+RL refinement (``name = "rl"``) is a loop of its own: `jaxalign.rl.loop`.
 
 Each objective's config keys are `DEFAULTS[name]`; a key that is not among them is an error rather
-than silently ignored. Text records (``{"text"}``) train only with ``sft``.
+than silently ignored. Text records (``{"text"}``) train only with ``sft``, labelled records
+(``{"text", "label"}``) only a ``reward`` model.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import ml_collections
 from jaxalign.config import check_keys
 from jaxalign.data import pipeline
 from jaxalign.data.tokenizer import Tokenizer
-from jaxalign.objectives import coh, dpo, lm, unlikelihood
+from jaxalign.objectives import coh, dpo, edit_chain, lm, unlikelihood
 
 Example = dict[str, Any]
 
@@ -38,6 +46,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sft_pos_neg": {"normalization": "token"},
     "unlikelihood": {"normalization": "token", "alpha": 1.0},
     "dpo": {"beta": 0.1, "label_smoothing": 0.0},
+    "edit_chain": {
+        "normalization": "sequence", "loss_on": "chain+aligned", "augment": False, "chain": True,
+        "insert_cost": 1.0, "delete_cost": 1.0, "replace_cost": 2.0,
+    },
+    "reward": {"center_coef": 0.0},
     "coh": {
         "normalization": "sequence", "user_marker": "User:", "positive_marker": "A helpful answer:",
         "negative_marker": "An unhelpful answer:", "variants": "p,n,pn,np", "aux_phrases": False,
@@ -63,9 +76,27 @@ class Objective:
     reference: bool = False  # the loss needs the frozen reference model's log-probs
     fields: tuple[str, ...] = ()  # extra per-token fields the packer must carry
     batch_transform: Any = None  # train-only transform (CoH's FCM)
+    head: str = "lm"  # "score": the model ends in a scalar head (a reward model)
+    # How a held-out record is put to the model and how its continuation is read back, when that
+    # is more than `prompt_template` on record["prompt"] (edit chains show the unaligned draft too
+    # and answer with a chain before the aligned text). Both take the record first.
+    prompt_fn: Callable[[Mapping[str, Any]], str] | None = None
+    response_fn: Callable[[Mapping[str, Any], Sequence[int]], str] | None = None
 
     def source(self, records: Sequence[Mapping[str, Any]]) -> ExpandedSource:
         return ExpandedSource(records, self.fanout, self.make_example)
+
+    def prompt(self, record: Mapping[str, Any]) -> str:
+        """The text a generation for `record` is prompted with (BOS is added when encoding)."""
+        if self.prompt_fn is not None:
+            return self.prompt_fn(record)
+        return self.prompt_template.format(prompt=pipeline.text_field(record, "prompt", "preference"))
+
+    def response(self, record: Mapping[str, Any], generated: Sequence[int], tokenizer: Tokenizer) -> str:
+        """The answer in a generation (ids after the prompt), as text."""
+        if self.response_fn is not None:
+            return self.response_fn(record, generated)
+        return tokenizer.decode(generated).strip()
 
 
 class ExpandedSource:
@@ -97,6 +128,9 @@ def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed
     opts = {**DEFAULTS[name], **{k: v for k, v in objective_cfg.items() if k != "name"}}
     if schema == "text" and name != "sft":
         raise ValueError(f"objective {name!r} needs preference records; text records train only with 'sft'")
+    if schema == "labelled" and name != "reward":
+        raise ValueError(f"objective {name!r} needs preference records; "
+                         "labelled records train only a 'reward' model")
     if tokenizer.eos_id is None:
         raise ValueError(f"{tokenizer!r} has no EOS token, which ends every response")
     return _BUILDERS[name](opts, tokenizer, seed, schema)
@@ -166,8 +200,66 @@ def _coh(opts, tokenizer, seed, schema) -> Objective:
     )
 
 
+def _edit_chain(opts, tokenizer, seed, schema) -> Objective:
+    fmt = edit_chain.add_markers(tokenizer)  # grows the vocabulary: the trainer saves the tokenizer
+    if opts["loss_on"] not in edit_chain.LOSS_ON:
+        raise ValueError(f"config.objective.loss_on={opts['loss_on']!r}; choose one of {edit_chain.LOSS_ON}")
+    first = edit_chain.Costs(*(float(opts[f"{op}_cost"]) for op in ("insert", "delete", "replace")))
+    costs = (first, *[c for c in edit_chain.AUGMENT_COSTS if c != first]) if opts["augment"] else (first,)
+    with_chain = bool(opts["chain"])
+    fanout = edit_chain.num_chains(costs) if with_chain else 1
+
+    def example(record, j, index):
+        text = functools.partial(pipeline.text_field, record, kind="preference")
+        return edit_chain.make_example(
+            text(key="prompt"), text(key="rejected"), text(key="chosen"), tokenizer, fmt,
+            chain_index=j, loss_on=opts["loss_on"], costs=costs, chain=with_chain)
+
+    def prompt(record):
+        text = functools.partial(pipeline.text_field, record, kind="preference")
+        return edit_chain.prompt_text(text(key="prompt"), text(key="rejected"))
+
+    def response(record, generated):
+        if not with_chain:  # the rewrite ablation answers with the aligned text directly
+            generated = list(generated)
+            for stop in (fmt.aligned, tokenizer.eos_id):
+                generated = generated[: generated.index(stop)] if stop in generated else generated
+            return tokenizer.decode(generated).strip()
+        src = tokenizer.encode(pipeline.text_field(record, "rejected", "preference"))
+        return tokenizer.decode(edit_chain.parse_generation(generated, src, tokenizer, fmt).target).strip()
+
+    return Objective("edit_chain", fanout, example, lm.make_loss_fn(opts["normalization"]),
+                     "{prompt}" + edit_chain.SPELLING["unaligned"], prompt_fn=prompt, response_fn=response)
+
+
+def _reward(opts, tokenizer, seed, schema) -> Objective:
+    from jaxalign.rl import reward  # the reward model's head and losses live with RL
+
+    if schema == "preference":  # Bradley-Terry on pairs
+        def example(record, j, index):
+            return reward.pair_example(*_encode_pair(record, tokenizer), tokenizer.eos_id)
+
+        loss_fn = functools.partial(reward.bradley_terry_loss, center_coef=float(opts["center_coef"]))
+        return Objective("reward", 1, example, loss_fn, pipeline.PROMPT_TEMPLATE, head="score")
+
+    def labelled(record, j, index):  # cross-entropy on aligned (1) / unaligned (0) labels
+        text = functools.partial(pipeline.text_field, record, kind="labelled")
+        label = record.get("label")
+        if isinstance(label, bool) or label not in (0, 1):
+            raise ValueError(f"a labelled record's 'label' must be 0 or 1, got {label!r}")
+        prompt = text(key="prompt") if "prompt" in record else ""
+        add_bos = tokenizer.bos_id is not None
+        prompt_ids = tokenizer.encode(pipeline.format_prompt(prompt), add_bos=add_bos)
+        response = tokenizer.encode(text(key="text"))
+        return reward.labelled_example(prompt_ids, response, int(label), tokenizer.eos_id)
+
+    return Objective("reward", 1, labelled, reward.cross_entropy_loss, pipeline.PROMPT_TEMPLATE,
+                     fields=("labels",), head="score")
+
+
 _BUILDERS = {
     "sft": _sft, "sft_pos_neg": _sft_pos_neg, "unlikelihood": _unlikelihood, "dpo": _dpo, "coh": _coh,
+    "edit_chain": _edit_chain, "reward": _reward,
 }
 
 
@@ -176,4 +268,6 @@ def prompt_template(objective_cfg: Mapping[str, Any]) -> str:
     name = objective_cfg.get("name", "sft")
     if name == "coh":
         return coh_format({**DEFAULTS["coh"], **dict(objective_cfg)}).prompt_template()
+    if name == "edit_chain":  # the prompt is "context\nunaligned draft"
+        return "{prompt}" + edit_chain.SPELLING["unaligned"]
     return pipeline.PROMPT_TEMPLATE

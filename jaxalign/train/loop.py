@@ -48,6 +48,8 @@ class NonFiniteLossError(RuntimeError):
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
     overrides = {k: v for k, v in config.model.to_dict().items() if k != "preset"}
     overrides.setdefault("vocab_size", vocab_size)
+    if config.get("objective", {}).get("name") == "reward":  # a reward model ends in a scalar head
+        overrides.setdefault("head", "score")
     return models.get_preset(config.model.preset, **overrides)
 
 
@@ -59,6 +61,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     ``config.pretrain`` (optional, `sources.default_pretrain_config`) adds the plain-text stream.
     The reference model of DPO is the initial model: `init_from`, or the seed's initialisation.
     """
+    if config.get("objective", {}).get("name") == "rl":
+        from jaxalign.rl import loop as rl_loop  # policy-gradient refinement has its own loop
+
+        return rl_loop.train(config, workdir)
     config_lib.check_keys(config, TOP_KEYS, "the config")
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -69,11 +75,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
         data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
         data_cfg.tokenizer = str(_tokenizer_dir(Path(init_from)))
     data = sources.build(data_cfg, workdir, config.seed, config.get("pretrain"))
+    vocab = data.tokenizer.vocab_size
+    objective = registry.make(config.objective, data.tokenizer, seed=config.seed, schema=data.schema)
+    if objective.head != "lm" and data.pretrain is not None:
+        raise ValueError(f"config.pretrain.weight > 0 trains language modelling, which a {objective.name!r} "
+                         "model (a scalar head) cannot do; set pretrain.weight = 0")
+    if data.tokenizer.vocab_size != vocab:  # the objective added its marker tokens: keep them
+        data.tokenizer.save_pretrained(workdir / "tokenizer")
     cfg = model_config(config, data.tokenizer.vocab_size)
     if cfg.vocab_size < data.tokenizer.vocab_size:
         raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
                          f"tokenizer's {data.tokenizer.vocab_size}")
-    objective = registry.make(config.objective, data.tokenizer, seed=config.seed, schema=data.schema)
     tx, schedule = optim.make_optimizer(config.optimizer)
     batches = _batches(config, data, objective)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
@@ -133,7 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
         signal.signal(signal.SIGTERM, preempted["previous"])
 
     summary = {"status": status, "step": int(state.step), "workdir": str(workdir)}
-    if status == "done" and config.num_samples > 0 and data.eval_prompts:
+    if status == "done" and config.num_samples > 0 and data.eval_prompts and objective.head == "lm":
         summary.update(_samples(config, cfg, state.params, mesh, data, objective, workdir))
     return summary
 
@@ -206,8 +218,15 @@ def _initial_params(init_from: str, cfg: models.ModelConfig, mesh, seed: int) ->
     from jaxalign import api, checkpoints
 
     loaded = api.load(init_from, mesh)
+    params = loaded.params
+    if loaded.cfg.vocab_size < cfg.vocab_size and loaded.cfg.head == "lm":
+        params = _grow_vocab(params, cfg.vocab_size)  # the objective added marker tokens
+    if cfg.head == "score" and loaded.cfg.head == "lm":
+        from jaxalign.rl import reward
+
+        params = reward.score_params_from_lm(params, cfg, mesh, seed)  # a reward model from an LM
     want = jax.tree.map(lambda s: s.shape, models.param_shapes(cfg))
-    got = jax.tree.map(lambda a: a.shape, loaded.params)
+    got = jax.tree.map(lambda a: a.shape, params)
     if want != got:
         raise checkpoints.CheckpointMismatchError(
             f"config.init_from={init_from!r}: its parameters do not fit config.model "
@@ -215,7 +234,23 @@ def _initial_params(init_from: str, cfg: models.ModelConfig, mesh, seed: int) ->
             f"vocabulary {loaded.cfg.vocab_size}; this config asks for {cfg.num_hidden_layers}, "
             f"{cfg.hidden_size}, {cfg.vocab_size})"
         )
-    return jax.tree.map(lambda a, s: a.astype(s.dtype), loaded.params, models.param_shapes(cfg))
+    params = jax.device_put(params, models.param_shardings(cfg, mesh))
+    return jax.tree.map(lambda a, s: a.astype(s.dtype), params, models.param_shapes(cfg))
+
+
+def _grow_vocab(params: Any, vocab_size: int) -> Any:
+    """New token rows (the objective's markers) start at the mean embedding / output column, as
+    transformers' resize_token_embeddings does, so they begin as an average token, not noise."""
+    def grow(x: jax.Array, axis: int) -> jax.Array:
+        extra = vocab_size - x.shape[axis]
+        mean = jnp.mean(x, axis=axis, keepdims=True)
+        return jnp.concatenate([x, jnp.repeat(mean, extra, axis=axis)], axis=axis)
+
+    params = dict(params)
+    params["embed_tokens"] = {"embedding": grow(params["embed_tokens"]["embedding"], 0)}
+    if "lm_head" in params:
+        params["lm_head"] = {"kernel": grow(params["lm_head"]["kernel"], 1)}
+    return params
 
 
 def _check_finite(metrics: dict[str, Any], step: int) -> None:
@@ -268,15 +303,15 @@ class _Window:
 
 def _samples(config, cfg, params, mesh, data: sources.Data, objective: registry.Objective,
              workdir: Path) -> dict[str, Any]:
-    """Greedy generations for the first eval prompts (prompted as the objective trained them, e.g.
-    with CoH's positive marker), scored when the task has a judge."""
-    prompts = data.eval_prompts[: config.num_samples]
+    """Greedy generations for the first eval records, prompted and read back as the objective trained
+    them (CoH's positive marker, an edit chain's draft and chain), scored when the task has a judge."""
+    records = [r for r in data.eval if "prompt" in r][: config.num_samples]
     tok = data.tokenizer
-    ids = [tok.encode(objective.prompt_template.format(prompt=p), add_bos=tok.bos_id is not None)
-           for p in prompts]
+    ids = [tok.encode(objective.prompt(r), add_bos=tok.bos_id is not None) for r in records]
     out = sample.generate(params, cfg, ids, mesh=mesh, max_new_tokens=config.max_new_tokens,
                           eos_id=tok.eos_id)
-    responses = [tok.decode(row).strip() for row in out]
+    prompts = [r["prompt"] for r in records]
+    responses = [objective.response(r, row, tok) for r, row in zip(records, out, strict=True)]
     rows = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
     result: dict[str, Any] = {"samples": rows}
     if data.task is not None:

@@ -1,0 +1,111 @@
+"""Policy-gradient refinement against a reward model: REINFORCE with a leave-one-out baseline
+(RLOO, Ahmadian et al. 2024, "Back to Basics"), optional PPO-style ratio clipping.
+
+Each prompt is answered ``k`` times by the current policy. Sample i of a prompt gets the return::
+
+    R_i = reward_model(prompt, response_i) + coherence_coef * mean_t log ref(y_t)
+          - kl_coef * sum_t (log pi_old(y_t) - log ref(y_t))
+
+The KL term (the sampled estimate of KL(pi || ref) over the whole response) keeps the policy near
+the frozen reference, the fine-tuned model RL started from; the coherence term (off by default)
+rewards responses the reference finds fluent. The baseline of sample i is the mean return of the
+prompt's *other* ``k - 1`` samples, so the advantage ``A_i = R_i - mean_{j != i} R_j`` is unbiased
+and needs no value network (`leave_one_out`).
+
+Loss (`loss`), per response token t of sample i, with ``ratio = pi(y_t) / pi_old(y_t)``::
+
+    clip == 0:  -A_i * ratio                              (REINFORCE: grad = -A_i grad log pi)
+    clip > 0:   -min(A_i * ratio, A_i * clip(ratio, 1 - clip, 1 + clip))         (PPO's surrogate)
+
+summed over the response's tokens (the return belongs to the whole sequence) and averaged over
+sequences: ``loss_weight`` is the number of sequences. With one update per rollout the ratio is 1
+and both forms have the same gradient; clipping matters when a rollout is reused for several
+updates. ``pi_old`` is the policy that sampled, its per-token log-probabilities
+``batch["old_logps"]`` computed by a full forward pass (not taken from the sampler), so the ratio is
+exactly 1 on the first update.
+
+Rows are those of `jaxalign.data.packing`: one sample per segment, ``weights`` 1 on the generated
+tokens and 0 on the prompt, ``advantages`` and ``old_logps`` per token beside them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.objectives import lm
+
+Array = jax.Array
+
+
+def leave_one_out(returns: np.ndarray) -> np.ndarray:
+    """Advantages ``R_i - mean of the other samples' R`` for returns of shape [prompts, k >= 2]."""
+    returns = np.asarray(returns, np.float64)
+    if returns.ndim != 2 or returns.shape[1] < 2:
+        raise ValueError(f"leave_one_out needs [prompts, k >= 2] returns, got shape {returns.shape}")
+    k = returns.shape[1]
+    others = (returns.sum(axis=1, keepdims=True) - returns) / (k - 1)
+    return returns - others
+
+
+def loss(logits: Array, batch: dict[str, Array], *, clip: float = 0.0) -> tuple[Array, dict[str, Array]]:
+    """The policy-gradient loss of `batch` (see the module docstring) and its metrics.
+
+    Metrics, means over sequences: ``loss_weight`` and ``num_sequences``, ``entropy`` (the policy's
+    mean per-token entropy on the response), ``logp`` (sequence log-probability), ``advantage``,
+    ``ratio`` (mean per-token ratio), ``clip_fraction`` (share of tokens whose ratio was clipped)
+    and ``approx_kl`` (mean per-token log pi_old - log pi, how far the update has moved).
+    """
+    if not clip >= 0:
+        raise ValueError(f"policy_gradient.loss: clip={clip!r} must be >= 0 (0 turns clipping off)")
+    for key in ("advantages", "old_logps"):
+        if key not in batch:
+            raise ValueError(f"policy_gradient.loss needs batch[{key!r}] (per-token, from the rollout); "
+                             f"the batch has {sorted(batch)}")
+    weights = batch["weights"].astype(jnp.float32)
+    segments = batch["segment_ids"]
+    advantages = jax.lax.stop_gradient(batch["advantages"].astype(jnp.float32))
+    old = jax.lax.stop_gradient(batch["old_logps"].astype(jnp.float32))
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logps = jnp.take_along_axis(log_probs, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # where, not a product: padding may hold any logits, and 0 * inf is nan.
+    log_ratio = jnp.where(weights > 0, logps - old, 0.0)
+    ratio = jnp.exp(log_ratio)
+    surrogate = ratio * advantages
+    if clip > 0:
+        surrogate = jnp.minimum(surrogate, jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * advantages)
+    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+    def per_sequence(values: Array) -> Array:
+        return lm.segment_sums(jnp.where(weights > 0, weights * values, 0.0), segments)[:, 1:]
+
+    tokens = per_sequence(jnp.ones_like(weights))
+    valid = tokens > 0
+    count = jnp.sum(valid.astype(jnp.float32))
+
+    def mean(per_seq: Array) -> Array:
+        return lm._safe_div(jnp.sum(jnp.where(valid, per_seq, 0.0)), count)
+
+    def token_mean(values: Array) -> Array:  # per-sequence mean over its tokens, then over sequences
+        return mean(lm._safe_div(per_sequence(values), tokens))
+
+    clipped = jnp.abs(ratio - 1.0) > clip if clip > 0 else jnp.zeros_like(ratio, bool)
+    metrics = {
+        "loss_weight": count,
+        "num_sequences": count,
+        "entropy": token_mean(entropy),
+        "logp": mean(per_sequence(logps)),
+        "advantage": token_mean(advantages),
+        "ratio": token_mean(ratio),
+        "clip_fraction": token_mean(clipped.astype(jnp.float32)),
+        "approx_kl": token_mean(-log_ratio),
+    }
+    return mean(per_sequence(-surrogate)), metrics
+
+
+def make_loss_fn(clip: float = 0.0) -> lm.LossFn:
+    """`loss` with `clip` bound (and checked now), in the ``loss_fn(logits, batch)`` form."""
+    if not clip >= 0:
+        raise ValueError(f"rl clip={clip!r} must be >= 0 (0 turns clipping off)")
+    return lambda logits, batch: loss(logits, batch, clip=clip)
