@@ -7,8 +7,9 @@
 ``get_config(row)`` (``file.py:row`` on the command line) picks a row of Liu, Sferrazza and Abbeel,
 "Chain of Hindsight aligns language models with feedback" (ICLR 2024), Table 4; `ROWS` lists them,
 `TABLE4` holds the paper's numbers. Every row is the same run but for what the row changes; RLHF
-(reward model + policy gradient) has no row yet, and "pretrained" needs no training: evaluate the
-``init_from`` model itself (experiments/README.md).
+is two rows: ``reward`` (the reward model) then ``rlhf`` (policy gradient from the ``sft`` row's
+workdir against it, `jaxalign.rl`); "pretrained" needs no training: evaluate the ``init_from``
+model itself (experiments/README.md).
 
 Placeholders to override (the run stops with an error naming the key until they are set):
 ``data.source_dir`` (the upstream files of ``data.dataset``), ``pretrain.jsonl`` (plain-text
@@ -50,6 +51,7 @@ import ml_collections
 
 from jaxalign.data.sources import default_data_config, default_pretrain_config
 from jaxalign.objectives.registry import default_config as objective_config
+from jaxalign.rl.loop import default_config as rl_config
 from jaxalign.train.optim import default_optimizer_config
 
 ROWS = {
@@ -61,10 +63,12 @@ ROWS = {
     "sft_pos_neg": "SFT on chosen and rejected responses alike",
     "unlikelihood": "SFT on chosen + unlikelihood on rejected (alpha = 1)",
     "dpo": "DPO (beta = 0.1) against the initial model; not in Table 4 (methods.md section 5)",
+    "reward": "the reward model of the RLHF row: a scalar head, Bradley-Terry on the comparisons",
+    "rlhf": "RLHF: leave-one-out policy gradient of init_from (an sft run) against the reward row",
 }
 
 # Table 4 of the paper (GPT-J 6B): (Sum = average ROUGE on summarize-from-feedback, Dia = HH
-# preference accuracy in %). "rlhf" and "pretrained" have no training config here.
+# preference accuracy in %). "pretrained" has no training config here.
 TABLE4 = {
     "coh": (27.45, 81.2), "coh_fcm0": (26.65, 79.6), "coh_nochain": (25.35, 78.8),
     "coh_nopretrain": (22.45, 60.8), "rlhf": (25.45, 68.8), "sft": (24.87, 64.8),
@@ -90,7 +94,7 @@ def get_config(arg: str = "coh") -> ml_collections.ConfigDict:
     config.init_from = "/models/llama-2-7b"  # placeholder: `jaxalign import-hf --out` of the model to tune
 
     name = "coh" if arg.startswith("coh") else arg
-    config.objective = objective_config(name)
+    config.objective = rl_config() if arg == "rlhf" else objective_config(name)
     if "normalization" in config.objective:
         config.objective.normalization = "sequence"
     if arg == "coh_fcm0":
@@ -107,7 +111,8 @@ def get_config(arg: str = "coh") -> ml_collections.ConfigDict:
     config.data.num_eval = 1000  # held-out records for samples and `jaxalign eval`
 
     config.pretrain = default_pretrain_config()
-    config.pretrain.weight = 0.0 if arg == "coh_nopretrain" else 1.5
+    # RLHF's rows train a reward model and refine by RL: neither takes the language-modelling stream.
+    config.pretrain.weight = 0.0 if arg in ("coh_nopretrain", "reward", "rlhf") else 1.5
     config.pretrain.batch_size = PRETRAIN_BATCH
     config.pretrain.microbatches = PRETRAIN_BATCH // ROWS_PER_MICROBATCH
     config.pretrain.jsonl = ""  # placeholder: {"text"} JSONL, e.g. a shard of The Pile or C4
@@ -125,4 +130,11 @@ def get_config(arg: str = "coh") -> ml_collections.ConfigDict:
     config.log_every = 10
     config.num_samples = 8
     config.max_new_tokens = 128
+    if arg == "rlhf":  # placeholders: the sft row's workdir and the reward row's
+        config.init_from = ""
+        config.objective.reward_model = ""
+        config.total_steps = 500
+        config.batch_size = 256  # rollouts: 64 prompts x 4 samples
+        config.microbatches = 2
+        config.optimizer.peak_lr = 1e-6
     return config

@@ -170,3 +170,18 @@ def test_rl_raises_the_reward(runs, tmp_path):
 
     before, after = mean_reward(mix), mean_reward(refined)
     assert after > before + 0.3, (before, after)
+
+
+def test_revise_lists_edits_and_applies_accepted_ones(runs):
+    lm = jaxalign.load(runs["edit_chain"], mesh=MESH)
+    record = synthetic.to_records(synthetic.make_split(synthetic.get_task("detox"), "eval", 1, seed=0))[0]
+    revision = edit_chain.revise(lm, record["prompt"], record["rejected"], max_new_tokens=16)
+    src = lm.tokenizer.encode(record["rejected"])
+    assert revision.src == src and "chain and target" in revision.describe(lm.tokenizer)
+    if revision.chain is not None:  # a 3-step model may not write a parseable chain; when it does:
+        assert revision.accept([]) == src
+        assert revision.accept(range(len(revision.chain))) == revision.applied
+    else:
+        assert revision.parse_error and not revision.agrees
+    with pytest.raises(ValueError, match="lacks the chain markers"):
+        edit_chain.revise(jaxalign.load(runs["base"], mesh=MESH), record["prompt"], record["rejected"])

@@ -694,3 +694,26 @@ def parse_generation(generated_ids: Sequence[int], src: Sequence[int], tokenizer
         errors.append(f"chain: {e}")
         chain = applied = None
     return Revision(src, chain, target, applied, "; ".join(errors) or None)
+
+
+def revise(lm: Any, context: str, unaligned: str, *, max_new_tokens: int = 128, temperature: float = 0.0,
+           seed: int = 0) -> Revision:
+    """Asks an edit-chain model (`jaxalign.load(workdir)`) to revise `unaligned`; the `Revision` lists
+    its edits (`describe`), applies the ones a person accepts (`accept`), and says whether the
+    generated chain and text agree. Interactive correction in a notebook::
+
+        rev = edit_chain.revise(lm, "Tell Sam that ...", "Oi Sam, you idiot, ...")
+        print(rev.describe(lm.tokenizer))
+        lm.tokenizer.decode(rev.accept([0]))     # only the first edit
+    """
+    from jaxalign import sample  # the sampler pulls in the model; parsing alone does not need it
+
+    tok = lm.tokenizer
+    fmt = add_markers(tok)
+    if lm.cfg.vocab_size < tok.vocab_size:
+        raise ValueError(f"the model's vocabulary ({lm.cfg.vocab_size}) lacks the chain markers "
+                         f"({tok.vocab_size} tokens): is this an edit-chain model?")
+    prompt = tok.encode(prompt_text(context, unaligned), add_bos=tok.bos_id is not None)
+    [generated] = sample.generate(lm.params, lm.cfg, [prompt], mesh=lm.mesh, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, seed=seed, eos_id=tok.eos_id)
+    return parse_generation(generated, tok.encode(unaligned), tok, fmt)
