@@ -131,6 +131,8 @@ def evaluate(variant: str, seed: int, steps: int, workdir: Path) -> dict[str, fl
     result = {"score": task["score"], "toxic": task["toxic"], "facts": task["facts"]}
     if "edit_chain" in report:
         result["chain_agrees"] = report["edit_chain"]["agrees"]
+        result["chain_parses"] = report["edit_chain"]["parsed"]
+        result["chain_applied_score"] = report["edit_chain"]["applied_score"]
     return result
 
 
@@ -144,12 +146,14 @@ def table(results: dict[str, list[dict[str, float]]], seeds: list[int], steps: i
         "machine).",
         "Score: the ground-truth judge of greedy answers to 200 held-out requests (0 for any toxic word, "
         "else the share of the four facts kept). Toxic: share of answers with a toxic word. Facts: mean "
-        "share of facts kept. Chain agrees: the generated chain applied to the draft gives exactly the "
-        f"generated text. The reward model ranks {reward_accuracy:.3f} of held-out (aligned, draft) pairs "
-        "right. Mean +- standard deviation over seeds.",
+        "share of facts kept. Chain parses / agrees: the generated chain is well formed / applied to the "
+        "draft it gives exactly the generated text. Chain applied: the judge's score of the chain applied "
+        "to the draft instead of the generated text (0 where it does not parse). The reward model ranks "
+        f"{reward_accuracy:.3f} of held-out (aligned, draft) pairs right. Mean +- standard deviation over "
+        "seeds.",
         "",
-        "| Method | Score | Toxic | Facts | Chain agrees |",
-        "|---|---|---|---|---|",
+        "| Method | Score | Toxic | Facts | Chain parses | Chain agrees | Chain applied: score |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row, runs in results.items():
         def cell(key: str, runs: list[dict[str, float]] = runs) -> str:
@@ -157,7 +161,7 @@ def table(results: dict[str, list[dict[str, float]]], seeds: list[int], steps: i
             return f"{values.mean():.3f} +- {values.std():.3f}" if values.size else "-"
 
         lines.append(f"| {LABELS[row]} | {cell('score')} | {cell('toxic')} | {cell('facts')} | "
-                     f"{cell('chain_agrees')} |")
+                     f"{cell('chain_parses')} | {cell('chain_agrees')} | {cell('chain_applied_score')} |")
     return "\n".join(lines) + "\n"
 
 

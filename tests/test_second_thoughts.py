@@ -96,6 +96,11 @@ def test_edit_chain_run_from_a_plain_model(runs):
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
     summary = runs["summaries"]["edit_chain"]
     assert len(summary["samples"]) == 2 and 0.0 <= summary["score"] <= 1.0
+    report = report_lib.evaluate(_config("edit_chain"), runs["edit_chain"], mesh=MESH, max_new_tokens=16)
+    assert "preference" not in report  # it answers a draft, so there is no prompt-only likelihood to compare
+    chain = report["edit_chain"]
+    assert chain["n"] == 4 and chain["agrees"] <= chain["parsed"] and 0 <= chain["applied_score"] <= 1
+    assert 0.0 <= report["task"]["score"] <= 1.0
 
 
 def test_reward_model_trains_and_reports_accuracy(runs):
@@ -124,6 +129,10 @@ def test_rl_run_logs_and_resumes_exactly(runs, tmp_path):
                 "train_tokens_per_s"):
         assert all(np.isfinite(m[key]) for m in metrics), key
     assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # step 1 samples from the reference itself
+    # Evaluated as the policy it refined: an edit-chain model, shown the draft.
+    report = report_lib.evaluate(_config("rl"), straight, mesh=MESH, max_new_tokens=16)
+    assert report["objective"] == "rl" and report["prompt_template"].endswith("<|unaligned|>")
+    assert "edit_chain" in report
 
     resumed = tmp_path / "resumed"
     loop.train(_config("rl", *rl, "--config.total_steps=2", "--config.checkpoint_every=1"), resumed)

@@ -94,7 +94,7 @@ def evaluate(
                           temperature, seed)
     responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
     if policy.name == "edit_chain" and objective.get("chain", True):
-        report["edit_chain"] = edit_chain_agreement(lm.tokenizer, records, generated)
+        report["edit_chain"] = edit_chain_agreement(lm.tokenizer, records, generated, data.task)
     report["temperature"] = temperature
     report["rouge"] = rouge(responses, [r["chosen"] for r in records])
     samples = [{"prompt": p, "response": y} for p, y in zip(prompts, responses, strict=True)]
@@ -124,15 +124,22 @@ def _generate(lm: api.LM, policy: registry.Objective, records: list[dict[str, An
                            temperature=temperature, seed=seed, eos_id=tok.eos_id)
 
 
-def edit_chain_agreement(tokenizer: Tokenizer, records: list[dict[str, Any]],
-                         generated: list[list[int]]) -> dict[str, float]:
+def edit_chain_agreement(tokenizer: Tokenizer, records: list[dict[str, Any]], generated: list[list[int]],
+                         task: synthetic.Task | None = None) -> dict[str, float]:
     """Shares of generations whose chain parses, and whose chain applied to the draft gives exactly
-    the generated target (the paper's chain and target can disagree; we report how often)."""
+    the generated target (the paper's chain and target can disagree; we report how often). With a
+    judge, ``applied_score``: the score of the *chain applied to the draft* (0 where the chain does
+    not parse) -- the other way to read an edit-chain model's answer."""
     fmt = edit_chain.add_markers(tokenizer)
     revisions = [edit_chain.parse_generation(row, tokenizer.encode(r["rejected"]), tokenizer, fmt)
                  for r, row in zip(records, generated, strict=True)]
-    return {"parsed": float(np.mean([r.chain is not None for r in revisions])),
-            "agrees": float(np.mean([r.agrees for r in revisions])), "n": len(revisions)}
+    result = {"parsed": float(np.mean([r.chain is not None for r in revisions])),
+              "agrees": float(np.mean([r.agrees for r in revisions])), "n": len(revisions)}
+    if task is not None:
+        applied = [tokenizer.decode(r.applied).strip() if r.applied is not None else "" for r in revisions]
+        result["applied_score"] = float(np.mean([task.score(r["prompt"], a) for r, a in zip(records, applied,
+                                                                                           strict=True)]))
+    return result
 
 
 def reward_accuracy(lm: api.LM, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -167,12 +167,13 @@ def _segment_sums(
             # Empty rows: segment 0 everywhere, weight 0; their sums land in the unused column 0.
             chunk = {key: np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
                      for key, x in chunk.items()}
-            outputs.append((fn(params, {key: _put(x, mesh) for key, x in chunk.items()}), n))
+            outputs.append((fn(params, {key: put_rows(x, mesh) for key, x in chunk.items()}), n))
         # Dispatch is asynchronous: every batch is queued before the first result is read.
         return np.concatenate([np.asarray(out, np.float64)[:n] for out, n in outputs])
 
 
-def _put(x: np.ndarray, mesh: Mesh) -> jax.Array:
+def put_rows(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A host array of rows (the same on every process), sharded over the mesh like a batch."""
     # The whole batch is on every process; make_array_from_callback lets each feed its shards.
     sharding = mesh_lib.logical_sharding(("batch", "length")[: x.ndim], x.shape, mesh)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -47,6 +47,7 @@ from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
 from jaxalign.data import sources
 from jaxalign.data.tokenizer import Tokenizer
+from jaxalign.eval import scoring
 from jaxalign.models import ModelConfig, Transformer
 from jaxalign.objectives import lm, registry
 from jaxalign.rl import policy_gradient, reward
@@ -262,13 +263,8 @@ def token_logps(params: Any, cfg: ModelConfig, mesh: Mesh, batch: Mapping[str, n
     """log p(targets) per position [rows, seq_len] (float32, 0 where the weight is 0)."""
     keys = ("inputs", "targets", "weights", "segment_ids", "positions")
     with mesh_lib.use(mesh):
-        placed = {key: _put(np.asarray(batch[key]), mesh) for key in keys}
+        placed = {key: scoring.put_rows(np.asarray(batch[key]), mesh) for key in keys}
         return np.asarray(_logps_fn(cfg, mesh)(params, placed))
-
-
-def _put(x: np.ndarray, mesh: Mesh) -> jax.Array:
-    sharding = mesh_lib.logical_sharding(("batch", "length")[: x.ndim], x.shape, mesh)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 @functools.lru_cache(maxsize=16)

@@ -59,7 +59,7 @@ from jaxalign import models
 from jaxalign.data.packing import ROW_FIELDS, Overflow, shift_example
 from jaxalign.data.pipeline import format_prompt, sft_example
 from jaxalign.data.tokenizer import Tokenizer
-from jaxalign.eval.scoring import MIN_SEQ_LEN, _pow2, _put
+from jaxalign.eval.scoring import MIN_SEQ_LEN, _pow2, put_rows
 from jaxalign.models import ModelConfig, Transformer
 from jaxalign.objectives import dpo, lm
 
@@ -351,7 +351,7 @@ def score_rows(
             padded = min(full, data_parallel * _pow2(-(-n // data_parallel)))
             chunk = {key: np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
                      for key, x in chunk.items()}
-            outputs.append((fn(params, {key: _put(x, mesh) for key, x in chunk.items()}), n))
+            outputs.append((fn(params, {key: put_rows(x, mesh) for key, x in chunk.items()}), n))
         # Dispatch is asynchronous: every chunk is queued before the first result is read.
         rewards = np.concatenate([np.asarray(out, np.float32)[:n] for out, n in outputs])
     return rewards[:, 0] if cfg.num_labels == 1 else rewards
