@@ -33,6 +33,18 @@ def test_good_files_parse_with_blank_lines_skipped(tmp_path):
     assert records[1]["prompt"] == "" and records[1]["id"] == 1
 
 
+def test_group_records_parse(tmp_path):
+    lines = [
+        {"prompt": "Is it kind?", "responses": ["Yes, it is.", "No."], "ratings": [6, 2.5],
+         "stage": "imitation"},
+        {"prompt": "", "responses": ["only one"], "ratings": [-1], "id": "r0-a1"},
+        {"prompt": "q", "responses": ["a", "b", "c"], "ratings": [1, 1, 7], "stage": "realignment", "id": 3},
+    ]
+    path = _write(tmp_path, [json.dumps(line) for line in lines], name="groups.jsonl")
+    assert list(read_records(path, "group")) == lines
+    assert SCHEMAS["group"].required == ("prompt", "responses", "ratings")
+
+
 def test_bom_and_crlf_are_tolerated(tmp_path):
     path = tmp_path / "win.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "a"}\r\n\r\n{"text": "b"}\r\n')
@@ -64,13 +76,43 @@ MALFORMED = [
     ("text", '{"text": "a"', "invalid JSON: Expecting ',' delimiter (column 13)", None),
     ("text", '["text", "a"]', "a record must be a JSON object, got array", None),
     ("text", '"just a string"', "a record must be a JSON object, got string", None),
+    ("group", '{"prompt": "p", "responses": ["a"]}',
+     "missing field 'ratings' (group records need 'prompt', 'responses', 'ratings')", "ratings"),
+    ("group", '{"prompt": "p", "responses": "a", "ratings": [1]}',
+     "field 'responses' must be an array, got string", "responses"),
+    ("group", '{"prompt": "p", "responses": [], "ratings": []}',
+     "field 'responses' must not be empty (a group has at least one response)", "responses"),
+    ("group", '{"prompt": "p", "responses": ["a", 2], "ratings": [1, 2]}',
+     "field 'responses'[1] must be a string, got int", "responses"),
+    ("group", '{"prompt": "p", "responses": ["a", " "], "ratings": [1, 2]}',
+     "field 'responses'[1] must not be empty", "responses"),
+    ("group", '{"prompt": "p", "responses": ["\\udc00"], "ratings": [1]}',
+     "field 'responses'[0] contains an unpaired surrogate (a \\ud800-\\udfff escape)", "responses"),
+    ("group", '{"prompt": "p", "responses": ["a", "b"], "ratings": [1, true]}',
+     "field 'ratings'[1] must be a number, got bool", "ratings"),
+    ("group", '{"prompt": "p", "responses": ["a"], "ratings": ["7"]}',
+     "field 'ratings'[0] must be a number, got string", "ratings"),
+    ("group", '{"prompt": "p", "responses": ["a"], "ratings": [NaN]}',
+     "field 'ratings'[0] must be a finite number, got NaN", "ratings"),
+    ("group", '{"prompt": "p", "responses": ["a"], "ratings": [-Infinity]}',
+     "field 'ratings'[0] must be a finite number, got -Infinity", "ratings"),
+    ("group", '{"prompt": "p", "responses": ["a"], "ratings": [1e400]}',
+     "field 'ratings'[0] must be a finite number, got Infinity", "ratings"),
+    ("group", '{"prompt": "p", "responses": ["a", "b"], "ratings": [3]}',
+     "field 'ratings' has 1 values but 'responses' has 2; there is one rating per response", "ratings"),
+    ("group", '{"prompt": "p", "responses": ["a"], "ratings": [3], "stage": "critic"}',
+     "field 'stage' must be one of 'imitation', 'self_critic', 'realignment', got 'critic'", "stage"),
+    ("group", '{"prompt": "p", "responses": ["a"], "ratings": [3], "scores": [3]}',
+     "unknown field 'scores' (group records allow 'prompt', 'responses', 'ratings', 'stage', 'id')",
+     "scores"),
 ]
+GOOD = {"text": {"text": "fine"}, "preference": {"prompt": "p", "chosen": "c", "rejected": "r"},
+        "group": {"prompt": "p", "responses": ["a", "b"], "ratings": [1, 7.5]}}
 
 
 @pytest.mark.parametrize("schema,bad,message,field", MALFORMED)
 def test_each_malformation_names_file_line_and_field(tmp_path, schema, bad, message, field):
-    good = (json.dumps({"text": "fine"}) if schema == "text"
-            else json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}))
+    good = json.dumps(GOOD[schema])
     # The bad record is on line 5: blank lines count for line numbers.
     path = _write(tmp_path, [good, "", good, "", bad, good])
     records = read_records(path, schema)

@@ -1,7 +1,8 @@
-"""Every objective of the registry through `loop.train` on tiny configs of experiments/coh_synthetic.py:
+"""Every objective of the registry through `loop.train` on tiny configs of experiments/coh_synthetic.py
+(Stable Alignment, which needs group records, on a group jsonl file instead of the synthetic task):
 finite losses and each objective's metrics, exact resume with the pretraining stream on, DPO started
-from an SFT run (`init_from`: the reference is that model), and clear errors for a model that does not
-fit `init_from` and for an option the objective does not have."""
+from an SFT run (`init_from`: the reference is that model), clear errors for a model that does not
+fit `init_from` and for an option the objective does not have, and `jaxalign eval` on group records."""
 
 import json
 import math
@@ -14,6 +15,8 @@ import pytest
 import jaxalign
 from jaxalign import checkpoints
 from jaxalign import config as config_lib
+from jaxalign.data.tokenizer import train_sentencepiece
+from jaxalign.eval import report as report_lib
 from jaxalign.objectives import registry
 from jaxalign.train import loop
 from jaxalign.train.checkpointing import Checkpointer
@@ -39,7 +42,13 @@ EXPECTED = {  # metrics each objective must report (under "feedback/" with the p
     "coh": ("accuracy", "num_sequences", "loss_weight"),
     "edit_chain": ("accuracy", "num_sequences", "loss_weight"),
     "reward": ("accuracy", "num_pairs", "reward_margin", "reward_chosen", "reward_rejected"),
+    "stable_alignment": ("num_groups", "nll_best", "penalty", "rank_accuracy", "num_pairs", "loss_weight"),
 }
+# Objectives trained on group records (a jsonl file, see `group_data`), not on the synthetic task.
+GROUP = ("stable_alignment",)
+GROUP_MESH = "dp:1,fsdp:-1,tp:1"
+WORDS = ("the kind answer is honest clear and helpful a rude reply is vague wrong or unkind "
+         "please say what two plus two is four five blue fox dog").split()
 
 
 def _config(objective, *overrides):
@@ -63,14 +72,42 @@ def _params(workdir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def group_data(tmp_path_factory):
+    """A group jsonl file (1 to 5 rated responses per prompt) and a tokenizer trained on its text."""
+    root = tmp_path_factory.mktemp("group_data")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(48):
+        size = int(rng.integers(1, 6))
+        responses = [" ".join(rng.choice(WORDS, int(rng.integers(2, 8)))) for _ in range(size)]
+        records.append({"prompt": " ".join(rng.choice(WORDS, 4)), "responses": responses,
+                        "ratings": [int(r) for r in rng.integers(1, 8, size)], "id": i})
+    path = root / "groups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    texts = [r["prompt"] for r in records] + [y for r in records for y in r["responses"]]
+    tokenizer = train_sentencepiece(texts, vocab_size=320)
+    tokenizer.save_pretrained(root / "tokenizer")
+    return path, root / "tokenizer"
+
+
+def _group_config(objective, group_data, *overrides):
+    path, tokenizer = group_data
+    config = _config(objective, "--config.seq_len=128", f"--config.mesh={GROUP_MESH}", *overrides)
+    config.data.task = ""
+    config.data.jsonl, config.data.schema, config.data.tokenizer = str(path), "group", str(tokenizer)
+    return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, group_data):
     """objective -> (summary, workdir) of a 4-step run, trained on first use."""
     done = {}
 
     def get(objective):
         if objective not in done:
             workdir = tmp_path_factory.mktemp(objective)
-            done[objective] = loop.train(_config(objective), workdir), workdir
+            config = _group_config(objective, group_data) if objective in GROUP else _config(objective)
+            done[objective] = loop.train(config, workdir), workdir
         return done[objective]
 
     return get
@@ -86,6 +123,8 @@ def test_objective_trains_with_its_metrics(runs, objective):
     assert summary["status"] == "done" and summary["step"] == 4
     if objective == "reward":  # a scalar head scores texts; it does not generate
         assert "samples" not in summary
+    elif objective in GROUP:  # user records: samples, but no ground-truth judge to score them
+        assert len(summary["samples"]) == 2 and "score" not in summary
     else:
         assert len(summary["samples"]) == 2 and 0.0 <= summary["score"] <= 1.0
     metrics = _metrics(workdir)
@@ -104,6 +143,9 @@ def test_objective_trains_with_its_metrics(runs, objective):
             assert not any("/" in k for k in row), sorted(row)
     if objective == "unlikelihood":
         assert all(row["num_ul_tokens"] > 0 and row["unlikelihood"] > 0 for row in metrics.values())
+    if objective == "stable_alignment":
+        assert all(row["num_groups"] > 0 and row["num_pairs"] > 0 for row in metrics.values())
+        assert all(0 <= row["rank_accuracy"] <= 1 and row["penalty"] >= 0 for row in metrics.values())
     if objective == "dpo":
         # The reference is the initial policy: at step 1 every reward is 0 and the loss is log 2.
         first = metrics[1]
@@ -167,3 +209,17 @@ def test_an_option_of_another_objective_is_an_error_naming_it(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"unknown key\(s\) \['beta'\] in config.objective"):
         loop.train(config, tmp_path)
     assert not (tmp_path / "checkpoints").exists()  # stopped before anything was trained or saved
+
+
+def test_eval_report_on_group_records(runs, group_data):
+    summary, workdir = runs("stable_alignment")
+    config = _group_config("stable_alignment", group_data)
+    report = report_lib.evaluate(config, workdir, mesh=GROUP_MESH, max_new_tokens=8)
+    assert report["objective"] == "stable_alignment" and report["num_eval"] == 4
+    assert report["eval_split"] == "train" and "warning" in report  # data.jsonl has no held-out split
+    assert "preference" not in report
+    ranking = report["group_ranking"]
+    records = [json.loads(line) for line in group_data[0].read_text().splitlines()[:4]]
+    pairs = sum(int(np.sum(np.subtract.outer(r["ratings"], r["ratings"]) > 0)) for r in records)
+    assert ranking["n_pairs"] == pairs > 0 and 0 <= ranking["accuracy"] <= 1
+    assert 0 <= report["rouge"]["avg"] <= 100 and len(report["samples"]) == 4

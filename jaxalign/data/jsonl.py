@@ -6,6 +6,12 @@ Schemas (`SCHEMAS`)
 ``preference``   ``{"prompt": str, "chosen": str, "rejected": str}``  a pair of responses to a prompt
 ``labelled``     ``{"prompt": str (optional), "text": str, "label": 0 | 1}``  a response judged
                  acceptable (1) or not (0): reward-model data (ETHICS, MIC)
+``group``        ``{"prompt": str, "responses": [str, ...], "ratings": [number, ...],
+                 "stage": str (optional)}``  several rated responses to one prompt: Stable
+                 Alignment's data (SANDBOX interactions grouped per query). ``responses`` is a
+                 non-empty array of non-empty strings, ``ratings`` an array of the same length of
+                 finite numbers (JSON's NaN/Infinity extensions and true/false are errors), ``stage``
+                 one of `GROUP_STAGES` (the paper trains the three kinds of data as stages).
 
 Every schema also accepts an optional ``"id"`` (string or integer) so that records can be traced
 back to their source. Any other key is an error: a misspelt field ("choosen") must not be
@@ -19,17 +25,19 @@ Reading rules
 - Blank lines (empty or whitespace only) are skipped; they still count for line numbers.
 - Anything else that is not a valid record raises `RecordError` (a ValueError) naming the file
   and 1-based line, and the field where there is one, e.g.
-  ``data/train.jsonl:17: field 'chosen' must be a string, got int``. Invalid JSON, a value that is
-  not an object, a duplicate key, a missing, unknown, wrongly typed or empty field, and text with
-  unpaired surrogates (which no tokenizer can encode) are all errors.
+  ``data/train.jsonl:17: field 'chosen' must be a string, got int``; an element of an array
+  field is named by its index (``field 'ratings'[2] must be a number, got string``). Invalid JSON,
+  a value that is not an object, a duplicate key, a missing, unknown, wrongly typed or empty
+  field, and text with unpaired surrogates (which no tokenizer can encode) are all errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -47,12 +55,15 @@ class Field:
     types: tuple[type, ...]  # accepted Python types of the decoded JSON value
     required: bool = True
     allow_empty: bool = False  # for strings: may be "" or whitespace only
+    check: Callable[[str, Any], str | None] | None = None  # (name, value of the right type) -> error
 
 
 @dataclasses.dataclass(frozen=True)
 class Schema:
     name: str
     fields: tuple[Field, ...]
+    # Checks between fields, once each field is fine: record -> (message, field) or None.
+    check: Callable[[dict[str, Any]], tuple[str, str] | None] | None = None
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -64,6 +75,64 @@ class Schema:
 
 
 _ID = Field("id", (str, int), required=False, allow_empty=True)
+GROUP_STAGES = ("imitation", "self_critic", "realignment")
+
+
+def _string_error(name: str, value: str, allow_empty: bool) -> str | None:
+    if not allow_empty and not value.strip():
+        return f"field {name} must not be empty"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"field {name} contains an unpaired surrogate (a \\ud800-\\udfff escape)"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _non_empty(name: str, values: list[Any]) -> str | None:
+    return None if values else f"field {name} must not be empty (a group has at least one response)"
+
+
+def _responses(name: str, values: list[Any]) -> str | None:
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            return f"field {name}[{i}] must be a string, got {_json_type(value)}"
+        message = _string_error(f"{name}[{i}]", value, allow_empty=False)
+        if message:
+            return message
+    return _non_empty(name, values)
+
+
+def _ratings(name: str, values: list[Any]) -> str | None:
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"field {name}[{i}] must be a number, got {_json_type(value)}"
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond float range
+            finite = False
+        if not finite:
+            return f"field {name}[{i}] must be a finite number, got {json.dumps(value)}"
+    return _non_empty(name, values)
+
+
+def _stage(name: str, value: str) -> str | None:
+    if value not in GROUP_STAGES:
+        return f"field {name} must be one of {_quoted(GROUP_STAGES)}, got {value!r}"
+    return None
+
+
+def _same_lengths(record: dict[str, Any]) -> tuple[str, str] | None:
+    n, m = len(record["responses"]), len(record["ratings"])
+    if n == m:
+        return None
+    message = f"field 'ratings' has {m} values but 'responses' has {n}; there is one rating per response"
+    return message, "ratings"
+
 
 SCHEMAS: dict[str, Schema] = {
     "text": Schema("text", (Field("text", (str,)), _ID)),
@@ -76,11 +145,18 @@ SCHEMAS: dict[str, Schema] = {
         (Field("prompt", (str,), required=False, allow_empty=True), Field("text", (str,)),
          Field("label", (int,)), _ID),
     ),
+    "group": Schema(
+        "group",
+        (Field("prompt", (str,), allow_empty=True), Field("responses", (list,), check=_responses),
+         Field("ratings", (list,), check=_ratings), Field("stage", (str,), required=False, check=_stage),
+         _ID),
+        check=_same_lengths,
+    ),
 }
 
 _JSON_TYPE_NAMES = {str: "string", int: "int", float: "float", bool: "bool", type(None): "null",
                     list: "array", dict: "object"}
-_EXPECTED_NAMES = {(str,): "a string", (str, int): "a string or an integer"}
+_EXPECTED_NAMES = {(str,): "a string", (str, int): "a string or an integer", (list,): "an array"}
 
 
 def _quoted(names: tuple[str, ...]) -> str:
@@ -104,17 +180,12 @@ def _field_error(field: Field, value: Any) -> str | None:
     # bool is an int subclass in Python, but true/false is not an integer id in JSON terms.
     if isinstance(value, bool) or not isinstance(value, field.types):
         expected = _EXPECTED_NAMES.get(field.types, " or ".join(t.__name__ for t in field.types))
-        got = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-        return f"field {field.name!r} must be {expected}, got {got}"
+        return f"field {field.name!r} must be {expected}, got {_json_type(value)}"
     if isinstance(value, str):
-        if not field.allow_empty and not value.strip():
-            return f"field {field.name!r} must not be empty"
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return f"field {field.name!r} contains an unpaired surrogate (a \\ud800-\\udfff escape)"
-    return None
+        message = _string_error(repr(field.name), value, field.allow_empty)
+        if message:
+            return message
+    return field.check(repr(field.name), value) if field.check is not None else None
 
 
 def parse_record(text: str, schema: Schema, path: str, line: int) -> dict[str, Any]:
@@ -145,14 +216,17 @@ def parse_record(text: str, schema: Schema, path: str, line: int) -> dict[str, A
             message = _field_error(field, record[field.name])
             if message:
                 raise RecordError(path, line, message, field.name)
+    problem = schema.check(record) if schema.check is not None else None
+    if problem:
+        raise RecordError(path, line, *problem)
     return record
 
 
 def read_records(path: str | os.PathLike, schema: str | Schema) -> Iterator[dict[str, Any]]:
     """Yields the records of a JSONL file one by one, checked against `schema`.
 
-    `schema` is a name in SCHEMAS ("text", "preference") or a Schema. Blank lines are skipped.
-    The first malformed line raises RecordError ("path:line: ..."); records before it have
+    `schema` is a name in SCHEMAS ("text", "preference", "labelled", "group") or a Schema. Blank
+    lines are skipped. The first malformed line raises RecordError ("path:line: ..."); records before it have
     already been yielded.
     """
     if isinstance(schema, str):

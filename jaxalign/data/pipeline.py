@@ -48,7 +48,7 @@ from jaxalign.data import packing
 from jaxalign.data.tokenizer import Tokenizer
 
 Example = dict[str, np.ndarray]
-KINDS = ("text", "preference")
+KINDS = ("text", "preference", "group")
 
 
 # --------------------------------------------------------------------------- examples
@@ -80,16 +80,72 @@ def sft_example(prompt_ids: Sequence[int] | np.ndarray, response_ids: Sequence[i
     return {"tokens": tokens, "weights": weights}
 
 
+def _as_text(value: Any, name: str) -> str:
+    if isinstance(value, (bytes, np.bytes_)):  # tfds Text features read back as bytes
+        return bytes(value).decode("utf-8")
+    if not isinstance(value, str):
+        raise ValueError(f"field {name} must be a string, got {type(value).__name__}")
+    return value
+
+
 def text_field(record: Mapping[str, Any], key: str, kind: str) -> str:
     """record[key] as str (tfds sources give UTF-8 bytes); a missing or non-text field is an error."""
     if key not in record:
         raise ValueError(f"a {kind} record needs a {key!r} field, got keys {sorted(record)}")
+    return _as_text(record[key], repr(key))
+
+
+def _values(record: Mapping[str, Any], key: str) -> list[Any]:
+    """record[key] as a list: a JSON array, or the numpy array a tfds Sequence feature reads back as."""
+    if key not in record:
+        raise ValueError(f"a group record needs a {key!r} field, got keys {sorted(record)}")
     value = record[key]
-    if isinstance(value, (bytes, np.bytes_)):  # tfds Text features read back as bytes
-        return bytes(value).decode("utf-8")
-    if not isinstance(value, str):
-        raise ValueError(f"field {key!r} must be a string, got {type(value).__name__}")
-    return value
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise ValueError(f"field {key!r} must be a list, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"field {key!r} must hold at least one value")
+    return list(value)
+
+
+def _rating(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"field {name} must be a number, got {type(value).__name__}")
+    try:
+        rating = float(value)
+    except OverflowError:
+        rating = float("inf")
+    if not np.isfinite(rating):
+        raise ValueError(f"field {name} must be finite, got {value!r}")
+    return rating
+
+
+def group_fields(record: Mapping[str, Any]) -> tuple[str, list[str], list[float]]:
+    """(prompt, responses, ratings) of a ``group`` record, checked as `jsonl` checks them.
+
+    Checked again here because group records also come from tfds sources and from code (the
+    SANDBOX simulation) rather than only from a checked jsonl file; text may be UTF-8 bytes and the
+    lists numpy arrays, as tfds data sources return them.
+    """
+    prompt = text_field(record, "prompt", "group")
+    responses = [_as_text(r, f"'responses'[{i}]") for i, r in enumerate(_values(record, "responses"))]
+    empty = next((i for i, r in enumerate(responses) if not r.strip()), None)
+    if empty is not None:
+        raise ValueError(f"field 'responses'[{empty}] must not be empty")
+    ratings = [_rating(r, f"'ratings'[{i}]") for i, r in enumerate(_values(record, "ratings"))]
+    if len(ratings) != len(responses):
+        raise ValueError(f"field 'ratings' has {len(ratings)} values but 'responses' has {len(responses)}; "
+                         "there is one rating per response")
+    return prompt, responses, ratings
+
+
+def best_response(ratings: Sequence[float]) -> int:
+    """The index of the highest rating; of several equal highest, the first (the reference code's
+    sort is not stable, so its choice among ties is arbitrary; ours is the record's order)."""
+    if not len(ratings):
+        raise ValueError("best_response: no ratings")
+    return int(np.argmax(np.asarray(ratings, np.float64)))  # argmax returns the first maximum
 
 
 PROMPT_TEMPLATE = "{prompt}\n"
@@ -101,25 +157,39 @@ def format_prompt(prompt: str) -> str:
     return PROMPT_TEMPLATE.format(prompt=prompt)
 
 
+def prompted_example(tokenizer: Tokenizer, prompt: str, response: str) -> Example:
+    """`sft_example` on BOS (if the tokenizer has one) + format_prompt(prompt) and `response`.
+
+    Prompt and response are tokenized separately and joined as ids, so a separator (a space,
+    "Answer:") is part of the text, and the prompt ids are exactly what generation is prompted with.
+    """
+    if tokenizer.eos_id is None:
+        raise ValueError(f"{tokenizer!r} has no eos token, which ends every response")
+    prompt_ids = tokenizer.encode(format_prompt(prompt), add_bos=tokenizer.bos_id is not None)
+    return sft_example(prompt_ids, tokenizer.encode(response), tokenizer.eos_id)
+
+
 def record_to_example(record: Mapping[str, Any], tokenizer: Tokenizer, kind: str) -> Example:
     """One record of a jsonl.SCHEMAS schema -> an example {"tokens", "weights"}.
 
     ``text``: BOS (if the tokenizer has one) + text + EOS, every token weighted 1.
-    ``preference``: `sft_example` on BOS + format_prompt(prompt) and the *chosen* response (supervised
-    fine-tuning on the good answer; the rejected one is for the preference objectives). Prompt and
-    response are tokenized separately and joined as ids, so a separator (a space, "Answer:") is
-    part of the text. String values may also be bytes (UTF-8), as tfds data sources return them.
+    ``preference``: `prompted_example` on the prompt and the *chosen* response (supervised
+    fine-tuning on the good answer; the rejected one is for the preference objectives).
+    ``group``: `prompted_example` on the prompt and the highest-rated response (`best_response`:
+    the first of equal highest), SFT on the best of the group (Stable Alignment's "SFT on the best
+    responses" baseline; the other responses are for `jaxalign.objectives.stable_alignment`).
+    String values may also be bytes (UTF-8), as tfds data sources return them.
     """
-    add_bos = tokenizer.bos_id is not None
     if kind == "text":
+        add_bos = tokenizer.bos_id is not None
         tokens = tokenizer.encode(text_field(record, "text", kind), add_bos=add_bos, add_eos=True)
         return {"tokens": np.asarray(tokens, np.int32), "weights": np.ones(len(tokens), np.float32)}
     if kind == "preference":
-        prompt = tokenizer.encode(format_prompt(text_field(record, "prompt", kind)), add_bos=add_bos)
-        chosen = tokenizer.encode(text_field(record, "chosen", kind))
-        if tokenizer.eos_id is None:
-            raise ValueError(f"{tokenizer!r} has no eos token, which ends every response")
-        return sft_example(prompt, chosen, tokenizer.eos_id)
+        prompt, chosen = text_field(record, "prompt", kind), text_field(record, "chosen", kind)
+        return prompted_example(tokenizer, prompt, chosen)
+    if kind == "group":
+        prompt, responses, ratings = group_fields(record)
+        return prompted_example(tokenizer, prompt, responses[best_response(ratings)])
     raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(KINDS)}")
 
 

@@ -17,6 +17,19 @@ What the report holds (every number over the same `num_eval` held-out preference
     task         synthetic tasks only: the ground-truth scorer's mean score (and its extras) of
                  the same generations.
     samples      the first few prompts, generations and scores, to read.
+
+On group records (``data.schema = "group"``: a prompt, several responses and their ratings; Stable
+Alignment's data) "preference" is replaced by
+
+    group_ranking  the share of response pairs (i, j) of a held-out group with s_i > s_j whose
+                 mean token NLL (after the formatted prompt, EOS included: the L_i the Stable
+                 Alignment loss compares) is lower for i than for j, ties counting half, over all
+                 such pairs of all groups; "best_lowest" is the share of groups (with a pair) whose
+                 best-rated response has the strictly lowest NLL. Pairs of equal ratings say nothing
+                 and are left out.
+
+and rouge, task and samples are computed as above with the group's best-rated response (the first
+of equal highest) as the reference.
 """
 
 from __future__ import annotations
@@ -78,6 +91,9 @@ def evaluate(
         report["reward"] = reward_accuracy(lm, data.eval)
         report["num_eval"] = report["reward"]["n"]
         return report
+    options = (max_new_tokens or config.get("max_new_tokens", 64), temperature, seed)
+    if data.schema == "group":
+        return _evaluate_groups(report, lm, data, objective, config.seed, *options)
     records = [r for r in data.eval if all(k in r for k in ("prompt", "chosen", "rejected"))]
     if not records:
         raise ValueError("config.data has no held-out preference records to evaluate on")
@@ -89,21 +105,81 @@ def evaluate(
     if objective.get("name") == "coh":
         fmt = registry.coh_format({**registry.DEFAULTS["coh"], **objective})
         report["feedback"] = _feedback(lm, records, fmt)
-    prompts = [r["prompt"] for r in records]
-    generated = _generate(lm, policy, records, max_new_tokens or config.get("max_new_tokens", 64),
-                          temperature, seed)
+    generated = _generate(lm, policy, records, *options)
     responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
     if policy.name == "edit_chain" and objective.get("chain", True):
         report["edit_chain"] = edit_chain_agreement(lm.tokenizer, records, generated, data.task)
-    report["temperature"] = temperature
-    report["rouge"] = rouge(responses, [r["chosen"] for r in records])
-    samples = [{"prompt": p, "response": y} for p, y in zip(prompts, responses, strict=True)]
-    if data.task is not None:
-        report["task"] = synthetic.evaluate(data.task, lambda _: responses, prompts)
-        for row in samples:
-            row["score"] = data.task.score(row["prompt"], row["response"])
-    report["samples"] = samples[:NUM_SAMPLES]
+    report.update(_judged(responses, records, [r["chosen"] for r in records], data.task, temperature))
     return report
+
+
+def _judged(responses: list[str], records: list[dict[str, Any]], references: list[str],
+            task: synthetic.Task | None, temperature: float) -> dict[str, Any]:
+    """The temperature, rouge, task and samples sections for generations against `references`."""
+    prompts = [r["prompt"] for r in records]
+    out: dict[str, Any] = {"temperature": temperature, "rouge": rouge(responses, references)}
+    samples = [{"prompt": p, "response": y} for p, y in zip(prompts, responses, strict=True)]
+    if task is not None:
+        out["task"] = synthetic.evaluate(task, lambda _: responses, prompts)
+        for row in samples:
+            row["score"] = task.score(row["prompt"], row["response"])
+    out["samples"] = samples[:NUM_SAMPLES]
+    return out
+
+
+def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, objective: Mapping[str, Any],
+                     config_seed: int, max_new_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
+    """The report on held-out group records (module docstring)."""
+    groups = []
+    for index, record in enumerate(r for r in data.eval if "responses" in r):
+        try:
+            groups.append(pipeline.group_fields(record))
+        except ValueError as e:
+            raise ValueError(f"held-out group record {index}: {e}") from e
+    if not groups:
+        raise ValueError("config.data has no held-out group records to evaluate on")
+    template = registry.prompt_template(objective)
+    report.update(num_eval=len(groups), prompt_template=template)
+    policy = registry.make(objective, lm.tokenizer, seed=config_seed, schema="group")
+    report["group_ranking"] = group_ranking(lm, groups, template)
+    records = [{"prompt": prompt} for prompt, _, _ in groups]
+    generated = _generate(lm, policy, records, max_new_tokens, temperature, seed)
+    responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
+    best = [texts[pipeline.best_response(ratings)] for _, texts, ratings in groups]
+    report.update(_judged(responses, records, best, data.task, temperature))
+    return report
+
+
+def group_ranking(lm: api.LM, groups: Sequence[tuple[str, Sequence[str], Sequence[float]]],
+                  template: str = pipeline.PROMPT_TEMPLATE) -> dict[str, Any]:
+    """How the model's mean token NLLs order each group's responses against their ratings.
+
+    `groups` are (prompt, responses, ratings), e.g. `pipeline.group_fields` of group records; each
+    response is scored after ``template.format(prompt=prompt)`` as training formats it. Returns
+    ``accuracy`` (pairs with s_i > s_j and L_i < L_j, ties in L counting half, over all such pairs;
+    None without any), ``best_lowest`` (groups whose best-rated response has the strictly lowest L,
+    over groups with such a pair), ``n_pairs`` and ``n_groups`` (groups with such a pair).
+    """
+    examples = [response_example(lm.tokenizer, template.format(prompt=prompt), text)
+                for prompt, texts, _ in groups for text in texts]
+    _, mean_logp = _scores(lm, examples)
+    wins, pairs, best_lowest, ranked_groups, start = 0.0, 0, 0, 0, 0
+    for _, texts, ratings in groups:
+        nll = -mean_logp[start:start + len(texts)]
+        start += len(texts)
+        s = np.asarray(ratings, np.float64)
+        better = s[:, None] > s[None, :]  # better[i, j]: i is rated above j
+        if not better.any():
+            continue
+        wins += float(np.sum(better * np.where(nll[:, None] < nll[None, :], 1.0,
+                                               np.where(nll[:, None] == nll[None, :], 0.5, 0.0))))
+        pairs += int(better.sum())
+        ranked_groups += 1
+        b = pipeline.best_response(ratings)
+        best_lowest += bool(np.all(np.delete(nll, b) > nll[b]))
+    return {"accuracy": wins / pairs if pairs else None,
+            "best_lowest": best_lowest / ranked_groups if ranked_groups else None,
+            "n_pairs": pairs, "n_groups": ranked_groups}
 
 
 def write(report: Mapping[str, Any], path: str | Path) -> Path:

@@ -1,13 +1,14 @@
 """From a config's `objective` section to what the trainer needs: examples, a loss, a prompt.
 
-    objective = registry.make(config.objective, tokenizer, seed=config.seed)
-    source = objective.source(records)          # random access: example j of record i // fanout
+    objective = registry.make(config.objective, tokenizer, seed=config.seed, schema="preference")
+    source = objective.source(records)          # random access: the examples of every record, in order
     loss_fn = objective.loss_fn                 # loss_fn(logits, batch) -> (loss, metrics)
     lm.generate(objective.prompt_template.format(prompt=p))
 
 Objectives (the rows of the Chain of Hindsight paper's Table 4, and DPO)::
 
-    sft           SFT on the chosen responses
+    sft           SFT on the chosen responses; on group records on the best-rated response
+                  (``responses = "best"``) or on every response (``"all"``, one example each)
     sft_pos_neg   SFT on chosen and rejected responses alike (two examples per record)
     unlikelihood  SFT on chosen + unlikelihood on rejected (Welleck et al. 2019)
     dpo           DPO against a frozen reference model (Rafailov et al. 2023)
@@ -17,12 +18,23 @@ Objectives (the rows of the Chain of Hindsight paper's Table 4, and DPO)::
                   rejected = the unaligned draft)
     reward        a reward model (scalar head, `jaxalign.rl.reward`): Bradley-Terry on preference
                   records, cross-entropy on labelled records
+    stable_alignment  Stable Alignment on group records (`jaxalign.objectives.stable_alignment`):
+                  defaults K = group_size 3, margin 1, lam 0.5, rating_scale 7 are the reference
+                  code's; the paper's README recipe trains with margin 10 and lam 0.2
 
 RL refinement (``name = "rl"``) is a loop of its own: `jaxalign.rl.loop`.
 
 Each objective's config keys are `DEFAULTS[name]`; a key that is not among them is an error rather
 than silently ignored. Text records (``{"text"}``) train only with ``sft``, labelled records
-(``{"text", "label"}``) only a ``reward`` model.
+(``{"text", "label"}``) only a ``reward`` model, group records (``{"prompt", "responses",
+"ratings"}``, `jaxalign.data.jsonl`) only ``stable_alignment`` and its baselines ``sft`` with
+``responses = "best"`` (SFT on the best responses) or ``"all"`` (SFT on all); ``stable_alignment``
+trains on group records only. Every objective here prompts generation with
+`pipeline.PROMPT_TEMPLATE` unless it says otherwise (CoH: its positive marker; edit chains: the draft).
+
+Examples per record (``Objective.fanout``) is a number, or for ``sft`` with ``responses = "all"``
+a function of the record (its number of responses); `ExpandedSource` then counts every record's
+examples once, the first time it is sized or read, and stays random access.
 """
 
 from __future__ import annotations
@@ -33,16 +45,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from jaxalign.config import check_keys
 from jaxalign.data import pipeline
 from jaxalign.data.tokenizer import Tokenizer
-from jaxalign.objectives import coh, dpo, edit_chain, lm, unlikelihood
+from jaxalign.objectives import coh, dpo, edit_chain, lm, stable_alignment, unlikelihood
 
 Example = dict[str, Any]
+Fanout = int | Callable[[Mapping[str, Any]], int]  # examples per record: fixed, or per record
+SCHEMAS = ("preference", "text", "labelled", "group")  # the record schemas `make` knows
+SFT_RESPONSES = ("best", "all")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": {"normalization": "token"},
+    "sft": {"normalization": "token", "responses": "best"},
     "sft_pos_neg": {"normalization": "token"},
     "unlikelihood": {"normalization": "token", "alpha": 1.0},
     "dpo": {"beta": 0.1, "label_smoothing": 0.0},
@@ -56,6 +72,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "negative_marker": "An unhelpful answer:", "variants": "p,n,pn,np", "aux_phrases": False,
         "fcm_min": 0.0, "fcm_max": 0.05,
     },
+    "stable_alignment": {"margin": 1.0, "lam": 0.5, "rating_scale": 7.0, "reduce": "mean", "group_size": 3},
 }
 
 
@@ -69,7 +86,7 @@ def default_config(name: str = "coh") -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class Objective:
     name: str
-    fanout: int  # examples per record
+    fanout: Fanout  # examples per record: a number, or a function of the record
     make_example: Callable[[Mapping[str, Any], int, int], Example]  # (record, j, record index)
     loss_fn: lm.LossFn
     prompt_template: str  # str.format template with {prompt}: how generation is prompted
@@ -100,18 +117,60 @@ class Objective:
 
 
 class ExpandedSource:
-    """A random-access source of `fanout` examples per record, made when read (grain's read threads
-    run it ahead of packing), so shuffling mixes the variants of all records."""
+    """A random-access source of the examples of every record (`fanout` per record: a number or a
+    function of the record), made when read (grain's read threads run it ahead of packing), so
+    shuffling mixes the variants of all records.
 
-    def __init__(self, records: Sequence[Mapping[str, Any]], fanout: int,
+    With a per-record fanout the records' example counts are read once, on the first ``len`` or
+    read, into cumulative offsets (one pass over the records; each example is then found by
+    binary search).
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], fanout: Fanout,
                  make_example: Callable[[Mapping[str, Any], int, int], Example]) -> None:
+        if not callable(fanout):
+            if isinstance(fanout, bool) or not isinstance(fanout, (int, np.integer)) or fanout < 1:
+                raise ValueError(f"fanout={fanout!r} must be a positive integer or a function of the record")
+            fanout = int(fanout)
         self.records, self.fanout, self.make_example = records, fanout, make_example
+        self._offsets: np.ndarray | None = None
+
+    def offsets(self) -> np.ndarray:
+        """[len(records) + 1] int64: record i's examples are offsets[i] .. offsets[i + 1] - 1."""
+        if self._offsets is None:
+            if callable(self.fanout):
+                counts = [self._count(i) for i in range(len(self.records))]
+            else:
+                counts = [self.fanout] * len(self.records)
+            self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        return self._offsets
+
+    def _count(self, index: int) -> int:
+        try:
+            count = self.fanout(self.records[index])
+        except ValueError as e:
+            raise ValueError(f"record {index}: {e}") from e
+        if count < 1:
+            raise ValueError(f"record {index}: gives no examples")
+        return count
 
     def __len__(self) -> int:
-        return len(self.records) * self.fanout
+        if not callable(self.fanout):
+            return len(self.records) * self.fanout
+        return int(self.offsets()[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(record index, example index within the record) of example `index`."""
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {index} of {len(self)}")
+        if not callable(self.fanout):
+            return divmod(index, self.fanout)
+        record_index = int(np.searchsorted(self.offsets(), index, side="right")) - 1
+        return record_index, index - int(self.offsets()[record_index])
 
     def __getitem__(self, index: int) -> Example:
-        record_index, j = divmod(int(index), self.fanout)
+        record_index, j = self.locate(index)
         try:
             return self.make_example(self.records[record_index], j, record_index)
         except ValueError as e:
@@ -126,14 +185,27 @@ def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed
         raise ValueError(f"config.objective.name={name!r}; known: {', '.join(DEFAULTS)}")
     check_keys(objective_cfg, ("name", *DEFAULTS[name]), f"config.objective (name={name!r})")
     opts = {**DEFAULTS[name], **{k: v for k, v in objective_cfg.items() if k != "name"}}
+    _check_schema(name, schema)
+    if tokenizer.eos_id is None:
+        raise ValueError(f"{tokenizer!r} has no EOS token, which ends every response")
+    return _BUILDERS[name](opts, tokenizer, seed, schema)
+
+
+def _check_schema(name: str, schema: str) -> None:
+    if schema not in SCHEMAS:
+        raise ValueError(f"unknown record schema {schema!r}; known: {', '.join(SCHEMAS)}")
     if schema == "text" and name != "sft":
         raise ValueError(f"objective {name!r} needs preference records; text records train only with 'sft'")
     if schema == "labelled" and name != "reward":
         raise ValueError(f"objective {name!r} needs preference records; "
                          "labelled records train only a 'reward' model")
-    if tokenizer.eos_id is None:
-        raise ValueError(f"{tokenizer!r} has no EOS token, which ends every response")
-    return _BUILDERS[name](opts, tokenizer, seed, schema)
+    if schema == "group" and name not in ("stable_alignment", "sft"):
+        raise ValueError(f"objective {name!r} needs preference records; group records (prompt, responses, "
+                         "ratings) train only with 'stable_alignment' or its baselines 'sft' "
+                         "(objective.responses = 'best' or 'all')")
+    if name == "stable_alignment" and schema != "group":
+        raise ValueError(f"objective 'stable_alignment' needs group records (prompt, responses, ratings; "
+                         f"data.schema = 'group'), got {schema} records")
 
 
 def _encode_pair(record: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[int]]:
@@ -145,10 +217,30 @@ def _encode_pair(record: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[list[
 
 
 def _sft(opts, tokenizer, seed, schema) -> Objective:
-    def example(record, j, index):
-        return pipeline.record_to_example(record, tokenizer, schema)
+    responses = opts["responses"]
+    if responses not in SFT_RESPONSES:
+        raise ValueError(f"config.objective.responses={responses!r}; choose one of {SFT_RESPONSES}")
+    loss_fn = lm.make_loss_fn(opts["normalization"])
+    if responses == "best":  # preference: the chosen response; group: the highest-rated one
+        def example(record, j, index):
+            return pipeline.record_to_example(record, tokenizer, schema)
 
-    return Objective("sft", 1, example, lm.make_loss_fn(opts["normalization"]), pipeline.PROMPT_TEMPLATE)
+        return Objective("sft", 1, example, loss_fn, pipeline.PROMPT_TEMPLATE)
+    if schema == "preference":
+        raise ValueError("config.objective.responses='all' trains on every response of a group record; "
+                         "for chosen and rejected of preference records alike use objective 'sft_pos_neg'")
+    if schema != "group":
+        raise ValueError(f"config.objective.responses='all' needs group records; {schema} records have "
+                         "one text each (use responses='best')")
+
+    def every(record, j, index):
+        prompt, texts, _ = pipeline.group_fields(record)
+        return pipeline.prompted_example(tokenizer, prompt, texts[j])
+
+    def count(record):
+        return len(pipeline.group_fields(record)[1])
+
+    return Objective("sft", count, every, loss_fn, pipeline.PROMPT_TEMPLATE)
 
 
 def _sft_pos_neg(opts, tokenizer, seed, schema) -> Objective:
@@ -257,9 +349,26 @@ def _reward(opts, tokenizer, seed, schema) -> Objective:
                      fields=("labels",), head="score")
 
 
+def _stable_alignment(opts, tokenizer, seed, schema) -> Objective:
+    size = opts["group_size"]
+    loss_fn = stable_alignment.make_loss_fn(  # checks every option now, before any data is read
+        margin=opts["margin"], lam=opts["lam"], rating_scale=opts["rating_scale"], reduce=opts["reduce"],
+        group_size=size)
+
+    def example(record, j, index):
+        prompt, texts, ratings = pipeline.group_fields(record)
+        kept = stable_alignment.select_responses(ratings, size, seed, index)
+        prompt_ids = tokenizer.encode(pipeline.format_prompt(prompt), add_bos=tokenizer.bos_id is not None)
+        responses, scores = [tokenizer.encode(texts[i]) for i in kept], [ratings[i] for i in kept]
+        return stable_alignment.group_example(prompt_ids, responses, scores, tokenizer.eos_id)
+
+    return Objective("stable_alignment", 1, example, loss_fn, pipeline.PROMPT_TEMPLATE,
+                     fields=stable_alignment.FIELDS)
+
+
 _BUILDERS = {
     "sft": _sft, "sft_pos_neg": _sft_pos_neg, "unlikelihood": _unlikelihood, "dpo": _dpo, "coh": _coh,
-    "edit_chain": _edit_chain, "reward": _reward,
+    "edit_chain": _edit_chain, "reward": _reward, "stable_alignment": _stable_alignment,
 }
 
 
