@@ -2,13 +2,21 @@
 
 Three kinds of source (set exactly one):
   data.task = "sort" | "polite" | "harmless" | "detox"   a bundled synthetic feedback task
-  data.jsonl = "path/to/train.jsonl"            user records (data.schema: text, preference or labelled)
+  data.jsonl = "path/to/train.jsonl"            user records (data.schema: text, preference, labelled
+                                                or group)
   data.dataset = "hh_rlhf" | "webgpt" | "summarize_feedback" | "jsonl_preference" (preference records),
                  "moral_stories" (preference: chosen = moral, rejected = immoral action),
-                 "ethics_commonsense" | "mic" (labelled records, for a reward model)
+                 "ethics_commonsense" | "mic" (labelled records, for a reward model),
+                 "sandbox" (group records from SANDBOX interaction records: Stable Alignment)
                  with data.source_dir = the upstream files (see jaxalign.data.builders); built once
                  into array_record files under data.tfds_dir (default: <workdir>/tfds) and read
                  lazily, so a large dataset never sits in memory
+
+Group records (Stable Alignment) carry a stage: "imitation", "self_critic" or "realignment".
+``data.stage`` = "" keeps them all; a comma-separated list ("imitation" or "self_critic,realignment")
+keeps only the records of those stages, in training and in the held-out records alike. This is how
+the three-stage schedule picks each stage's data; released groups without a stage are left out by
+any stage list. The filter is an index list over the source, so the train source stays random access.
 
 Records stay records here (text, not token ids): the objective (jaxalign.objectives.registry) turns
 each into its examples when the pipeline reads it. `num_train` keeps the first records (0: all).
@@ -23,28 +31,30 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from jaxalign.config import check_keys
 from jaxalign.data import jsonl, synthetic
 from jaxalign.data.tokenizer import Tokenizer, train_sentencepiece
+from jaxalign.sandbox import alignment_data
 
 DATA_KEYS = ("task", "jsonl", "schema", "dataset", "source_dir", "tfds_dir", "num_train", "num_eval",
-             "vocab_size", "tokenizer")
+             "vocab_size", "tokenizer", "stage")
 PRETRAIN_KEYS = ("weight", "batch_size", "microbatches", "jsonl", "num_texts")
 DATASETS = ("hh_rlhf", "webgpt", "summarize_feedback", "jsonl_preference", "moral_stories",
-            "ethics_commonsense", "mic")
+            "ethics_commonsense", "mic", "sandbox")
 TOKENIZER_SAMPLE = 20000  # records a new tokenizer is trained on
 
 
 def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "task": "sort", "jsonl": "", "schema": "preference", "dataset": "", "source_dir": "",
-        "tfds_dir": "", "num_train": 4000, "num_eval": 64, "vocab_size": 384, "tokenizer": "",
+        "tfds_dir": "", "num_train": 4000, "num_eval": 64, "vocab_size": 384, "tokenizer": "", "stage": "",
     })
 
 
@@ -60,7 +70,7 @@ class Data:
     train: Sequence[Mapping[str, Any]]  # records (dicts of str, or of bytes from a tfds source)
     eval: list[dict[str, Any]]  # held-out records (prompt/chosen/rejected for preference data)
     task: synthetic.Task | None  # ground-truth scorer, for synthetic tasks
-    schema: str  # "preference", "text" or "labelled"
+    schema: str  # "preference", "text", "labelled" or "group"
     pretrain: list[dict[str, str]] | None = None  # {"text"} records when pretrain.weight > 0
     eval_split: str = "eval"  # where `eval` comes from; "train" means it is not held out
 
@@ -79,6 +89,7 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
         raise ValueError(
             f"config.data: set exactly one of data.task, data.jsonl and data.dataset (got {chosen})")
     task, eval_split = None, "eval"
+    stages = _stages(data_cfg)
     if data_cfg.task:
         task = synthetic.get_task(data_cfg.task)
         train = synthetic.to_records(synthetic.make_split(task, "train", data_cfg.num_train, seed))
@@ -87,9 +98,13 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
     elif data_cfg.jsonl:
         schema = data_cfg.schema
         train = list(jsonl.read_records(data_cfg.jsonl, schema))
+        if stages is not None:
+            _need_groups(schema, "data.schema")
+            train = [r for r in train if r.get("stage", "") in stages]
+            _need_some(train, stages, data_cfg.jsonl)
         evals, eval_split = train[: data_cfg.num_eval], "train"
     else:
-        train, evals, eval_split, schema = _tfds_splits(data_cfg, workdir)
+        train, evals, eval_split, schema = _tfds_splits(data_cfg, workdir, stages)
     if data_cfg.num_train and len(train) > data_cfg.num_train and not data_cfg.task:
         train = _Head(train, data_cfg.num_train)
     pretrain = _pretrain_texts(pretrain_cfg, task, seed)
@@ -98,8 +113,74 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
     return Data(tokenizer, train, evals, task, schema, pretrain, eval_split)
 
 
-def _tfds_splits(data_cfg: ml_collections.ConfigDict,
-                 workdir: Path) -> tuple[Any, list[dict[str, Any]], str, str]:
+def _stages(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """The stages data.stage keeps (None: all records); ValueError naming the key for a bad one."""
+    value = data_cfg.get("stage", "")
+    if not isinstance(value, str):
+        raise ValueError(f"config.data.stage={value!r} must be a string (comma-separated stage names)")
+    if not value.strip():
+        return None
+    if data_cfg.get("task"):
+        raise ValueError(f"config.data.stage={value!r} selects group records; data.task gives preference "
+                         f"records (use data.jsonl with data.schema='group' or data.dataset='sandbox')")
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise ValueError(f"config.data.stage={value!r}: an empty stage name in the list")
+    return alignment_data.check_stages(names, f"config.data.stage={value!r}")
+
+
+def _need_groups(schema: str, what: str) -> None:
+    if schema != "group":
+        raise ValueError(f"config.data.stage selects group records, but {what} gives {schema!r} records "
+                         f"(use data.jsonl with data.schema='group' or data.dataset='sandbox')")
+
+
+def _need_some(records: Sequence[Any], stages: tuple[str, ...], where: str) -> None:
+    if not len(records):
+        raise ValueError(f"config.data.stage={','.join(stages)!r}: no group records of "
+                         f"{'that stage' if len(stages) == 1 else 'those stages'} in {where}")
+
+
+class _Selected:
+    """Records `indices` of a random-access source, each decoded: still random access, read lazily."""
+
+    def __init__(self, source: Sequence[Any], decode: Callable[[Any], Any],
+                 indices: Sequence[int] | None) -> None:
+        self.source, self.decode = source, decode
+        self.indices = range(len(source)) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.decode(self.source[self.indices[index]])
+
+
+def _sandbox_splits(data_cfg: ml_collections.ConfigDict, tfds_dir: str, stages: tuple[str, ...] | None,
+                    builders: Any) -> tuple[Any, list[dict[str, Any]], str, str]:
+    """The sandbox dataset's group records, decoded to plain Python, of `stages` only if given."""
+    splits = builders.sandbox.prepare(data_cfg.source_dir, tfds_dir)
+    decode = builders.sandbox.decode_record
+
+    def indices(split: str) -> Sequence[int] | None:  # the build stores where each stage lies
+        return None if stages is None else builders.sandbox.stage_indices(tfds_dir, split, stages)
+
+    if "train" not in splits:
+        raise ValueError(
+            f"config.data.source_dir={data_cfg.source_dir!r}: no group record in the train split")
+    train = _Selected(splits["train"], decode, indices("train"))
+    if stages is not None:
+        _need_some(train, stages, f"the train split built from {data_cfg.source_dir}")
+    evals, held_out = [], "none"
+    if "validation" in splits:
+        held_out = "validation"
+        validation = _Selected(splits["validation"], decode, indices("validation"))
+        evals = [validation[i] for i in range(min(data_cfg.num_eval, len(validation)))]
+    return train, evals, held_out, "group"
+
+
+def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path,
+                 stages: tuple[str, ...] | None = None) -> tuple[Any, list[dict[str, Any]], str, str]:
     """(train source, held-out records, where they come from, the records' schema)."""
     from jaxalign.data import builders  # tensorflow_datasets is slow to import: only when needed
 
@@ -109,6 +190,11 @@ def _tfds_splits(data_cfg: ml_collections.ConfigDict,
         raise ValueError(
             f"config.data.dataset={data_cfg.dataset!r} needs data.source_dir (the upstream files)")
     tfds_dir = data_cfg.tfds_dir or str(workdir / "tfds")
+    if data_cfg.dataset == "sandbox":
+        return _sandbox_splits(data_cfg, tfds_dir, stages, builders)
+    if stages is not None:
+        _need_groups("preference" if data_cfg.dataset not in builders.values.BUILDERS
+                     else builders.values.schema(data_cfg.dataset), f"data.dataset={data_cfg.dataset!r}")
     schema = "preference"
     if data_cfg.dataset == "jsonl_preference":
         splits = builders.prepare(data_cfg.source_dir, tfds_dir)
@@ -170,7 +256,11 @@ def _corpus(task, train, pretrain, seed) -> list[str]:
         return task.corpus(seed, 2000)
     corpus = []
     for index in range(min(len(train), TOKENIZER_SAMPLE)):
-        corpus += [_as_text(v) for v in train[index].values() if isinstance(v, (str, bytes))]
+        for value in train[index].values():
+            if isinstance(value, (str, bytes)):
+                corpus.append(_as_text(value))
+            elif isinstance(value, (list, tuple, np.ndarray)):  # a group record's responses
+                corpus += [_as_text(v) for v in value if isinstance(v, (str, bytes))]
     corpus += [r["text"] for r in (pretrain or [])[:TOKENIZER_SAMPLE]]
     return corpus
 

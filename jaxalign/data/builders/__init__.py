@@ -16,3 +16,9 @@ from jaxalign.data.builders import values  # noqa: E402
 from jaxalign.data.builders.values import EthicsCommonsense, Mic, MoralStories  # noqa: E402
 
 __all__ += ["EthicsCommonsense", "Mic", "MoralStories", "values"]
+
+# Stable Alignment group records from SANDBOX interaction records (ours or the reference's): see sandbox.py.
+from jaxalign.data.builders import sandbox  # noqa: E402
+from jaxalign.data.builders.sandbox import Sandbox  # noqa: E402
+
+__all__ += ["Sandbox", "sandbox"]
