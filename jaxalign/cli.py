@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true")
     _add_mesh(exp)
 
+    sandbox = commands.add_parser("sandbox", help="run (or resume) a SANDBOX simulation: records.jsonl")
+    sandbox.add_argument("--config", required=True, help="a config whose get_config() is a sandbox config "
+                                                          "(jaxalign.sandbox.simulation.default_config)")
+    sandbox.add_argument("--workdir", default=None,
+                         help="records, progress and config; re-running resumes "
+                              "(default: workdirs/<config name>)")
+
     # bench parses its own flags (jaxalign.bench.main), so they are passed through unparsed.
     commands.add_parser("bench", help="speed of training, forward and generation", add_help=False)
     return parser
@@ -80,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("train", "eval"):
+    if args.command in ("train", "eval", "sandbox"):
         # --config.key=value overrides are applied by jaxalign.config.load_config.
         args.overrides = [e for e in extra if e.startswith("--config.")]
         extra = [e for e in extra if not e.startswith("--config.")]
@@ -105,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
         return _train(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "sandbox":
+        return _sandbox(args)
     if args.command == "generate":
         if args.checkpoint:
             lm = api.load(args.checkpoint, mesh=args.mesh)
@@ -175,6 +184,19 @@ def _eval(args: argparse.Namespace) -> int:
     summary = {k: report[k] for k in ("preference", "feedback", "rouge", "task") if k in report}
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}")
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxalign import config as config_lib
+    from jaxalign.sandbox import simulation
+
+    config = config_lib.load_config(args.config, args.overrides)
+    workdir = args.workdir or str(Path("workdirs") / Path(args.config.split(".py:")[0]).stem)
+    summary = simulation.run(config, workdir)
+    print(json.dumps(summary, indent=2))
     return 0
 
 
