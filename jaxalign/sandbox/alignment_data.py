@@ -52,9 +52,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxalign.data import jsonl
 from jaxalign.sandbox import records as records_lib
 
-STAGES = ("imitation", "self_critic", "realignment")
+STAGES = jsonl.GROUP_STAGES  # the stages a group record may name, in training order
 ALIGNMENT_FIELDS = ("question", "draft_answer", "revised_answer", "feedback", "rating",
                     "gen_moral_score_before", "gen_moral_score_after")  # what the three kinds read
 MIDDLE = (records_lib.SCALE_MIN + records_lib.SCALE_MAX) / 2  # realignment needs a score above this

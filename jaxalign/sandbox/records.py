@@ -182,24 +182,11 @@ def check_record(record: Any, where: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- reading
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
 def parse_line(text: str, where: str) -> dict[str, Any]:
     """One line of JSON -> a checked record; InteractionError naming `where` otherwise."""
     try:
-        record = json.loads(text, object_pairs_hook=_no_duplicates)
-    except _DuplicateKey as e:
+        record = json.loads(text, object_pairs_hook=jsonl._no_duplicates)
+    except jsonl._DuplicateKey as e:
         key = e.args[0]
         raise InteractionError(where, f"field {key!r} appears twice", key, "duplicate_field") from None
     except json.JSONDecodeError as e:
