@@ -239,3 +239,18 @@ def test_two_rounds_of_trained_agents_give_rated_revised_observed_records(traine
     assert all(r["gen_engagement_score_before"] in range(1, 8) for r in rows)  # the LM observer scores it
     groups = alignment_data.imitation_groups(rows)
     assert groups and sum(len(g["responses"]) for g in groups) <= 2 * len(rows)
+
+
+def test_paper_configs_load_and_stop_at_their_placeholders(tmp_path):
+    from jaxalign import config as config_lib
+    from jaxalign.train import loop
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    with pytest.raises(ValueError, match="questions.task and questions.jsonl"):
+        simulation.run(config_lib.load_config(experiments / "sandbox_paper.py"), tmp_path, progress=False)
+    for run in ("imitation", "self_critic", "realignment", "released"):
+        config = config_lib.load_config(f"{experiments / 'stable_alignment_paper.py'}:{run}",
+                                        ["--config.init_from=", "--config.model.preset=tiny"])
+        assert config.data.stage == ("" if run == "released" else run)
+        with pytest.raises(ValueError, match="data.source_dir"):
+            loop.train(config, tmp_path / run)
