@@ -159,8 +159,9 @@ def test_rl_raises_the_reward(runs, tmp_path):
     reward of its samples on fixed held-out prompts rises (here by exploiting the small reward model,
     which the ground-truth judge does not share: the task_score metric is how a run shows that)."""
     mix = tmp_path / "mix"
-    loop.train(_config("sft", "--config.objective.name=sft_pos_neg", "--config.total_steps=40",
-                       f"--config.data.tokenizer={runs['base']}/tokenizer"), mix)
+    config = _config("sft", "--config.total_steps=40", f"--config.data.tokenizer={runs['base']}/tokenizer")
+    config.objective = registry.default_config("sft_pos_neg")  # sft's keys are not all sft_pos_neg's
+    loop.train(config, mix)
     refined = tmp_path / "refined"
     loop.train(_config("rl", f"--config.init_from={mix}", f"--config.objective.reward_model={runs['reward']}",
                        "--config.batch_size=16", "--config.objective.samples_per_prompt=4",
