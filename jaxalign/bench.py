@@ -43,16 +43,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign import mesh as mesh_lib
 from jaxalign import models
+from jaxalign.config import parse_value
 from jaxalign.models import ModelConfig, Transformer
 
 REQUIRED_KEYS = (
@@ -126,42 +127,91 @@ def matmul_peak_flops(n: int, dtype: str, repeats: int = 5) -> float:
 # JAX: train step, forward, generation
 
 
-def _next_token_loss(cfg: ModelConfig, params: Any, tokens: jax.Array) -> jax.Array:
-    logits = Transformer(cfg).apply({"params": params}, tokens[:, :-1])
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
+def _lm_batch(tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The trainer's batch layout for next-token prediction on `tokens` [batch, seq + 1]."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    positions = np.broadcast_to(np.arange(inputs.shape[1], dtype=np.int32), inputs.shape)
+    return {"inputs": inputs, "targets": targets, "weights": np.ones(inputs.shape, np.float32),
+            "segment_ids": np.ones(inputs.shape, np.int32), "positions": positions.copy()}
 
 
-def bench_train(cfg: ModelConfig, mesh: jax.sharding.Mesh, tokens: np.ndarray, steps: int):
-    """Seconds per AdamW step on `tokens` [batch, seq + 1]; returns (seconds, loss, params)."""
-    tx = optax.adamw(1e-4, weight_decay=0.1)
-    param_sh = models.param_shardings(cfg, mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    # Adam's moments mirror the parameters, so they take the parameters' shardings.
-    opt_sh = optax.tree_utils.tree_map_params(
-        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, models.param_shapes(cfg)),
-        param_sh, transform_non_params=lambda _: replicated,
-    )
-    token_sh = mesh_lib.logical_sharding(("batch", "length"), tokens.shape, mesh)
+def _train_setup(cfg: ModelConfig, mesh: jax.sharding.Mesh, microbatches: int):
+    """The trainer's own step and state: AdamW with clipping and schedule, lm.loss, donated state."""
+    from jaxalign.train import optim
+    from jaxalign.train import state as state_lib
+    from jaxalign.train import step as step_lib
 
-    def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(lambda p: _next_token_loss(cfg, p, batch))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    opt_cfg = optim.default_optimizer_config()
+    opt_cfg.total_steps = 1000
+    tx, schedule = optim.make_optimizer(opt_cfg)
+    step = step_lib.make_train_step(cfg, tx, mesh, microbatches=microbatches, schedule=schedule)
+    return step, state_lib.init_train_state(cfg, tx, mesh, seed=0)
 
-    train_step = jax.jit(step, in_shardings=(param_sh, opt_sh, token_sh),
-                         out_shardings=(param_sh, opt_sh, replicated), donate_argnums=(0, 1))
-    with mesh_lib.use(mesh):
-        params = models.init_params(cfg, mesh, seed=0)
-        state = {"params": params, "opt": jax.jit(tx.init, out_shardings=opt_sh)(params)}
-        batch = jax.device_put(tokens, token_sh)
 
-        def run() -> None:
-            state["params"], state["opt"], state["loss"] = train_step(state["params"], state["opt"], batch)
-            jax.block_until_ready(state["loss"])
+def bench_train(cfg: ModelConfig, mesh: jax.sharding.Mesh, tokens: np.ndarray, steps: int,
+                microbatches: int = 1):
+    """Seconds per step of jaxalign.train.step (the step every objective trains with) on `tokens`
+    [batch, seq + 1], the batch already on the devices; returns (seconds, loss, state)."""
+    train_step, state = _train_setup(cfg, mesh, microbatches)
+    rows = _lm_batch(tokens)
+    (shardings,) = train_step.batch_shardings(rows).values()  # the single stream's
+    batch = jax.device_put(rows, shardings)
+    box = {"state": state}
 
-        seconds = _median_time(run, steps)
-    return seconds, float(state["loss"]), state["params"]
+    def run() -> None:
+        box["state"], box["metrics"] = train_step(box["state"], batch)
+        jax.block_until_ready(box["metrics"])
+
+    seconds = _median_time(run, steps)
+    return seconds, float(box["metrics"]["loss"]), box["state"]
+
+
+def bench_input_pipeline(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, seq_len: int,
+                         steps: int) -> dict[str, float]:
+    """The real input pipeline feeding the train step as the train loop does.
+
+    Data: the embedded default's bundled sort task, tokenized and packed by jaxalign.data.pipeline
+    (the model takes the tokenizer's vocabulary, as in training). Measured: the step on one batch
+    already on the devices; the loop ``batch = next(batches); state = step(state, batch)``, whose
+    next() overlaps the previous step's compute; the time spent inside next() as a fraction of the
+    loop, and the loop's extra time over the pre-placed step as a fraction of the loop.
+    """
+    import tempfile
+
+    from jaxalign.data import pipeline, sources
+    from jaxalign.objectives import registry
+
+    with tempfile.TemporaryDirectory() as workdir:
+        data_cfg = sources.default_data_config()
+        data_cfg.num_train = 1000
+        data = sources.build(data_cfg, Path(workdir), seed=0)
+    objective = registry.make(ml_collections.ConfigDict({"name": "sft"}), data.tokenizer)
+    batches = pipeline.make_batches(objective.source(data.train), seq_len=seq_len, batch_size=batch,
+                                    seed=0, fields=objective.fields)
+    cfg = cfg.replace(vocab_size=data.tokenizer.vocab_size)
+    train_step, state = _train_setup(cfg, mesh, 1)
+    rows = next(batches)
+    (shardings,) = train_step.batch_shardings(rows).values()
+    placed = jax.device_put(rows, shardings)
+    box = {"state": state}
+
+    def fixed() -> None:
+        box["state"], metrics = train_step(box["state"], placed)
+        jax.block_until_ready(metrics)
+
+    step_s = _median_time(fixed, steps)
+    state, wait = box["state"], 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        rows = next(batches)
+        wait += time.perf_counter() - t0
+        state, metrics = train_step(state, rows)
+    jax.block_until_ready(metrics)
+    loop_s = (time.perf_counter() - start) / steps
+    return {"input_step_s": step_s, "input_loop_step_s": loop_s,
+            "input_wait_fraction": wait / steps / loop_s,
+            "input_overhead_fraction": max(0.0, (loop_s - step_s) / loop_s)}
 
 
 def bench_forward(cfg: ModelConfig, mesh: jax.sharding.Mesh, params: Any, tokens: np.ndarray,
@@ -286,10 +336,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="compute dtype (default float32 on CPU, bfloat16 on accelerators)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline phase")
+    p.add_argument("--microbatches", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="a ModelConfig override, e.g. --model remat=full --model attention_impl=auto")
     p.add_argument("--gen-batch", type=int, help="generation batch (8 CPU, 16 GPU)")
     p.add_argument("--gen-prompt-len", type=int, help="prompt tokens per row (64 CPU, 128 GPU)")
     p.add_argument("--gen-new-tokens", type=int, help="new tokens per row (32 CPU, 128 GPU)")
     return p
+
+
+def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """--model KEY=VALUE flags as ModelConfig overrides (values parsed as in config overrides)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bench: --model {item!r} is not KEY=VALUE")
+        out[key] = parse_value(raw)
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -313,7 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ("gen-new-tokens", new_tokens)]:
         if value < 1:
             raise ValueError(f"bench: --{name} must be positive, got {value}")
-    cfg = models.get_preset(args.preset, dtype=pick["dtype"])
+    cfg = models.get_preset(args.preset, **{"dtype": pick["dtype"], **_model_overrides(args.model)})
     mesh = mesh_lib.make_mesh(args.mesh)
     notes: list[str] = []
     num_devices = mesh.devices.size
@@ -333,7 +398,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     forward_flops = flops_per_token(cfg, seq_len, training=False)
 
     _log(f"train step: batch {batch} x {seq_len}")
-    train_s, loss, params = bench_train(cfg, mesh, tokens, steps)
+    train_s, loss, state = bench_train(cfg, mesh, tokens, steps, args.microbatches)
+    params = state.params
+    del state
     _log("forward")
     forward_s = bench_forward(cfg, mesh, params, tokens[:, :-1], steps)
     _log(f"generate: {gen_batch} prompts x {prompt_len} tokens, {new_tokens} new")
@@ -344,6 +411,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _log("generate without KV cache")
     nocache_s = bench_generate(cfg, mesh, params, prompt_list, new_tokens, steps, use_cache=False)
     del params
+    pipeline_out = dict.fromkeys(["input_step_s", "input_loop_step_s", "input_wait_fraction",
+                                  "input_overhead_fraction"])
+    if args.no_pipeline:
+        notes.append("input pipeline skipped: --no-pipeline")
+    else:
+        _log("train step fed by the input pipeline")
+        pipeline_out = bench_input_pipeline(cfg, mesh, batch, seq_len, steps)
 
     torch_version = transformers_version = None
     torch_out: dict[str, float | None] = dict.fromkeys(
@@ -398,7 +472,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench_config": {
             "preset": args.preset, "batch": batch, "seq_len": seq_len, "dtype": cfg.dtype,
             "param_dtype": cfg.param_dtype, "mesh": args.mesh, "mesh_shape": dict(mesh.shape),
-            "steps": steps, "gen_batch": gen_batch, "gen_prompt_len": prompt_len,
+            "steps": steps, "microbatches": args.microbatches, "remat": cfg.remat,
+            "scan_layers": cfg.scan_layers, "attention_impl": cfg.attention_impl,
+            "gen_batch": gen_batch, "gen_prompt_len": prompt_len,
             "gen_new_tokens": new_tokens, "num_params": cfg.num_params(),
             "flops_per_token_train": train_flops, "flops_per_token_forward": forward_flops,
         },
@@ -437,6 +513,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_vs_torch": _ratio(train_tps, torch_train_tps),
         "forward_vs_torch": _ratio(forward_tps, torch_forward_tps),
         "generate_vs_torch": _ratio(gen_tps, torch_gen_tps),
+        **pipeline_out,
         "notes": notes,
         "bench_wall_s": time.perf_counter() - start,
     }

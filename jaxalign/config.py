@@ -69,14 +69,15 @@ def apply_override(config: ml_collections.ConfigDict, override: str, source: str
         known = ", ".join(sorted(node.keys()))
         raise ConfigError(f"{source}: unknown config key {key!r} (known here: {known})")
     # A string field takes the text as it is ("3,-1,1" is a mesh spec, not a tuple).
-    value = raw if leaf in node and isinstance(node[leaf], str) else _parse_value(raw)
+    value = raw if leaf in node and isinstance(node[leaf], str) else parse_value(raw)
     try:
         node[leaf] = value
     except TypeError as e:
         raise ConfigError(f"{source}: config key {key!r}: {e}") from None
 
 
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
+    """A command-line value: a Python literal where it parses (3, 1e-4, True), else the string."""
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):

@@ -41,10 +41,17 @@ def test_bad_flag_is_named():
         bench.main(["--preset", "tiny", "--gen-new-tokens", "0"])
 
 
+def test_bad_model_override_is_named():
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        bench.main(["--preset", "tiny", "--model", "remat"])
+    with pytest.raises(ValueError, match="unknown key.*'remats'"):
+        bench.main(["--preset", "tiny", "--model", "remats=full"])
+
+
 def test_tiny_run_prints_one_json_object(capsys):
     code = bench.main([
         "--json", "--preset", "tiny", "--batch", "8", "--seq-len", "32", "--steps", "2",
-        "--gen-batch", "2", "--gen-prompt-len", "8", "--gen-new-tokens", "4",
+        "--gen-batch", "2", "--gen-prompt-len", "8", "--gen-new-tokens", "4", "--model", "remat=full",
     ])
     assert code == 0
     result = json.loads(capsys.readouterr().out)  # the whole of stdout is one object
@@ -54,8 +61,12 @@ def test_tiny_run_prints_one_json_object(capsys):
         assert result[key] > 0, key
     for key in ["generate_prefill_s", "generate_decode_step_s", "torch_generate_prefill_s"]:
         assert result[key] > 0, key
+    # The input pipeline phase: the loop's time splits into waiting for data and the rest.
+    assert 0 <= result["input_wait_fraction"] < 1 and 0 <= result["input_overhead_fraction"] < 1
+    assert result["input_step_s"] > 0 and result["input_loop_step_s"] > 0
     config = result["bench_config"]
     assert (config["preset"], config["batch"], config["seq_len"]) == ("tiny", 8, 32)
+    assert config["remat"] == "full" and config["microbatches"] == 1
     assert config["dtype"] == "float32" and config["mesh_shape"] == {"dp": 1, "fsdp": 8, "tp": 1}
     assert config["flops_per_token_train"] == bench.flops_per_token(models.get_preset("tiny"), 32)
     # MFU is exactly the documented ratio; random tokens give a loss near ln(vocab).
