@@ -73,6 +73,28 @@ def test_scan_and_unrolled_layers_compute_the_same_function():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scan_unroll_keeps_parameters_and_results(remat):
+    mesh = mesh_lib.make_mesh("dp:1,fsdp:8,tp:1")
+    params = models.init_params(_cfg(), mesh)
+    tokens = _tokens()
+    unrolled = _cfg(scan_unroll=2, remat=remat)
+    assert jax.tree.map(jnp.shape, models.param_shapes(unrolled)) == jax.tree.map(jnp.shape, params)
+
+    def loss(cfg):
+        def f(p):
+            return jax.nn.log_softmax(Transformer(cfg).apply({"params": p}, tokens)).mean()
+
+        with mesh_lib.use(mesh):
+            return jax.jit(jax.value_and_grad(f))(params)
+
+    (l0, g0), (l1, g1) = loss(_cfg(remat=remat)), loss(unrolled)
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+    with pytest.raises(ValueError, match="scan_unroll"):
+        _cfg(scan_unroll=0)
+
+
 @pytest.mark.parametrize("remat", ["full", "save_dots"])
 def test_remat_changes_memory_not_results(remat):
     mesh = mesh_lib.make_mesh("dp:1,fsdp:8,tp:1")

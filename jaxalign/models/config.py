@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 REMAT_POLICIES = ("none", "full", "save_dots")
-ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
+# Backends in jaxalign.models.attention; "auto" picks one per platform at trace time.
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "chunked", "splash", "auto")
 ROPE_TYPES = ("default", "linear", "llama3")
 HEADS = ("lm", "score")
 
@@ -53,12 +54,19 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay float32
     scan_layers: bool = True
+    # Layers per scan iteration (scan_layers only). num_hidden_layers unrolls the whole stack while
+    # keeping the stacked [layers, ...] parameters, so checkpoints do not change: on CPU that is
+    # 10-20% faster for small models (no per-iteration stacking of saved activations); on
+    # accelerators keep 1, as compile time grows with the unrolled code.
+    scan_unroll: int = 1
     remat: str = "none"
     attention_impl: str = "xla"
 
     def __post_init__(self) -> None:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}; choose one of {REMAT_POLICIES}")
+        if type(self.scan_unroll) is not int or self.scan_unroll < 1:
+            raise ValueError(f"model.scan_unroll={self.scan_unroll!r} must be a positive integer")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"model.attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}"

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import mesh as mesh_lib
+from jaxalign.models.attention import dot_product_attention
 from jaxalign.models.config import ModelConfig
 
 Array = jax.Array
@@ -120,23 +121,6 @@ def attention_mask(
     return mask[:, None, :, :]
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, impl: str) -> Array:
-    """q [b, l, H, d], k/v [b, s, K, d] with H a multiple of K; mask [b, 1, l, s]."""
-    if impl in ("dot_product", "cudnn"):
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else None
-        )
-    b, length, heads, dim = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(b, length, kv_heads, heads // kv_heads, dim)
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
-    scores = scores / np.sqrt(dim).astype(np.float32)
-    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
-    return out.reshape(b, length, heads, dim)
-
-
 class Projection(nn.Module):
     """A linear map contracting the last `in_dims` axes of x into `features` axes.
 
@@ -179,6 +163,7 @@ class Attention(nn.Module):
         mask: Array,
         layer_cache: Cache | None = None,
         cache_index: Array | None = None,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         heads, kv_heads, dim = cfg.num_attention_heads, cfg.kv_heads, cfg.dims_per_head
@@ -206,7 +191,7 @@ class Attention(nn.Module):
             new_cache = {"k": k_all, "v": v_all}
             k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
 
-        out = dot_product_attention(q, k, v, mask, cfg.attention_impl)
+        out = dot_product_attention(q, k, v, mask, cfg.attention_impl, segment_ids=segment_ids)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
         out = Projection((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg, in_dims=2,
                          use_bias=cfg.attention_out_bias, name="o_proj")(out)
@@ -238,11 +223,12 @@ class Block(nn.Module):
         mask: Array,
         layer_cache: Cache | None,
         cache_index: Array | None,
+        segment_ids: Array | None = None,
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.param_dtype)
         attn_out, new_cache = Attention(cfg, name="self_attn")(
-            norm(name="input_layernorm")(x), positions, mask, layer_cache, cache_index
+            norm(name="input_layernorm")(x), positions, mask, layer_cache, cache_index, segment_ids
         )
         x = _constrain(x + attn_out, ("batch", "length", "act_embed"))
         x = x + MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
@@ -279,8 +265,9 @@ class Transformer(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
                 length=cfg.num_hidden_layers,
+                unroll=min(cfg.scan_unroll, cfg.num_hidden_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg)
         else:
@@ -338,6 +325,8 @@ class Transformer(nn.Module):
             k_index = jnp.arange(k_segments.shape[1], dtype=jnp.int32)
             layer_caches = {"k": cache["k"], "v": cache["v"]}
         mask = attention_mask(q_index, k_index, segment_ids, k_segments, extra_mask)
+        # The mask is plain causal + segments (what "splash" needs) only without a cache or extra mask.
+        plain_segments = segment_ids if cache is None and extra_mask is None else None
 
         # Gather the table's FSDP shards first (as FSDP does for every weight) so the lookup
         # is a vocab-parallel gather; XLA otherwise replicates the whole table to reshard.
@@ -345,14 +334,14 @@ class Transformer(nn.Module):
         x = jnp.take(table, tokens.astype(jnp.int32), axis=0).astype(cfg.dtype)
         x = _constrain(x, ("batch", "length", "act_embed"))
         if cfg.scan_layers:
-            x, new_layer_caches = self.layers(x, positions, mask, layer_caches, start)
+            x, new_layer_caches = self.layers(x, positions, mask, layer_caches, start, plain_segments)
         else:
             outs = []
             for i, layer in enumerate(self.layers):
                 layer_cache = None
                 if layer_caches is not None:
                     layer_cache = {name: c[i] for name, c in layer_caches.items()}
-                x, out = layer(x, positions, mask, layer_cache, start)
+                x, out = layer(x, positions, mask, layer_cache, start, plain_segments)
                 outs.append(out)
             new_layer_caches = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *outs)
         x = self.norm(x)
