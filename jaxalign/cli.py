@@ -94,6 +94,17 @@ def _parser() -> argparse.ArgumentParser:
                           help="every stage's records, config and summary; re-running resumes "
                                "(default: workdirs/<config name>)")
 
+    plan = commands.add_parser("plan", help="per-device memory of a config's train step and the largest "
+                                            "batch that fits a device (jaxalign.plan)")
+    plan.add_argument("--config", required=True, help="experiments/<name>.py with get_config()")
+    plan.add_argument("--device", help="tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e, a100, a100-40gb, h100 or h200")
+    plan.add_argument("--device-bytes", type=int, help="device memory in bytes (instead of --device's)")
+    plan.add_argument("--mesh-shape", help='the mesh to plan for, e.g. "dp:1,fsdp:256,tp:1" (default: '
+                                           "config.mesh on this machine's devices)")
+    plan.add_argument("--check", action="store_true",
+                      help="also compile the real train step here and print XLA's figures beside")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+
     # bench parses its own flags (jaxalign.bench.main), so they are passed through unparsed.
     commands.add_parser("bench", help="speed of training, forward and generation", add_help=False)
     return parser
@@ -106,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("train", "eval", "sandbox", "mistakes"):
+    if args.command in ("train", "eval", "sandbox", "mistakes", "plan"):
         # --config.key=value overrides are applied by jaxalign.config.load_config.
         args.overrides = [e for e in extra if e.startswith("--config.")]
         extra = [e for e in extra if not e.startswith("--config.")]
@@ -158,6 +169,10 @@ def _run(args: argparse.Namespace) -> int:
         out = lm.save_hf(args.out, dtype=args.dtype, overwrite=args.overwrite)
         print(f"wrote {out}")
         return 0
+    if args.command == "plan":
+        from jaxalign import plan
+
+        return plan.run_cli(args)
     if args.command == "bench":
         from jaxalign import bench
 

@@ -1,0 +1,561 @@
+"""Memory planner: the per-device bytes of one training step, and the largest batch that fits.
+
+    plan = estimate(get_preset("7b", dtype="bfloat16", remat="full"), {"fsdp": 64}, batch=256, seq_len=2048)
+    plan.total / 2**30                                        # GiB per device
+    largest_batch(cfg, {"fsdp": 64}, 2048, DEVICES["tpu-v4"])  # global rows
+    jaxalign plan --config experiments/default.py --device tpu-v4 --mesh-shape dp:1,fsdp:64,tp:1
+
+The model is analytic: a sum of named terms, each the size of tensors the real train step
+(`jaxalign.train.step`) holds, sharded by the real rules. Nothing is compiled and no mesh is built,
+so a pod can be planned from a laptop: the train state's shardings come from
+`jaxalign.train.state.abstract_train_state` on a `jax.sharding.AbstractMesh`, and each activation
+dimension is divided by the mesh axes `jaxalign.mesh.LOGICAL_RULES` give its logical name, an axis
+that does not divide it being left out (as `mesh.logical_to_spec` does). Per device:
+
+    params       the parameters in cfg.param_dtype (fsdp- and tp-sharded, replicated over dp).
+    opt_state    AdamW's mu and nu (optax keeps both in the parameters' dtype), sharded like the
+                 parameters, plus its int32 counters, the step and the RNG key.
+    grads        float32 gradients sharded like the parameters; twice that with microbatches > 1
+                 (the lax.scan's accumulator and the current microbatch's gradient).
+    activations  the peak of the forward and backward passes (below).
+    inputs       the batch: five [batch, seq_len] int32/float32 arrays.
+    update       the optimizer update's temporaries, one float32 parameter-sized tree (the clipped
+                 gradient), live once the activations are freed. The step needs
+                 total = params + opt_state + grads + inputs + max(activations, update).
+
+Activations. b rows per device per microbatch (batch / microbatches over the dp * fsdp shards),
+n = b l tokens of length l, c = bytes of cfg.dtype; H, K, mlp and the logit columns are divided by
+tp where tp divides them. One layer's residuals, i.e. what its backward reads (taken from the
+layer's jaxpr and checked against the buffers XLA's forward loop outputs):
+
+    norms        2 RMSNorms x (float32 input and normalised input, compute-dtype output, two
+                 float32 row statistics): 2 (n h (8 + c) + 8 n)
+    qkv_out      q, k, v and the attention output (o_proj's input): n d (2 H + 2 K) c
+    scores       "xla"/"dot_product" attention: exp(s - max) in float32 and the probabilities in
+                 the compute dtype, both [b, H, l, l] (jax.nn.softmax's default, non-custom-JVP
+                 rule), and two float32 row statistics: b H l^2 (4 + c) + 8 b H l. Flash
+                 attention ("cudnn", "splash", "chunked") keeps only the row statistics.
+    mlp          SwiGLU's gate, up, silu's three residuals and gate * up: 6 n mlp c
+    weight_copy  the compute-dtype copy of the layer's (sharded) weights, if not param_dtype
+
+The remat policy decides what the forward keeps per layer; L times that is the `stack`:
+
+    none       all of the above
+    save_dots  the outputs of matmuls without batch dimensions that the backward needs, and the
+               layer input: n (2 h + H d + 2 K d + 2 mlp) c (x, q, k, v, o_proj out, gate, up)
+    full       the layer input: n h c
+
+On top of the stack the backward of one layer (`layer_backward`) holds the layer's weights
+gathered over fsdp in the compute dtype and their full-size gradient before the reduce-scatter
+(2 c x layer parameters / tp), and the larger of two phases:
+
+    attention  the attention-side residuals (norm 1, qkv_out, scores) and the gradients of the
+               probabilities (compute dtype) and of the scores (float32), b H l^2 (c + 4);
+               flash attention: float32 dq, dk, dv (and "chunked" four float32 512 x 512 blocks)
+    mlp        the MLP-side residuals (norm 2, mlp) and the gradients of gate, up and gate * up
+               (3 n mlp c); under remat full the attention side as well, because the MLP's input
+               can only be recomputed through the attention.
+
+Recomputed under remat full and save_dots; under none the residuals are in the stack already and
+only the ones a matmul reads are sliced out of the scan's stacked buffers into buffers of their own
+(nothing with scan_layers=False). Loop invariants live through the backward: RoPE's cos and sin for
+q and k (4 n d float32) and the boolean mask (remat none: broadcast to [b, H, l, l], a residual JAX
+hoists out of the scan; otherwise [b, 1, l, l]). The `head` phase holds the final norm's residuals,
+the logits' float32 [n, vocab] tensors (the logits, the exp the loss saves and the gradient; plus
+compute-dtype logits and gradient when c != 4), the lm_head gathered with its gradient
+(2 c h vocab) and the embedding table's dense float32 gradient. So
+
+    activations = stack + invariants + max(layer_backward, head)
+
+What XLA reports. `xla_memory` compiles the real train step and reads `memory_analysis()`. On a
+mesh the figures are per device (the compiled module is one device's SPMD program: an 8-way fsdp
+mesh shows an eighth of the arguments). `argument_size_in_bytes` is the train state plus the
+batch; the state is donated, so `alias_size_in_bytes` of the outputs reuse argument buffers;
+`temp_size_in_bytes` is the one scratch allocation XLA's heap simulator sizes for every
+intermediate (gradients, activations, optimizer temporaries), fragmentation included. The device
+needs peak = arguments + temps + (outputs - aliased), which `total` estimates, and params +
+opt_state + inputs estimate the arguments (exactly, in every configuration tried).
+
+Measured on CPU (jax 0.10.2, float32 compute, the tiny preset; `jaxalign plan --check`, or
+`xla_memory` as in tests/test_plan.py), estimate / XLA peak - 1:
+
+    remat none   fsdp 8, 8 x 256 tokens  -1.1%    fsdp 4 tp 2, 8 x 128  -8.8%   1 device  -4..-6%
+    remat full   fsdp 4 tp 2, 16 x 128   -0.8%    dp 2 fsdp 2 tp 2     +0..+2%   1 device -12..+3%
+    save_dots    fsdp 4 tp 2, 8 x 128    -3.1%    1 device, 8 x 128     -2.3%
+    logits-bound (vocab 512, h 32)       +1.8%    microbatches 2        -3..-6%
+
+Limits, XLA-backend behaviour the model does not follow:
+  * CPU runs bfloat16 matmuls in float32: XLA converts and hoists the converts out of the layer
+    loops, making float32 copies of stacked residuals, so with dtype="bfloat16" CPU needs about
+    1.4-1.6x this estimate, which models native bfloat16 (TPU, GPU).
+  * CPU also keeps layout copies of matmul operands and may materialise broadcasts (the softmax's
+    1 / sum): about -12% on one device with remat full at 8+ rows. When fsdp-gathered weights
+    rather than activations dominate, it gathers the lm_head and allocates the table's gradient
+    early (-16%). With scan_layers=False and remat, it recomputed every layer at once (-40%):
+    keep scan_layers=True. For attention_impl="chunked" the CPU build hoists score-sized mask and
+    fill blocks out of the chunk loops (-50% at 1024 tokens). TPU's scheduler may prefetch the
+    next layer's weights (one more `layer_weights`).
+  * GPU runtimes keep workspaces, and JAX on GPU preallocates only 75% of the memory unless
+    XLA_PYTHON_CLIENT_MEM_FRACTION is raised: pass the usable bytes as device_bytes. Leave ~10%.
+  * One stream with the LM loss: a DPO reference model adds a parameter copy, a second stream
+    (CoH's pretraining mix) a float32 gradient buffer and its own activations.
+
+Reference (`python -m jaxalign.plan`): bfloat16 compute, float32 parameters, remat full, sequence
+2048; state = params + opt_state + grads, act. = activations at one row per device (GiB per
+device); the largest global batch that fits the HBM (in brackets: per device) with "xla" attention
+and with flash attention ("auto": splash on TPU, cuDNN on GPU).
+
+    | model | device | mesh | state GiB | act. GiB/row | largest batch: xla | flash |
+    |---|---|---|---|---|---|---|
+    | 7b | tpu-v4 | fsdp:64 | 1.6 | 2.9 | 832 (13) | 1152 (18) |
+    | 7b | tpu-v4 | fsdp:256 | 0.4 | 2.9 | 3584 (14) | 4864 (19) |
+    | 7b | tpu-v5p | fsdp:64 | 1.6 | 2.9 | 2752 (43) | 3776 (59) |
+    | 7b | h100 | fsdp:8 | 12.6 | 2.9 | 248 (31) | 336 (42) |
+    | 13b | tpu-v4 | fsdp:128 | 1.5 | 4.0 | 1280 (10) | 1920 (15) |
+    | 13b | tpu-v5p | fsdp:64 | 3.0 | 4.0 | 1984 (31) | 3072 (48) |
+    | 13b | h100 | fsdp:8 | 24.2 | 4.0 | 152 (19) | 232 (29) |
+    | 70b | tpu-v4 | fsdp:256 | 4.0 | 8.9 | 1024 (4) | 1536 (6) |
+    | 70b | tpu-v5p | fsdp:128 | 8.0 | 8.9 | 1792 (14) | 2688 (21) |
+    | 70b | h100 | fsdp:8 | 128.5 | 8.9 | 0 (0) | 0 (0) |
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AbstractMesh, AxisType
+
+from jaxalign import mesh as mesh_lib
+from jaxalign import models
+from jaxalign.models import ModelConfig
+from jaxalign.train import optim
+from jaxalign.train import state as state_lib
+
+GiB = 2**30
+
+# HBM per chip: Google's GiB for TPUs, NVIDIA's nominal sizes for GPUs (an "80 GB" H100 shows
+# 79.6 GiB in nvidia-smi, a "141 GB" H200 140 GiB). Less is usable (module docstring).
+DEVICES: dict[str, int] = {
+    "tpu-v4": 32 * GiB,
+    "tpu-v5e": 16 * GiB,
+    "tpu-v5p": 95 * GiB,
+    "tpu-v6e": 32 * GiB,
+    "a100-40gb": 40 * GiB,
+    "a100": 80 * GiB,
+    "h100": 80 * GiB,
+    "h200": 141 * 10**9,
+}
+
+FIELDS = ("params", "opt_state", "grads", "activations", "inputs", "update", "total")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per device of one train step (module docstring for every term)."""
+
+    params: int
+    opt_state: int
+    grads: int
+    activations: int  # peak of forward + backward: stack + invariants + max(layer_backward, head)
+    total: int  # params + opt_state + grads + inputs + max(activations, update)
+    inputs: int  # the batch arrays
+    update: int  # optimizer-update temporaries (after the backward)
+    rows_per_device: int  # batch rows per device per microbatch
+    terms: Mapping[str, int]  # the activation terms: saved_per_layer, stack, invariants, ...
+
+    @property
+    def dominant(self) -> str:
+        """The largest of params, opt_state, grads and activations."""
+        return max(("params", "opt_state", "grads", "activations"), key=lambda k: getattr(self, k))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in FIELDS}, "rows_per_device": self.rows_per_device,
+                "dominant": self.dominant, "terms": dict(self.terms)}
+
+
+def abstract_mesh(mesh_shape: Mapping[str, int]) -> AbstractMesh:
+    """An AbstractMesh of the dp/fsdp/tp sizes in `mesh_shape` (missing axes: 1); no devices needed."""
+    unknown = sorted(set(mesh_shape) - set(mesh_lib.AXES))
+    if unknown:
+        raise ValueError(f"mesh_shape: unknown axes {unknown}; axes are {list(mesh_lib.AXES)}")
+    sizes = {name: mesh_shape.get(name, 1) for name in mesh_lib.AXES}
+    for name, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise ValueError(f"mesh_shape[{name!r}]={size!r} must be a positive integer")
+    return AbstractMesh(tuple(int(sizes[n]) for n in mesh_lib.AXES), mesh_lib.AXES,
+                        axis_types=(AxisType.Auto,) * len(mesh_lib.AXES))
+
+
+def _local(names: tuple[str | None, ...], shape: tuple[int, ...], mesh: AbstractMesh) -> int:
+    """Elements of one device's shard of an array with these logical names."""
+    spec = tuple(mesh_lib.logical_to_spec(names, shape, mesh))
+    spec += (None,) * (len(shape) - len(spec))
+    total = 1
+    for dim, axes in zip(shape, spec, strict=True):
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        total *= dim // math.prod(mesh.shape[a] for a in axes)
+    return total
+
+
+def _shard_bytes(tree: Any) -> int:
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree))
+
+
+def _optimizer():
+    config = optim.default_optimizer_config()
+    config.total_steps = 1  # the state's structure does not depend on the schedule
+    return optim.make_optimizer(config)
+
+
+@functools.lru_cache(maxsize=128)
+def _state(cfg: ModelConfig, sizes: tuple[int, ...]) -> dict[str, int]:
+    """Train-state bytes per device and per-layer weight sizes; cached (tracing takes ~0.5 s)."""
+    mesh = abstract_mesh(dict(zip(mesh_lib.AXES, sizes, strict=True)))
+    # The parameters do not depend on the attention backend; "xla" traces anywhere (splash needs
+    # segment ids, cudnn a GPU).
+    cfg = cfg.replace(attention_impl="xla")
+    state = state_lib.abstract_train_state(cfg, _optimizer()[0], mesh)
+    # Element counts per device of one layer's weights as stored (sharded) and as its matmuls see
+    # them (gathered over fsdp and dp, still split over tp), and of the output projection.
+    tp_only = abstract_mesh({"tp": mesh.shape["tp"]})
+    stored = gathered = head = 0
+    leaves = jax.tree_util.tree_flatten_with_path(
+        models.abstract_params(cfg), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+    for path, leaf in leaves:
+        top = str(getattr(path[0], "key", path[0]))
+        if top.startswith("layers"):  # "layers" (scanned) or "layers_0", "layers_1", ...
+            stored += _local(leaf.names, leaf.value.shape, mesh)
+            gathered += _local(leaf.names, leaf.value.shape, tp_only)
+        elif top in ("lm_head", "score") or (top == "embed_tokens" and cfg.tie_word_embeddings):
+            head += _local(leaf.names, leaf.value.shape, tp_only)
+    params = jax.tree.leaves(state.params)
+    return {
+        "params": _shard_bytes(params),
+        "param_elements": sum(math.prod(x.sharding.shard_shape(x.shape)) for x in params),
+        "opt_state": _shard_bytes((state.opt_state, state.step, state.rng)),
+        "layer_weights_local": stored // cfg.num_hidden_layers,
+        "layer_weights": gathered // cfg.num_hidden_layers,
+        "head_weights": head,
+    }
+
+
+def _attention_kind(cfg: ModelConfig, rows: int, seq_len: int, platform: str | None) -> str:
+    """"scores" (the whole score matrix), "chunked" or "flash" (a fused kernel)."""
+    impl = cfg.attention_impl
+    if impl == "auto":
+        from jaxalign.models import attention
+
+        # Training passes segment ids (a plain causal mask), so TPU may choose splash.
+        q = jax.ShapeDtypeStruct((rows, seq_len, cfg.num_attention_heads, cfg.dims_per_head), cfg.dtype)
+        k = jax.ShapeDtypeStruct((rows, seq_len, cfg.kv_heads, cfg.dims_per_head), cfg.dtype)
+        impl = attention.auto_impl(q, k, jax.ShapeDtypeStruct((rows, seq_len), np.int32), platform)
+    if impl in ("xla", "dot_product"):
+        return "scores"
+    return "chunked" if impl == "chunked" else "flash"
+
+
+def estimate(cfg: ModelConfig, mesh_shape: Mapping[str, int], batch: int, seq_len: int, *,
+             microbatches: int = 1, platform: str | None = None) -> MemoryPlan:
+    """Bytes per device of one train step of `cfg` on a mesh of `mesh_shape` ({"dp", "fsdp", "tp"}
+    sizes) with `batch` rows (the global batch) of `seq_len` tokens; see the module docstring.
+
+    `platform` ("tpu", "gpu", "cpu"; default: this machine's) only matters for
+    attention_impl="auto", which chooses its backend by platform.
+    """
+    for name, value in (("batch", batch), ("seq_len", seq_len), ("microbatches", microbatches)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if batch % microbatches:
+        raise ValueError(f"batch={batch} is not a multiple of microbatches={microbatches}")
+    mesh = abstract_mesh(mesh_shape)
+    state = _state(cfg, tuple(mesh.shape[a] for a in mesh_lib.AXES))
+    rows = _local(("batch",), (batch // microbatches,), mesh)
+    terms = _activations(cfg, mesh, state, rows, seq_len, _attention_kind(cfg, rows, seq_len, platform))
+    activations = terms["stack"] + terms["invariants"] + max(terms["layer_backward"], terms["head"])
+    grads = state["param_elements"] * 4 * (2 if microbatches > 1 else 1)
+    update = state["param_elements"] * 4
+    inputs = 5 * _local(("batch",), (batch,), mesh) * seq_len * 4
+    total = state["params"] + state["opt_state"] + grads + inputs + max(activations, update)
+    return MemoryPlan(params=state["params"], opt_state=state["opt_state"], grads=grads,
+                      activations=activations, total=total, inputs=inputs, update=update,
+                      rows_per_device=rows, terms=terms)
+
+
+def _activations(cfg: ModelConfig, mesh: AbstractMesh, state: dict[str, int], rows: int, length: int,
+                 attention: str) -> dict[str, int]:
+    """The activation terms of the module docstring, in bytes per device."""
+    c = np.dtype(cfg.dtype).itemsize
+    p = np.dtype(cfg.param_dtype).itemsize
+    h, d, n = cfg.hidden_size, cfg.dims_per_head, rows * length
+    heads = _local(("act_heads",), (cfg.num_attention_heads,), mesh)
+    kv = _local(("act_kv_heads",), (cfg.kv_heads,), mesh)
+    mlp = _local(("act_mlp",), (cfg.intermediate_size,), mesh)
+    if cfg.head == "score":
+        logit_cols = cfg.num_labels
+    else:
+        logit_cols = _local(("act_vocab",), (cfg.vocab_size,), mesh)
+    vocab_rows = _local(("vocab",), (cfg.vocab_size,), mesh)  # the gathered embedding table
+    hd, kvd = heads * d, kv * d
+    row_stats = 2 * rows * heads * length * 4
+    scores = rows * heads * length * length if attention == "scores" else 0
+
+    norm = n * h * (8 + c) + 2 * n * 4
+    attn_res = norm + n * (2 * hd + 2 * kvd) * c + scores * (4 + c) + row_stats
+    mlp_res = norm + 6 * n * mlp * c
+    weight_copy = state["layer_weights_local"] * c if c != p else 0
+    # What the backward of one layer materialises beside the stack: its attention-side tensors
+    # while the attention is differentiated, its MLP-side ones (after the MLP input, which under
+    # remat "full" needs the attention recomputed first) while the MLP is.
+    attn_operands = n * (h + 2 * hd + 2 * kvd) * c + scores * c  # norm out, q, k, v, out, probs
+    mlp_operands = n * (h + mlp) * c  # norm out, gate*up
+    if cfg.remat == "none":
+        saved = attn_res + mlp_res + weight_copy
+        attn_side, mlp_side = (attn_operands, mlp_operands) if cfg.scan_layers else (0, 0)
+    elif cfg.remat == "save_dots":
+        saved = n * (2 * h + hd + 2 * kvd + 2 * mlp) * c
+        attn_side, mlp_side = attn_res, mlp_res
+    else:
+        saved = n * h * c
+        attn_side, mlp_side = attn_res, attn_res + mlp_res
+    if attention == "scores":
+        score_grads = scores * (c + 4)
+    else:
+        score_grads = n * (hd + 2 * kvd) * 4
+        if attention == "chunked":
+            from jaxalign.models import attention as attention_lib
+
+            block = min(length, attention_lib.CHUNK_SIZE)
+            score_grads += 4 * rows * heads * block * block * 4
+    mlp_grads = 3 * n * mlp * c
+    weights = 2 * c * state["layer_weights"]
+    layer_backward = weights + max(attn_side + score_grads, mlp_side + mlp_grads)
+
+    mask = scores if cfg.remat == "none" and scores else rows * length * length  # bool
+    invariants = 4 * n * d * 4 + mask
+    logits = n * logit_cols * (12 + (2 * c if c != 4 else 0))
+    head = norm + logits + 2 * c * state["head_weights"] + vocab_rows * h * 4
+    return {
+        "saved_per_layer": saved,
+        "stack": cfg.num_hidden_layers * saved,
+        "invariants": invariants,
+        "layer_backward": layer_backward,
+        "layer_weights": weights,
+        "attention_backward": attn_side + score_grads,
+        "mlp_backward": mlp_side + mlp_grads,
+        "head": head,
+        "logits": logits,
+    }
+
+
+def largest_batch(cfg: ModelConfig, mesh_shape: Mapping[str, int], seq_len: int, device_bytes: int, *,
+                  microbatches: int = 1, platform: str | None = None) -> int:
+    """The largest global batch whose `estimate(...).total` fits in `device_bytes`; 0 if none does.
+
+    The batch is a multiple of dp * fsdp * microbatches, so every microbatch splits evenly over the
+    data-parallel devices (a batch those do not divide is replicated, not sharded).
+    """
+    mesh = abstract_mesh(mesh_shape)
+    unit = mesh.shape["dp"] * mesh.shape["fsdp"] * microbatches
+
+    def fits(k: int) -> bool:
+        return estimate(cfg, mesh_shape, k * unit, seq_len, microbatches=microbatches,
+                        platform=platform).total <= device_bytes
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high):  # the total grows linearly in the batch, so this ends
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low * unit
+
+
+def xla_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, seq_len: int,
+               microbatches: int = 1) -> dict[str, int]:
+    """XLA's own per-device figures for the real train step of `cfg` on `mesh` (compiled, not run).
+
+    The step is `jaxalign.train.step.make_train_step` with the default AdamW of
+    `jaxalign.train.optim`, on an abstract train state (nothing is allocated) and a batch of zeros.
+    Returns `memory_analysis()`'s arguments, outputs, aliased (outputs reusing donated argument
+    buffers) and temps, and peak = arguments + temps + outputs - aliased (module docstring).
+    Compiling takes seconds for small models: meant for configs that fit this machine.
+    """
+    from jaxalign.train import step as step_lib
+
+    tx, schedule = _optimizer()
+    state = state_lib.abstract_train_state(cfg, tx, mesh)
+    step = step_lib.make_train_step(cfg, tx, mesh, microbatches=microbatches, schedule=schedule)
+    tokens = np.zeros((batch, seq_len), np.int32)
+    rows = {"inputs": tokens, "targets": tokens, "weights": np.ones((batch, seq_len), np.float32),
+            "segment_ids": np.ones_like(tokens),
+            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape)}
+    stats = step.lower(state, rows).compile().memory_analysis()
+    out = {
+        "arguments": int(stats.argument_size_in_bytes),
+        "outputs": int(stats.output_size_in_bytes),
+        "aliased": int(stats.alias_size_in_bytes),
+        "temps": int(stats.temp_size_in_bytes),
+    }
+    out["peak"] = out["arguments"] + out["temps"] + out["outputs"] - out["aliased"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# `jaxalign plan` and the reference table
+
+
+def platform_of(device: str) -> str:
+    """The jax platform of a DEVICES name: "tpu" or "gpu"."""
+    return "tpu" if device.startswith("tpu") else "gpu"
+
+
+def parse_mesh_shape(spec: str) -> dict[str, int]:
+    """``"dp:1,fsdp:256,tp:1"`` (or ``"1,256,1"``) with every size given, for a mesh not at hand."""
+    sizes = [part.rpartition(":")[2].strip() for part in spec.split(",") if part.strip()]
+    if "-1" in sizes:
+        raise ValueError(f"--mesh-shape {spec!r}: give every axis size (no -1): it describes the mesh "
+                         "to plan for, not this machine's devices")
+    # The product of the sizes as the device count makes parse_mesh_spec check only the syntax.
+    count = math.prod(int(size) for size in sizes if size.lstrip("-").isdigit() and int(size) > 0)
+    return mesh_lib.parse_mesh_spec(spec, count)
+
+
+def model_config(config: Any) -> ModelConfig:
+    """The ModelConfig a train run of `config` uses, with config.model.vocab_size if set, else the
+    preset's (training takes the tokenizer's; building the data to learn it would be slow)."""
+    from jaxalign.train import loop
+
+    vocab = config.model.get("vocab_size") or models.get_preset(config.model.preset).vocab_size
+    return loop.model_config(config, vocab)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`jaxalign plan` (flags in jaxalign.cli): the table, or one JSON object with --json."""
+    from jaxalign import config as config_lib
+
+    config = config_lib.load_config(args.config, args.overrides)
+    missing = [key for key in ("batch_size", "seq_len", "mesh", "model") if key not in config]
+    if missing:
+        raise ValueError(f"{args.config} has no {missing}: jaxalign plan reads a train config "
+                         "(batch_size, seq_len, mesh, model)")
+    if args.device_bytes is not None and args.device_bytes < 1:
+        raise ValueError(f"--device-bytes {args.device_bytes} must be positive")
+    cfg = model_config(config)
+    batch, seq_len, microbatches = config.batch_size, config.seq_len, config.get("microbatches", 1)
+    if args.mesh_shape:
+        mesh_shape = parse_mesh_shape(args.mesh_shape)
+    else:
+        mesh_shape = mesh_lib.parse_mesh_spec(config.mesh, jax.device_count())
+    if args.device is not None and args.device not in DEVICES:
+        raise ValueError(f"--device {args.device!r} is unknown; choose one of {sorted(DEVICES)} "
+                         "or give --device-bytes")
+    platform = platform_of(args.device) if args.device else None
+    device_bytes = args.device_bytes or (DEVICES[args.device] if args.device else _local_memory())
+    result = estimate(cfg, mesh_shape, batch, seq_len, microbatches=microbatches, platform=platform)
+    report: dict[str, Any] = {
+        "config": args.config, "mesh_shape": mesh_shape, "batch_size": batch, "seq_len": seq_len,
+        "microbatches": microbatches, "num_params": cfg.num_params(), **result.to_dict(),
+        "device": args.device, "device_bytes": device_bytes, "largest_batch": None,
+    }
+    if device_bytes:
+        report["largest_batch"] = largest_batch(cfg, mesh_shape, seq_len, device_bytes,
+                                                microbatches=microbatches, platform=platform)
+    if args.check:
+        local = mesh_lib.parse_mesh_spec(config.mesh, jax.device_count())
+        if mesh_shape != local:
+            raise ValueError(f"--check compiles on this machine's mesh {local}; --mesh-shape {mesh_shape} "
+                             "differs (drop --check or --mesh-shape)")
+        report["xla"] = xla_memory(cfg, mesh_lib.make_mesh(config.mesh), batch, seq_len, microbatches)
+    print(json.dumps(report, indent=2) if args.json else format_report(report, cfg))
+    return 0
+
+
+def _local_memory() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
+def format_report(report: dict[str, Any], cfg: ModelConfig) -> str:
+    """The text `jaxalign plan` prints: one row per term, XLA's figures beside with --check."""
+    scale, unit = (GiB, "GiB") if report["total"] >= GiB else (2**20, "MiB")
+    mesh = ", ".join(f"{k}={v}" for k, v in report["mesh_shape"].items())
+    shards = report["mesh_shape"]["dp"] * report["mesh_shape"]["fsdp"]
+    xla = report.get("xla")
+    lines = [
+        f"{report['config']}: {report['num_params'] / 1e6:,.1f}M parameters ({cfg.param_dtype}), "
+        f"compute {cfg.dtype}, remat {cfg.remat}, attention {cfg.attention_impl}",
+        f"mesh {mesh}; batch {report['batch_size']} x {report['seq_len']} tokens, microbatches "
+        f"{report['microbatches']}: {report['rows_per_device']} row(s) per device per microbatch",
+    ]
+    if report["rows_per_device"] * shards * report["microbatches"] != report["batch_size"]:
+        lines.append(f"  note: dp * fsdp = {shards} does not divide the batch, so rows are replicated")
+    lines.append(f"{'per device':18s}{unit:>10s}" + (f"{'XLA ' + unit:>12s}" if xla else ""))
+    for label, key in (("parameters", "params"), ("optimizer state", "opt_state"), ("gradients", "grads"),
+                       ("activations", "activations"), ("batch", "inputs"), ("total", "total")):
+        line = f"  {label:16s}{report[key] / scale:10.3f}"
+        if xla and key == "total":
+            line += f"{xla['peak'] / scale:12.3f}  (arguments + temps + outputs - aliased)"
+        lines.append(line)
+    if xla:
+        state = report["params"] + report["opt_state"] + report["inputs"]
+        lines.append(f"  {'state + batch':16s}{state / scale:10.3f}{xla['arguments'] / scale:12.3f}"
+                     "  (arguments)")
+        lines.append(f"  estimate / XLA peak: {report['total'] / xla['peak']:.3f}")
+    lines.append(f"  largest term: {report['dominant']}")
+    if report["largest_batch"] is None:
+        lines.append("largest batch: give --device or --device-bytes")
+    else:
+        lines.append(f"largest batch on {report['device'] or 'this device'} "
+                     f"({report['device_bytes'] / GiB:.1f} GiB): {report['largest_batch']} "
+                     f"({report['largest_batch'] // shards} per data-parallel device)")
+    return "\n".join(lines)
+
+
+REFERENCE = (  # (model, device, mesh)
+    ("7b", "tpu-v4", {"fsdp": 64}),
+    ("7b", "tpu-v4", {"fsdp": 256}),
+    ("7b", "tpu-v5p", {"fsdp": 64}),
+    ("7b", "h100", {"fsdp": 8}),
+    ("13b", "tpu-v4", {"fsdp": 128}),
+    ("13b", "tpu-v5p", {"fsdp": 64}),
+    ("13b", "h100", {"fsdp": 8}),
+    ("70b", "tpu-v4", {"fsdp": 256}),
+    ("70b", "tpu-v5p", {"fsdp": 128}),
+    ("70b", "h100", {"fsdp": 8}),
+)
+
+
+def reference_table(seq_len: int = 2048) -> str:
+    """The module docstring's table: bfloat16 compute, float32 params, remat full (markdown)."""
+    lines = ["| model | device | mesh | state GiB | act. GiB/row | largest batch: xla | flash |",
+             "|---|---|---|---|---|---|---|"]
+    for name, device, mesh_shape in REFERENCE:
+        cfg = models.get_preset(name, dtype="bfloat16", param_dtype="float32", remat="full")
+        shards = mesh_shape.get("dp", 1) * mesh_shape["fsdp"]
+        one = estimate(cfg, mesh_shape, shards, seq_len)
+        state = one.params + one.opt_state + one.grads
+        cells = []
+        for impl in ("xla", "auto"):
+            largest = largest_batch(cfg.replace(attention_impl=impl), mesh_shape, seq_len, DEVICES[device],
+                                    platform=platform_of(device))
+            cells.append(f"{largest} ({largest // shards})")
+        mesh = ",".join(f"{k}:{v}" for k, v in mesh_shape.items())
+        lines.append(f"| {name} | {device} | {mesh} | {state / GiB:.1f} | {one.activations / GiB:.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_table())
