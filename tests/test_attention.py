@@ -245,6 +245,35 @@ def test_whole_model_chunked_decoding_equals_xla(monkeypatch):
     np.testing.assert_allclose(decode("chunked"), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+def test_whole_model_chunked_training_memory_does_not_grow_like_the_scores(monkeypatch):
+    # A training step of the whole model with its layers under a scan, where the mask is the same
+    # for every layer: JAX once hoisted each block's mask and -inf fill out of the layer loop, as
+    # large as the score matrix (see attention._tie). Doubling the heads at the same width
+    # (head_dim halves) leaves every activation the same size except attention's per-head ones.
+    # "xla" then holds at least the added heads' float32 scores, b * 4 * l * l * 4 bytes; "chunked"
+    # only a few more [b, H, c, c] float32 blocks and a few float32 numbers per row and head. With
+    # c = l / 8 a block is 1/64 of the scores, so a quarter of theirs is room for 16 blocks.
+    monkeypatch.setattr(attn, "CHUNK_SIZE", 128)
+    b, length = 1, 1024
+    batch = jax.ShapeDtypeStruct((b, length), jnp.int32)
+
+    def temp_bytes(impl, heads):
+        cfg = get_preset("tiny", num_attention_heads=heads, num_key_value_heads=heads // 2,
+                         scan_layers=True, remat="none", attention_impl=impl)
+
+        def loss(params, tokens, segments):
+            logits = Transformer(cfg).apply({"params": params}, tokens, segment_ids=segments)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+        lowered = jax.jit(jax.value_and_grad(loss)).lower(models.param_shapes(cfg), batch, batch)
+        return lowered.compile().memory_analysis().temp_size_in_bytes
+
+    added_scores = b * 4 * length * length * 4
+    growth = {impl: temp_bytes(impl, 8) - temp_bytes(impl, 4) for impl in ("xla", "chunked")}
+    assert growth["xla"] > added_scores
+    assert growth["chunked"] < added_scores / 4
+
+
 @pytest.mark.parametrize("scan,remat", [(True, "none"), (False, "full")])
 def test_whole_model_splash_equals_xla(scan, remat):
     # The model hands segment ids to attention when the mask is plain causal + segments (training

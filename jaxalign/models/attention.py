@@ -193,11 +193,26 @@ def _block(x: Array, i: Array, size: int, axis: int) -> Array:
     return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis)
 
 
+def _tie(q: Array, mask: Array) -> tuple[Array, Array]:
+    """q and mask through one optimization barrier, so everything the loops derive from the mask
+    depends on q as well.
+
+    Inside a model the mask is the same for every layer, so under the layer scan's linearization
+    JAX hoists whatever depends on the mask alone out of the layer loop (_scan_known_hoisting,
+    recursively into these loops). That is each block pair's mask and its -inf fill: residuals
+    stacked over all [nq, nk] blocks, as large as the float32 score matrix this function exists to
+    avoid. Tied to q, which changes from layer to layer, nothing block-shaped is loop-invariant
+    (for XLA's loop-invariant code motion either). The values are unchanged.
+    """
+    return jax.lax.optimization_barrier((q, mask))
+
+
 def _forward(q, k, v, mask, q_chunk, k_chunk):
     """Online softmax. Returns the unnormalised output, the row max and the softmax denominator,
     stacked per query chunk: acc [nq, b, K, G, cq, d], m and denom [nq, b, K, G, cq]."""
     b, _, kv_heads, groups, dim = q.shape
     nk = k.shape[1] // k_chunk
+    q, mask = _tie(q, mask)
 
     def q_step(i):
         q_blk, mask_i = _block(q, i, q_chunk, 1), _block(mask, i, q_chunk, 1)
@@ -254,6 +269,7 @@ def _flash_fwd(q, k, v, mask, q_chunk, k_chunk, kv_len):
 
 def _flash_bwd(q_chunk, k_chunk, kv_len, res, d_out):
     q, k, v, mask, out, m, denom = res
+    q, mask = _tie(q, mask)  # first-order training does not need it here; a differentiated bwd would
     b, _, kv_heads, _, dim = q.shape
     nq, nk = q.shape[1] // q_chunk, k.shape[1] // k_chunk
     # Softmax gradient: ds = p * (dp - rowsum(d_out * out)); fully masked rows have p = 0 here
