@@ -470,6 +470,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch_gen_tps = per_s(gen_batch * new_tokens, t["torch_generate_s"])
     decode_s = decode_step(gen_s, prefill_s)
     torch_decode_s = decode_step(t["torch_generate_s"], t["torch_generate_prefill_s"])
+    decode_steps = {"generate_decode_step_s": decode_s, "torch_generate_decode_step_s": torch_decode_s}
+    for name, value in decode_steps.items():
+        if value is not None and value <= 0:
+            notes.append(f"{name} = {value:.2e} <= 0: the prefill alone timed slower than the whole "
+                         "call (a busy machine, or too few --gen-new-tokens to tell them apart)")
     mfu = lambda flops, tps: None if tps is None else flops * tps / peak_total  # noqa: E731
     return {
         "device_kind": jax.devices()[0].device_kind,
