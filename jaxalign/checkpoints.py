@@ -143,10 +143,11 @@ def check_tree_fits(saved: Any, target: Any, where: str) -> None:
 
 def _flatten(tree: Any) -> dict[str, Any]:
     leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+    return {"/".join(key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
-def _key_name(key: Any) -> str:
+def key_name(key: Any) -> str:
+    """The name of one entry of a jax tree path (dict key, attribute or index)."""
     for attr in ("key", "name", "idx"):
         if hasattr(key, attr):
             return str(getattr(key, attr))

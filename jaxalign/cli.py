@@ -72,12 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--overwrite", action="store_true")
     _add_mesh(imp)
 
-    exp = commands.add_parser("export", help="write a Hugging Face checkpoint")
-    exp.add_argument("--checkpoint", required=True, help="a jaxalign model directory")
+    exp = commands.add_parser("export", help="write a Hugging Face checkpoint (or a params-only jaxalign "
+                                               "model directory) from a train workdir or model directory")
+    exp.add_argument("--checkpoint", required=True, help="a train workdir or a jaxalign model directory")
+    exp.add_argument("--step", type=int, default=None,
+                     help="a kept step of the workdir (default: the latest)")
     exp.add_argument("--out", required=True)
+    exp.add_argument("--format", dest="fmt", choices=["hf", "orbax"], default="hf",
+                     help="hf: config.json + safetensors; orbax: a jaxalign model directory (params only)")
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     exp.add_argument("--overwrite", action="store_true")
-    _add_mesh(exp)
+    _add_mesh(exp)  # accepted for compatibility: the export runs on the host, tensor by tensor
 
     sandbox = commands.add_parser("sandbox", help="run (or resume) a SANDBOX simulation: records.jsonl")
     sandbox.add_argument("--config", required=True, help="a config whose get_config() is a sandbox config "
@@ -165,10 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({lm.cfg.num_params():,} parameters)")
         return 0
     if args.command == "export":
-        lm = api.load(args.checkpoint, mesh=args.mesh)
-        out = lm.save_hf(args.out, dtype=args.dtype, overwrite=args.overwrite)
-        print(f"wrote {out}")
-        return 0
+        return _export(args)
     if args.command == "plan":
         from jaxalign import plan
 
@@ -201,6 +203,15 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  {row['prompt']!r} -> {row['response']!r}{score}")
     if "score" in summary:
         print(f"mean task score on {len(summary['samples'])} held-out prompts: {summary['score']:.3f}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from jaxalign import export
+
+    out = export.export(args.checkpoint, args.out, step=args.step, fmt=args.fmt, dtype=args.dtype,
+                        overwrite=args.overwrite)
+    print(f"wrote {out}")
     return 0
 
 

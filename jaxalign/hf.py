@@ -6,7 +6,7 @@ slice from the memory-mapped safetensors files (one layer at a time for scanned 
 writes safetensors shards of at most `max_shard_bytes`, into a temporary directory that is
 renamed into place at the end, so a crash never leaves half a checkpoint.
 
-`_tensor_table` is the one place that names HF tensors and says how their layout maps to ours.
+`tensor_table` is the one place that names HF tensors and says how their layout maps to ours.
 
 Score models (``head="score"``, reward models) are ``*ForSequenceClassification`` checkpoints: the
 same backbone tensors, and ``score.weight`` [num_labels, hidden] in place of ``lm_head.weight``.
@@ -76,7 +76,7 @@ class _Tensor:
         return tuple(split[p] for p in self.perm)
 
 
-def _tensor_table(cfg: ModelConfig) -> dict[tuple[str, ...], _Tensor]:
+def tensor_table(cfg: ModelConfig) -> dict[tuple[str, ...], _Tensor]:
     """Our parameter path ("layers", ... for entries of every layer) -> HF tensor and layout."""
     h, m, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     q, kv = (cfg.num_attention_heads, cfg.dims_per_head), (cfg.kv_heads, cfg.dims_per_head)
@@ -282,7 +282,7 @@ def import_checkpoint(
     path = Path(path)
     cfg = config_from_hf(path)
     cfg = cfg.replace(**config_overrides) if config_overrides else cfg
-    table = _tensor_table(cfg)
+    table = tensor_table(cfg)
     shardings = models.param_shardings(cfg, mesh)
     dtype = jnp.dtype(cfg.param_dtype)
     with contextlib.ExitStack() as stack:
@@ -384,7 +384,7 @@ def export_checkpoint(
             if writer:
                 save_file(tensors, str(tmp / file), metadata={"format": "pt"})
         if writer:
-            _write_metadata(tmp, cfg, np_dtype, tokenizer, {"total_size": total}, weight_map, len(files))
+            write_metadata(tmp, cfg, np_dtype, tokenizer, {"total_size": total}, weight_map, len(files))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxalign.hf.export_checkpoint")
     return out
@@ -394,7 +394,7 @@ def _plan_shards(cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[t
     """(name, tensor, param key, layer) in HF's order, cut into files of at most max_bytes
     (a single larger tensor gets a file of its own). Planned from shapes alone, so file names
     can say "of N" before anything is gathered."""
-    entries = [(t.name.format(i=i), t, key, i) for key, t in _tensor_table(cfg).items()
+    entries = [(t.name.format(i=i), t, key, i) for key, t in tensor_table(cfg).items()
                for i in (range(cfg.num_hidden_layers) if key[0] == "layers" else [0])]
     layer_of = lambda name: int(name.split(".")[2]) if name.startswith("model.layers.") else -1  # noqa: E731
     entries.sort(key=lambda e: ("embed_tokens" not in e[0], layer_of(e[0]) == -1, layer_of(e[0]), e[0]))
@@ -410,10 +410,12 @@ def _plan_shards(cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[t
     return shards
 
 
-def _write_metadata(
+def write_metadata(
     tmp: Path, cfg: ModelConfig, np_dtype: Any, tokenizer: Any, metadata: dict, weight_map: dict,
     num_files: int,
 ) -> None:
+    """Everything of an HF directory but the tensors: the shard index (when sharded), config.json,
+    generation_config.json and the tokenizer, written into `tmp`."""
     if num_files > 1:
         _write_json(tmp / INDEX_FILE, {"metadata": metadata, "weight_map": weight_map})
     config = config_to_hf(cfg)

@@ -1,0 +1,269 @@
+"""Export a trained model: a Hugging Face directory or a params-only jaxalign model directory.
+
+The source is a `jaxalign train` workdir (any kept step; the latest by default) or a jaxalign
+model directory. The Hugging Face export is streamed: orbax restores one parameter (one leaf
+of the saved tree) at a time as a host numpy array -- a partial restore, so neither the
+optimizer state nor the other parameters are read -- it is converted to HF's layout and dtype,
+and written to a safetensors shard as soon as the shard is full. Peak host memory is therefore
+about the largest parameter plus one shard (`max_shard_bytes`), not the model.
+
+The orbax export (`format="orbax"`) writes the parameters only (no optimizer state), in the
+layout `jaxalign.checkpoints.save_model` writes, so `jaxalign.load` and `jaxalign generate` read
+it. It is streamed too: orbax's partial save adds one leaf at a time to a pending checkpoint.
+
+Both formats carry the tokenizer and a model card (README.md: shape, step, objective, the
+training config). Everything is written through `checkpoints.staged_directory`: an existing
+directory is replaced only with `overwrite`, and only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint.experimental.v1 import partial
+from safetensors.numpy import save_file
+
+from jaxalign import checkpoints, hf, models
+from jaxalign.data.tokenizer import Tokenizer
+from jaxalign.models.config import ModelConfig
+
+FORMATS = ("hf", "orbax")
+
+
+class Source:
+    """What an export reads: the model config, the orbax tree holding the params, the tokenizer,
+    and (for a workdir) the step and the training config."""
+
+    def __init__(self, path: str | os.PathLike, step: int | None = None) -> None:
+        self.path = Path(path).absolute()
+        self.train_config: dict[str, Any] | None = None
+        self.step: int | None = None
+        if (self.path / "checkpoints").is_dir() and (self.path / "config.json").is_file():
+            self._open_workdir(step)
+        elif checkpoints.is_model_dir(self.path):
+            if step is not None:
+                raise ValueError(f"--step: {self.path} is a model directory, which holds one set of "
+                                 "parameters; --step is for train workdirs")
+            self.cfg = checkpoints.load_config(self.path)
+            self.tree_dir, self.prefix = self.path / "params", ()
+            tok = self.path / "tokenizer"
+            self.tokenizer = Tokenizer.load(tok) if tok.exists() else None
+        else:
+            raise FileNotFoundError(
+                f"--checkpoint {self.path}: neither a train workdir (checkpoints/ and config.json) nor a "
+                f"jaxalign model directory ({checkpoints.MODEL_FILE})")
+        saved = _handler_call("metadata", self.tree_dir).tree
+        for key in self.prefix:
+            saved = saved[key]
+        # Shapes first, so a checkpoint of another model is one clear error before any data is read.
+        checkpoints.check_tree_fits(saved, _param_shapes(self.cfg), str(self.tree_dir))
+        self.saved = saved
+
+    def _open_workdir(self, step: int | None) -> None:
+        import ml_collections
+
+        from jaxalign.train import loop
+
+        self.train_config = json.loads((self.path / "config.json").read_text())
+        if self.train_config.get("objective", {}).get("name") == "rl":
+            raise ValueError(f"{self.path}: exporting an RL workdir is not supported yet")
+        # Committed steps are the directories named by a number (orbax renames a step into place
+        # once it is complete). Not a Checkpointer: opening one deletes the temporary directory of
+        # a save in flight, and the run may still be training.
+        steps = sorted(int(d.name) for d in (self.path / "checkpoints").iterdir()
+                       if d.name.isdigit() and (d / "state").is_dir())
+        if not steps:
+            raise FileNotFoundError(f"{self.path / 'checkpoints'}: no checkpoint to export")
+        if step is not None and step not in steps:
+            raise ValueError(f"--step {step}: no such checkpoint in {self.path / 'checkpoints'}; "
+                             f"kept steps: {steps}")
+        self.step = steps[-1] if step is None else step
+        self.tokenizer = Tokenizer.load(self.path / "tokenizer")
+        config = ml_collections.ConfigDict(self.train_config)
+        self.cfg = loop.model_config(config, self.tokenizer.vocab_size)
+        self.tree_dir, self.prefix = self.path / "checkpoints" / str(self.step) / "state", ("params",)
+
+    def read(self, key: tuple[str, ...]) -> np.ndarray:
+        """One parameter as a host array: a partial restore reads this leaf and nothing else."""
+        full = (*self.prefix, *key)
+        item: Any = np.zeros((), np.float32)  # only the structure matters to orbax here
+        args: Any = ocp.RestoreArgs(restore_type=np.ndarray)
+        for k in reversed(full):
+            item, args = {k: item}, {k: args}
+        restored = _handler_call("restore", self.tree_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=args, partial_restore=True))
+        for k in full:
+            restored = restored[k]
+        return np.asarray(restored)
+
+    def leaf_bytes(self, key: tuple[str, ...], itemsize: int) -> int:
+        node = self.saved
+        for k in key:
+            node = node[k]
+        return math.prod(node.shape) * itemsize
+
+
+def export(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None, fmt: str = "hf",
+    dtype: str | None = None, overwrite: bool = False, max_shard_bytes: int = 2**30,
+) -> Path:
+    """Writes `out` from a train workdir (step `step`, default the latest) or a model directory."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: must be one of {FORMATS}")
+    source = Source(checkpoint, step)
+    np_dtype = jnp.dtype(dtype or source.cfg.param_dtype)
+    with checkpoints.staged_directory(out, overwrite) as tmp:
+        if fmt == "hf":
+            _write_hf(source, tmp, np_dtype, max_shard_bytes)
+        else:
+            _write_orbax(source, tmp, np_dtype)
+        (tmp / "README.md").write_text(model_card(source, fmt, np_dtype.name))
+    return Path(out).absolute()
+
+
+# ---------------------------------------------------------------------------------- HF
+
+
+def _write_hf(source: Source, tmp: Path, np_dtype: Any, max_shard_bytes: int) -> None:
+    cfg = source.cfg
+    if source.tokenizer is not None and cfg.pad_token_id is None:
+        cfg = cfg.replace(pad_token_id=source.tokenizer.pad_id)  # HF's generate wants it (as api.save_hf)
+    shards = _plan(source, cfg, np_dtype.itemsize, max_shard_bytes)
+    files = [hf.SINGLE_FILE] if len(shards) == 1 else [
+        f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    weight_map, total = {}, 0
+    for file, shard in zip(files, shards, strict=True):
+        tensors = {}
+        for leaf_key, entries in shard:
+            leaf = source.read(leaf_key)
+            for name, t, layer in entries:
+                ours = leaf if layer is None else leaf[layer]
+                hf_t = np.transpose(ours, np.argsort(t.perm)).reshape(t.shape)  # hf.export's layout
+                tensors[name] = np.ascontiguousarray(hf_t.astype(np_dtype))
+                weight_map[name], total = file, total + tensors[name].nbytes
+            del leaf
+        save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        del tensors
+    hf.write_metadata(tmp, cfg, np_dtype, source.tokenizer, {"total_size": total}, weight_map, len(files))
+
+
+def _plan(source: Source, cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[tuple]]:
+    """Shards of [(leaf key, [(HF name, tensor, layer index into the leaf or None)])]: each leaf
+    is read once and its tensors go to one shard; a shard is closed once it holds max_bytes."""
+    leaves = []
+    for key, t in hf.tensor_table(cfg).items():
+        if key[0] != "layers":
+            leaves.append((key, [(t.name, t, None)]))
+        elif cfg.scan_layers:  # one stacked leaf [num_layers, ...]
+            leaves.append((key, [(t.name.format(i=i), t, i) for i in range(cfg.num_hidden_layers)]))
+        else:
+            leaves += [((f"layers_{i}", *key[1:]), [(t.name.format(i=i), t, None)])
+                       for i in range(cfg.num_hidden_layers)]
+    shards: list[list[tuple]] = [[]]
+    size = 0
+    for leaf_key, entries in leaves:
+        if shards[-1] and size >= max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((leaf_key, entries))
+        size += source.leaf_bytes(leaf_key, itemsize)
+    return shards
+
+
+# ---------------------------------------------------------------------------------- orbax
+
+
+def _write_orbax(source: Source, tmp: Path, np_dtype: Any) -> None:
+    """A jaxalign model directory (what checkpoints.save_model writes) of the params alone, saved
+    leaf by leaf with orbax's partial save: each call adds one leaf to a pending checkpoint, and
+    `finalize` merges them. Its "state" item is an ordinary pytree checkpoint, which becomes
+    params/."""
+    cfg = source.cfg.replace(param_dtype=np_dtype.name)
+    pending = tmp / "params.partial"
+    for key in _leaf_keys(_param_shapes(cfg)):
+        leaf: Any = source.read(key).astype(np_dtype)
+        for k in reversed(key):
+            leaf = {k: leaf}
+        partial.save(pending, leaf)
+    partial.finalize(pending)
+    (pending / "state").rename(tmp / "params")
+    shutil.rmtree(pending)
+    # What StandardCheckpointer writes beside a tree; without it orbax warns on every load.
+    handler = f"{ocp.StandardCheckpointHandler.__module__}.{ocp.StandardCheckpointHandler.__qualname__}"
+    now = time.time_ns()
+    meta = {"item_handlers": handler, "metrics": {}, "performance_metrics": {},
+            "init_timestamp_nsecs": now, "commit_timestamp_nsecs": now, "custom_metadata": {}}
+    (tmp / "params" / "_CHECKPOINT_METADATA").write_text(json.dumps(meta))
+    # Read back what was written: a layout orbax no longer reads is an error here, not at load.
+    saved = ocp.StandardCheckpointer().metadata(tmp / "params").item_metadata.tree
+    checkpoints.check_tree_fits(saved, _param_shapes(cfg), str(tmp / "params"))
+    if source.tokenizer is not None:
+        source.tokenizer.save_pretrained(tmp / "tokenizer")
+    model = {"format": checkpoints.FORMAT, "version": 1, "model": cfg.to_dict()}
+    (tmp / checkpoints.MODEL_FILE).write_text(json.dumps(model, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------- model card
+
+
+def model_card(source: Source, fmt: str, dtype: str) -> str:
+    """README.md: what the model is, where it came from and how it was made."""
+    cfg = source.cfg
+    objective = (source.train_config or {}).get("objective", {}).get("name", "unknown")
+    load = ("transformers.AutoModelForCausalLM.from_pretrained(DIR)" if fmt == "hf" and cfg.head == "lm"
+            else "transformers.AutoModelForSequenceClassification.from_pretrained(DIR)" if fmt == "hf"
+            else "jaxalign.load(DIR)  # or: jaxalign generate --checkpoint DIR --prompt ...")
+    lines = [
+        "# jaxalign export", "",
+        f"- format: {fmt} ({dtype})",
+        f"- source: {source.path}" + (f" (step {source.step})" if source.step is not None else ""),
+        f"- step: {source.step if source.step is not None else 'n/a (model directory)'}",
+        f"- objective: {objective}",
+        f"- head: {cfg.head}",
+        f"- parameters: {cfg.num_params():,}",
+        f"- shape: vocab_size={cfg.vocab_size}, hidden_size={cfg.hidden_size}, "
+        f"intermediate_size={cfg.intermediate_size}, num_hidden_layers={cfg.num_hidden_layers}, "
+        f"num_attention_heads={cfg.num_attention_heads}, num_key_value_heads={cfg.kv_heads}, "
+        f"head_dim={cfg.dims_per_head}",
+        f"- made by: jaxalign export --format {fmt} on "
+        f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "", "## Load", "", "```python", load, "```", "",
+        "## Model config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", "",
+    ]
+    if source.train_config is not None:
+        lines += ["## Training config", "", "```json", json.dumps(source.train_config, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _param_shapes(cfg: ModelConfig) -> Any:
+    return models.param_shapes(cfg)
+
+
+def _handler_call(method: str, directory: Path, **kwargs: Any) -> Any:
+    """A pytree handler's metadata/restore. The handler, not a Checkpointer: a train step's state/
+    item has no checkpoint-level metadata file of its own, which a Checkpointer warns about."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return getattr(handler, method)(epath.Path(directory), **kwargs)
+    finally:
+        handler.close()
+
+
+def _leaf_keys(tree: Any) -> list[tuple[str, ...]]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return [tuple(checkpoints.key_name(k) for k in path) for path, _ in leaves]
