@@ -74,24 +74,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     if init_from and not data_cfg.tokenizer:
         data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
         data_cfg.tokenizer = str(_tokenizer_dir(Path(init_from)))
-    data = sources.build(data_cfg, workdir, config.seed, config.get("pretrain"))
+    data = _build_data(data_cfg, workdir, config)
     vocab = data.tokenizer.vocab_size
     objective = registry.make(config.objective, data.tokenizer, seed=config.seed, schema=data.schema)
     if objective.head != "lm" and data.pretrain is not None:
         raise ValueError(f"config.pretrain.weight > 0 trains language modelling, which a {objective.name!r} "
                          "model (a scalar head) cannot do; set pretrain.weight = 0")
-    if data.tokenizer.vocab_size != vocab:  # the objective added its marker tokens: keep them
+    if data.tokenizer.vocab_size != vocab and jax.process_index() == 0:  # the objective's markers: keep
         data.tokenizer.save_pretrained(workdir / "tokenizer")
     cfg = model_config(config, data.tokenizer.vocab_size)
     if cfg.vocab_size < data.tokenizer.vocab_size:
         raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
                          f"tokenizer's {data.tokenizer.vocab_size}")
     tx, schedule = optim.make_optimizer(config.optimizer)
-    batches = _batches(config, data, objective)
+    batches = _batches(config, data, objective, mesh)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
                                 save_every=config.checkpoint_every)
     resolved = json.loads(config_lib.to_json(config))
-    (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     resuming = checkpointer.latest_step() is not None
     initial = None
     if not resuming or objective.reference:
@@ -150,22 +151,74 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     return summary
 
 
-def _batches(config: ml_collections.ConfigDict, data: sources.Data, objective: registry.Objective):
-    """The objective's batches, and the pretraining text's as a second stream when it is on."""
-    per_process = jax.process_count()
+def _build_data(data_cfg: ml_collections.ConfigDict, workdir: Path,
+                config: ml_collections.ConfigDict) -> sources.Data:
+    """`sources.build`, on process 0 first: it may train and save the workdir's tokenizer, which the
+    other processes then load instead of racing to write the same files (a shared workdir)."""
+    if jax.process_count() == 1:
+        return sources.build(data_cfg, workdir, config.seed, config.get("pretrain"))
+    from jax.experimental import multihost_utils
+
+    data = None
+    if jax.process_index() == 0:
+        data = sources.build(data_cfg, workdir, config.seed, config.get("pretrain"))
+    multihost_utils.sync_global_devices("jaxalign: data built on process 0")
+    if data is None:
+        data = sources.build(data_cfg, workdir, config.seed, config.get("pretrain"))
+    return data
+
+
+def _batches(config: ml_collections.ConfigDict, data: sources.Data, objective: registry.Objective, mesh):
+    """The objective's batches, and the pretraining text's as a second stream when it is on.
+
+    Every process runs the same pipeline over all records and keeps the rows of the global batch
+    that its devices hold. So the global batch, and the data state saved in a checkpoint, are those
+    of a single-process run: a run resumes exactly on any number of processes. The price is that
+    every host tokenizes and packs the whole batch (cheap next to the step at these batch sizes).
+    """
     main = pipeline.make_batches(
-        objective.source(data.train), seq_len=config.seq_len, batch_size=config.batch_size // per_process,
-        seed=config.seed, fields=objective.fields,
+        objective.source(data.train), seq_len=config.seq_len, batch_size=config.batch_size,
+        seed=config.seed, fields=objective.fields, process_index=0, process_count=1,
     )
+    main = _ProcessRows(main, _local_rows(config.batch_size, mesh))
     if data.pretrain is None:
         return main
     texts = registry.ExpandedSource(
         data.pretrain, 1, lambda record, j, i: pipeline.record_to_example(record, data.tokenizer, "text"))
     pretrain = pipeline.make_batches(
-        texts, seq_len=config.seq_len, batch_size=config.pretrain.batch_size // per_process,
-        seed=config.seed + 1,
+        texts, seq_len=config.seq_len, batch_size=config.pretrain.batch_size, seed=config.seed + 1,
+        process_index=0, process_count=1,
     )
+    pretrain = _ProcessRows(pretrain, _local_rows(config.pretrain.batch_size, mesh))
     return _StreamBatches({"feedback": main, "pretrain": pretrain})
+
+
+def _local_rows(global_batch: int, mesh) -> np.ndarray | None:
+    """The rows of a global batch this process's devices hold, in the order
+    `jax.make_array_from_process_local_data` reads a process's rows (None: all of them)."""
+    if jax.process_count() == 1:
+        return None
+    sharding = mesh_lib.logical_sharding(("batch",), (global_batch,), mesh)
+    slices = {index[0].indices(global_batch) for index in
+              sharding.addressable_devices_indices_map((global_batch,)).values()}
+    return np.concatenate([np.arange(*s) for s in sorted(slices)])
+
+
+class _ProcessRows:
+    """A batch iterator restricted to `rows` of every batch; its state is the whole pipeline's."""
+
+    def __init__(self, iterator: Any, rows: np.ndarray | None) -> None:
+        self.iterator, self.rows = iterator, rows
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self.iterator)
+        return batch if self.rows is None else {k: v[self.rows] for k, v in batch.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return self.iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.iterator.set_state(state)
 
 
 def _streams(config: ml_collections.ConfigDict, objective: registry.Objective) -> dict[str, step_lib.Stream]:

@@ -1,0 +1,155 @@
+"""Multi-process training on one machine: two processes of 4 CPU devices each train exactly as one
+process of 8 devices does, and a checkpoint the pair wrote resumes in a single process.
+
+Each run is a real `jaxalign train` subprocess (jax.distributed over localhost, gloo CPU
+collectives), so this exercises the same path as a multi-host GPU cluster or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+STEPS, RESUMED_STEPS = 6, 9
+TIMEOUT_S = 240
+
+CONFIG = f'''
+import ml_collections
+from experiments.default import get_config as _default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = _default()
+    config.model.preset = "tiny"
+    config.total_steps = {STEPS}
+    config.optimizer.warmup_steps = 2
+    config.optimizer.total_steps = {RESUMED_STEPS}  # one schedule, so a {STEPS}-step run is a prefix
+    config.batch_size = 8
+    config.seq_len = 32
+    config.mesh = "dp:1,fsdp:-1,tp:1"
+    config.checkpoint_every = 3
+    config.keep_checkpoints = 5
+    config.log_every = 1
+    config.num_samples = 0
+    config.data.num_train = 200
+    config.data.num_eval = 8
+    return config
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch(config: Path, workdir: Path, devices: int, extra: list[str]) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # as conftest sets for the parent
+    # The resumed run compiles what the single run did: share a compilation cache.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(workdir.parent / "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "jaxalign.cli", "train", "--config", str(config),
+           "--workdir", str(workdir), *extra]
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the child
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).parents[1])
+    proc.log = log
+    return proc
+
+
+def _wait(procs: list[subprocess.Popen]) -> None:
+    """Waits for all; once one fails or time runs out, kills the rest (a peer of a failed process
+    would wait for it in a collective) and fails with every child's output."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(p.poll() is None for p in procs):
+        if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.2)
+    for p in procs:
+        p.wait()
+        p.log.seek(0)
+    outputs = [p.log.read() for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        pytest.fail("\n\n".join(f"--- process {i} (rc {p.returncode}) ---\n{out}"
+                                for i, (p, out) in enumerate(zip(procs, outputs, strict=True))))
+
+
+def _single(config: Path, workdir: Path, *overrides: str) -> list[subprocess.Popen]:
+    return [_launch(config, workdir, 8, list(overrides))]
+
+
+def _pair(config: Path, workdir: Path) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [
+        _launch(config, workdir, 4, ["--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                     "--process-id", str(i)])
+        for i in range(2)
+    ]
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows}
+
+
+def _params(workdir: Path, step: int):
+    # Onto one device: the pair's checkpoint records devices this process does not have.
+    path = workdir / "checkpoints" / str(step) / "state"
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    return jax.device_get(checkpointer.restore(path, target)["params"])
+
+
+def _assert_close(a, b) -> None:
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """An uninterrupted single-process run of RESUMED_STEPS; a 2-process run of STEPS (at the same
+    time: both are mostly compiling); then the pair's workdir resumed in one process."""
+    root = tmp_path_factory.mktemp("multihost")
+    config = root / "tiny.py"
+    config.write_text(CONFIG)
+    single, pair, resumed = root / "single", root / "pair", root / "pair_resumed"
+    _wait(_single(config, single, f"--config.total_steps={RESUMED_STEPS}") + _pair(config, pair))
+    shutil.copytree(pair, resumed)
+    _wait(_single(config, resumed, f"--config.total_steps={RESUMED_STEPS}"))
+    return {"single": single, "pair": pair, "resumed": resumed}
+
+
+def test_two_processes_train_as_one(runs):
+    single, pair = _losses(runs["single"]), _losses(runs["pair"])
+    assert sorted(pair) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([pair[s] for s in sorted(pair)], [single[s] for s in sorted(pair)],
+                               rtol=1e-5)
+    _assert_close(_params(runs["pair"], STEPS), _params(runs["single"], STEPS))
+
+
+def test_pair_checkpoint_resumes_in_one_process(runs):
+    single, resumed = _losses(runs["single"]), _losses(runs["resumed"])
+    assert sorted(resumed) == list(range(1, RESUMED_STEPS + 1))
+    np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [single[s] for s in sorted(resumed)],
+                               rtol=1e-5)
+    _assert_close(_params(runs["resumed"], RESUMED_STEPS), _params(runs["single"], RESUMED_STEPS))
