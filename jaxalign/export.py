@@ -68,7 +68,7 @@ class Source:
         for key in self.prefix:
             saved = saved[key]
         # Shapes first, so a checkpoint of another model is one clear error before any data is read.
-        checkpoints.check_tree_fits(saved, _param_shapes(self.cfg), str(self.tree_dir))
+        checkpoints.check_tree_fits(saved, models.param_shapes(self.cfg), str(self.tree_dir))
         self.saved = saved
 
     def _open_workdir(self, step: int | None) -> None:
@@ -192,7 +192,7 @@ def _write_orbax(source: Source, tmp: Path, np_dtype: Any) -> None:
     params/."""
     cfg = source.cfg.replace(param_dtype=np_dtype.name)
     pending = tmp / "params.partial"
-    for key in _leaf_keys(_param_shapes(cfg)):
+    for key in _leaf_keys(models.param_shapes(cfg)):
         leaf: Any = source.read(key).astype(np_dtype)
         for k in reversed(key):
             leaf = {k: leaf}
@@ -208,7 +208,7 @@ def _write_orbax(source: Source, tmp: Path, np_dtype: Any) -> None:
     (tmp / "params" / "_CHECKPOINT_METADATA").write_text(json.dumps(meta))
     # Read back what was written: a layout orbax no longer reads is an error here, not at load.
     saved = ocp.StandardCheckpointer().metadata(tmp / "params").item_metadata.tree
-    checkpoints.check_tree_fits(saved, _param_shapes(cfg), str(tmp / "params"))
+    checkpoints.check_tree_fits(saved, models.param_shapes(cfg), str(tmp / "params"))
     if source.tokenizer is not None:
         source.tokenizer.save_pretrained(tmp / "tokenizer")
     model = {"format": checkpoints.FORMAT, "version": 1, "model": cfg.to_dict()}
@@ -248,10 +248,6 @@ def model_card(source: Source, fmt: str, dtype: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _param_shapes(cfg: ModelConfig) -> Any:
-    return models.param_shapes(cfg)
 
 
 def _handler_call(method: str, directory: Path, **kwargs: Any) -> Any:
