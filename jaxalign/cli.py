@@ -82,7 +82,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="hf: config.json + safetensors; orbax: a jaxalign model directory (params only)")
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     exp.add_argument("--overwrite", action="store_true")
-    _add_mesh(exp)  # accepted for compatibility: the export runs on the host, tensor by tensor
 
     sandbox = commands.add_parser("sandbox", help="run (or resume) a SANDBOX simulation: records.jsonl")
     sandbox.add_argument("--config", required=True, help="a config whose get_config() is a sandbox config "

@@ -139,17 +139,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"single": single, "pair": pair, "resumed": resumed}
 
 
-def test_two_processes_train_as_one(runs):
-    single, pair = _losses(runs["single"]), _losses(runs["pair"])
-    assert sorted(pair) == list(range(1, STEPS + 1))
-    np.testing.assert_allclose([pair[s] for s in sorted(pair)], [single[s] for s in sorted(pair)],
+def _assert_same_run(runs, name: str, steps: int) -> None:
+    """Run `name` logged steps 1..steps with the single run's losses and ends with its parameters."""
+    single, other = _losses(runs["single"]), _losses(runs[name])
+    assert sorted(other) == list(range(1, steps + 1))
+    np.testing.assert_allclose([other[s] for s in sorted(other)], [single[s] for s in sorted(other)],
                                rtol=1e-5)
-    _assert_close(_params(runs["pair"], STEPS), _params(runs["single"], STEPS))
+    _assert_close(_params(runs[name], steps), _params(runs["single"], steps))
+
+
+def test_two_processes_train_as_one(runs):
+    _assert_same_run(runs, "pair", STEPS)
 
 
 def test_pair_checkpoint_resumes_in_one_process(runs):
-    single, resumed = _losses(runs["single"]), _losses(runs["resumed"])
-    assert sorted(resumed) == list(range(1, RESUMED_STEPS + 1))
-    np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [single[s] for s in sorted(resumed)],
-                               rtol=1e-5)
-    _assert_close(_params(runs["resumed"], RESUMED_STEPS), _params(runs["single"], RESUMED_STEPS))
+    _assert_same_run(runs, "resumed", RESUMED_STEPS)
