@@ -55,6 +55,18 @@ def test_greedy_equals_a_manual_argmax_loop_over_the_full_forward(setup):
         assert row == seq[len(prompt):]
 
 
+def test_unstacked_layers_compute_the_scanned_model(setup):
+    mesh, params = setup
+    cfg, unstacked = sample.unstack_layers(CFG, params)
+    assert not cfg.scan_layers and "layers" not in unstacked
+    tokens = np.asarray(np.random.default_rng(0).integers(0, CFG.vocab_size, (8, 16)), np.int32)
+    with mesh_lib.use(mesh):
+        scanned = np.asarray(_forward(mesh)(params, tokens))
+        unrolled_forward = jax.jit(lambda p, t: Transformer(cfg).apply({"params": p}, t))
+        unrolled = np.asarray(unrolled_forward(unstacked, tokens))
+    np.testing.assert_allclose(unrolled, scanned, atol=1e-5 * np.abs(scanned).max())
+
+
 def test_mixed_length_batch_equals_one_by_one(setup):
     # The 20-token prompt lifts the batch into the 32-slot bucket, so the short rows get 16
     # more pads than when they run alone.
