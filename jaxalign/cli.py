@@ -184,11 +184,16 @@ def _run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import jax
+
     from jaxalign import config as config_lib
     from jaxalign import mesh as mesh_lib
     from jaxalign.train import loop
 
     mesh_lib.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if jax.process_index() != 0:
+        # Every process runs the same loop: only process 0 reports; the others say only what goes wrong.
+        logging.getLogger().setLevel(logging.WARNING)
     config = config_lib.load_config(args.config, args.overrides)
     workdir = args.workdir or str(Path("workdirs") / Path(args.config).stem)
     try:
@@ -196,6 +201,8 @@ def _train(args: argparse.Namespace) -> int:
     except loop.NonFiniteLossError as e:
         print(f"jaxalign: error: {e}", file=sys.stderr)
         return 1
+    if jax.process_index() != 0:
+        return 0
     print(f"{summary['status']} at step {summary['step']}; workdir {summary['workdir']}")
     for row in summary.get("samples", []):
         score = f"  [score {row['score']:.2f}]" if "score" in row else ""

@@ -168,6 +168,15 @@ def logical_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Me
     return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
 
 
+def process_batch_rows(global_batch: int, mesh: Mesh) -> np.ndarray:
+    """The rows of a global batch this process's devices hold, in the order
+    `jax.make_array_from_process_local_data` reads a process's rows."""
+    sharding = logical_sharding(("batch",), (global_batch,), mesh)
+    slices = {index[0].indices(global_batch)
+              for index in sharding.addressable_devices_indices_map((global_batch,)).values()}
+    return np.concatenate([np.arange(*s) for s in sorted(slices)])
+
+
 @contextlib.contextmanager
 def use(mesh: Mesh) -> Iterator[Mesh]:
     """Makes `mesh` current and the logical rules active: wrap every jit that runs the model."""

@@ -73,9 +73,9 @@ def _launch(config: Path, workdir: Path, devices: int, extra: list[str]) -> subp
     return proc
 
 
-def _wait(procs: list[subprocess.Popen]) -> None:
+def _wait(procs: list[subprocess.Popen]) -> list[str]:
     """Waits for all; once one fails or time runs out, kills the rest (a peer of a failed process
-    would wait for it in a collective) and fails with every child's output."""
+    would wait for it in a collective) and fails with every child's output; returns the outputs."""
     deadline = time.monotonic() + TIMEOUT_S
     while any(p.poll() is None for p in procs):
         if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
@@ -91,24 +91,25 @@ def _wait(procs: list[subprocess.Popen]) -> None:
     if any(p.returncode != 0 for p in procs):
         pytest.fail("\n\n".join(f"--- process {i} (rc {p.returncode}) ---\n{out}"
                                 for i, (p, out) in enumerate(zip(procs, outputs, strict=True))))
+    return outputs
 
 
 def _single(config: Path, workdir: Path, *overrides: str) -> list[subprocess.Popen]:
     return [_launch(config, workdir, 8, list(overrides))]
 
 
-def _pair(config: Path, workdir: Path) -> list[subprocess.Popen]:
+def _pair(config: Path, workdir: Path, *overrides: str) -> list[subprocess.Popen]:
     port = _free_port()
     return [
         _launch(config, workdir, 4, ["--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                     "--process-id", str(i)])
+                                     "--process-id", str(i), *overrides])
         for i in range(2)
     ]
 
 
-def _losses(workdir: Path) -> dict[int, float]:
+def _metric(workdir: Path, name: str = "loss") -> dict[int, float]:
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return {row["step"]: row["loss"] for row in rows}
+    return {row["step"]: row[name] for row in rows}
 
 
 def _params(workdir: Path, step: int):
@@ -128,20 +129,23 @@ def _assert_close(a, b) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """An uninterrupted single-process run of RESUMED_STEPS; a 2-process run of STEPS (at the same
-    time: both are mostly compiling); then the pair's workdir resumed in one process."""
+    time: both are mostly compiling); then the pair's workdir resumed in one process, and a pair on
+    a mesh of tensor parallelism alone, where both processes hold the whole batch."""
     root = tmp_path_factory.mktemp("multihost")
     config = root / "tiny.py"
     config.write_text(CONFIG)
-    single, pair, resumed = root / "single", root / "pair", root / "pair_resumed"
-    _wait(_single(config, single, f"--config.total_steps={RESUMED_STEPS}") + _pair(config, pair))
+    single, pair, resumed, pair_tp = root / "single", root / "pair", root / "pair_resumed", root / "pair_tp"
+    outputs = _wait(_single(config, single, f"--config.total_steps={RESUMED_STEPS}") + _pair(config, pair))
     shutil.copytree(pair, resumed)
-    _wait(_single(config, resumed, f"--config.total_steps={RESUMED_STEPS}"))
-    return {"single": single, "pair": pair, "resumed": resumed}
+    _wait(_single(config, resumed, f"--config.total_steps={RESUMED_STEPS}")
+          + _pair(config, pair_tp, "--config.mesh=dp:1,fsdp:1,tp:-1"))
+    return {"single": single, "pair": pair, "resumed": resumed, "pair_tp": pair_tp,
+            "pair_outputs": outputs[1:]}
 
 
 def _assert_same_run(runs, name: str, steps: int) -> None:
     """Run `name` logged steps 1..steps with the single run's losses and ends with its parameters."""
-    single, other = _losses(runs["single"]), _losses(runs[name])
+    single, other = _metric(runs["single"]), _metric(runs[name])
     assert sorted(other) == list(range(1, steps + 1))
     np.testing.assert_allclose([other[s] for s in sorted(other)], [single[s] for s in sorted(other)],
                                rtol=1e-5)
@@ -154,3 +158,26 @@ def test_two_processes_train_as_one(runs):
 
 def test_pair_checkpoint_resumes_in_one_process(runs):
     _assert_same_run(runs, "resumed", RESUMED_STEPS)
+
+
+def test_pair_logs_the_global_batch_throughput(runs):
+    # Every process keeps its own rows; the loss tokens logged are the whole global batch's.
+    single = _metric(runs["single"], "loss_tokens")
+    assert _metric(runs["pair"], "loss_tokens") == {s: single[s] for s in range(1, STEPS + 1)}
+
+
+def test_pair_with_the_batch_replicated_across_processes(runs):
+    # tp over all 8 devices: each process holds every row, so the global batch is a process's batch.
+    single, tp = _metric(runs["single"]), _metric(runs["pair_tp"])
+    assert sorted(tp) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([tp[s] for s in sorted(tp)], [single[s] for s in sorted(tp)], rtol=1e-4)
+    tokens = _metric(runs["single"], "loss_tokens")
+    assert _metric(runs["pair_tp"], "loss_tokens") == {s: tokens[s] for s in range(1, STEPS + 1)}
+
+
+def test_only_process_0_reports(runs):
+    out0, out1 = runs["pair_outputs"]
+    assert "done at step 6; workdir" in out0 and "at step" not in out1
+    # Each process says it joined; after that, process 1 logs only warnings.
+    assert [line for line in out1.splitlines() if line.startswith("INFO")] == [
+        "INFO jaxalign.mesh: process 1 of 2, 4 local / 8 global devices"]

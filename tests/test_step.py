@@ -224,7 +224,9 @@ def test_microbatches_give_the_loss_and_gradient_of_the_whole_batch(runs, cfg, b
     (m1, g1), (m2, g2) = results[1], results[2]
     for key in ("loss", "accuracy", "tokens", "loss_weight", "grad_norm"):
         np.testing.assert_allclose(m2[key], m1[key], rtol=1e-6, err_msg=key)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), g2, g1)
+    # A gradient read back as params - new params is only as exact as float32 params near 1 (the
+    # norm weights): ulp(1.0) = 1.2e-7.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2.5e-7), g2, g1)
 
     # Weight-0 targets do not matter: new targets there give the same loss and the same update.
     changed = dict(uneven, targets=np.where(uneven["weights"] == 0, 7, uneven["targets"]))

@@ -128,7 +128,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
                 # Fetching the metrics waits for the step; only log and save steps pay that.
                 metrics = jax.device_get(metrics)
                 _check_finite(metrics, step)
-            window.add(t1 - t0, time.perf_counter() - t0, _loss_tokens(batch))
+            window.add(t1 - t0, time.perf_counter() - t0, batches.loss_tokens)
             writer.advance()
             if due_log:
                 writer.write(step, {**metrics, **window.summary(flops, peak, config)})
@@ -194,14 +194,8 @@ def _batches(config: ml_collections.ConfigDict, data: sources.Data, objective: r
 
 
 def _local_rows(global_batch: int, mesh) -> np.ndarray | None:
-    """The rows of a global batch this process's devices hold, in the order
-    `jax.make_array_from_process_local_data` reads a process's rows (None: all of them)."""
-    if jax.process_count() == 1:
-        return None
-    sharding = mesh_lib.logical_sharding(("batch",), (global_batch,), mesh)
-    slices = {index[0].indices(global_batch) for index in
-              sharding.addressable_devices_indices_map((global_batch,)).values()}
-    return np.concatenate([np.arange(*s) for s in sorted(slices)])
+    """The rows of a global batch this process's devices hold (None: all of them)."""
+    return None if jax.process_count() == 1 else mesh_lib.process_batch_rows(global_batch, mesh)
 
 
 class _ProcessRows:
@@ -209,9 +203,12 @@ class _ProcessRows:
 
     def __init__(self, iterator: Any, rows: np.ndarray | None) -> None:
         self.iterator, self.rows = iterator, rows
+        self.loss_tokens = 0.0
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self.iterator)
+        # Counted before the rows are picked: the throughput metric is the global batch's.
+        self.loss_tokens = float(np.sum(batch["weights"] > 0))
         return batch if self.rows is None else {k: v[self.rows] for k, v in batch.items()}
 
     def get_state(self) -> dict[str, Any]:
@@ -241,6 +238,10 @@ class _StreamBatches:
     def __next__(self) -> dict[str, Any]:
         return {name: next(it) for name, it in self.iterators.items()}
 
+    @property
+    def loss_tokens(self) -> float:
+        return sum(it.loss_tokens for it in self.iterators.values())
+
     def get_state(self) -> dict[str, Any]:
         return {name: it.get_state() for name, it in self.iterators.items()}
 
@@ -250,11 +251,6 @@ class _StreamBatches:
                              f"{sorted(self.iterators)}: was config.pretrain changed?")
         for name, it in self.iterators.items():
             it.set_state(state[name])
-
-
-def _loss_tokens(batch: dict[str, Any]) -> float:
-    rows = batch.values() if "inputs" not in batch else [batch]
-    return float(sum(np.sum(r["weights"] > 0) for r in rows))
 
 
 def _tokenizer_dir(path: Path) -> Path:
@@ -349,6 +345,7 @@ class _Window:
             "step_s": step_s,
             "data_fraction": self.data_s / max(self.total_s, 1e-9),
             "tokens_per_s": tokens_per_s,
+            "loss_tokens": self.tokens,
             "loss_tokens_per_s": self.tokens / max(self.total_s, 1e-9),
             "mfu": flops_per_token * tokens_per_s / peak,
         }

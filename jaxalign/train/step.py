@@ -219,9 +219,8 @@ class MeshStep:
     def _global_shape(self, x: Any) -> tuple[int, ...]:
         if isinstance(x, jax.Array):
             return tuple(x.shape)
-        # A numpy batch is this process's share of rows; the global batch stacks every process's.
         shape = np.shape(x)
-        return (shape[0] * jax.process_count(), *shape[1:])
+        return (global_rows(shape[0], self.mesh), *shape[1:])
 
     def _sharding(self, shape: tuple[int, ...]) -> NamedSharding:
         names = BATCH_AXES[: len(shape)]
@@ -253,6 +252,22 @@ class MeshStep:
             return jax.device_put(x, sharding)
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(sharding, x, self._global_shape(x))
+
+
+def global_rows(local_rows: int, mesh: Mesh) -> int:
+    """The global batch of which this process holds `local_rows` rows (a numpy batch is the rows
+    its devices hold): local_rows times the number of process groups that hold different rows --
+    every process when the batch is split over all devices, 1 when it is replicated across
+    processes (say a mesh of tensor parallelism alone)."""
+    count = jax.process_count()
+    # Largest first: a smaller guess can look consistent only because its batch does not divide
+    # the data axes, which replicates it.
+    for groups in (g for g in range(count, 0, -1) if count % g == 0):
+        total = local_rows * groups
+        if len(mesh_lib.process_batch_rows(total, mesh)) == local_rows:
+            return total
+    raise ValueError(f"a batch of {local_rows} rows on process {jax.process_index()} is not this "
+                     f"process's share of any global batch on mesh {dict(mesh.shape)}")
 
 
 def _check_batch(
