@@ -39,7 +39,7 @@ class LM:
     tokenizer: Tokenizer | None = None
     # How text prompts are wrapped before encoding: a workdir's model gets its training
     # template, so it is asked exactly as it was trained.
-    prompt_template: str = "{prompt}"
+    prompt_template: str = checkpoints.DEFAULT_TEMPLATE
 
     def logits(self, token_ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
         """Float32 logits [batch, len, vocab] for equal-length rows of token ids."""
@@ -78,7 +78,8 @@ class LM:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """A jaxalign model directory (orbax params + config + tokenizer)."""
-        return checkpoints.save_model(path, self.params, self.cfg, self.tokenizer, overwrite)
+        return checkpoints.save_model(path, self.params, self.cfg, self.tokenizer, overwrite,
+                                      prompt_template=self.prompt_template)
 
     def save_hf(self, path: str | os.PathLike, dtype: str | None = None, overwrite: bool = False) -> Path:
         """A Hugging Face directory that transformers.AutoModelForCausalLM loads."""
@@ -107,6 +108,7 @@ def load(path: str | os.PathLike, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", **over
         params = checkpoints.restore_params(path, cfg, mesh)
         tok_dir = path / "tokenizer"
         tokenizer = Tokenizer.load(tok_dir) if tok_dir.exists() else None
+        return LM(cfg, params, mesh, tokenizer, prompt_template=checkpoints.load_prompt_template(path))
     elif (path / "config.json").is_file():
         cfg, params = hf.import_checkpoint(path, mesh, **overrides)
         tokenizer = Tokenizer.load(path) if _has_tokenizer(path) else None
@@ -143,6 +145,11 @@ def _load_workdir(workdir: Path, mesh: Mesh, overrides: dict[str, Any]) -> LM:
     tx, _ = optim.make_optimizer(config.optimizer)
     with Checkpointer(workdir / "checkpoints") as checkpointer:
         state, _, _ = checkpointer.restore(state_lib.abstract_train_state(cfg, tx, mesh))
+    return LM(cfg, state.params, mesh, tokenizer, prompt_template=workdir_prompt_template(workdir, config))
+
+
+def workdir_prompt_template(workdir: Path, config: Any) -> str:
+    """How the run in `workdir` (its resolved `config`) presents a prompt to the model."""
     from jaxalign.objectives import registry
 
     objective = config.get("objective", {})
@@ -150,8 +157,7 @@ def _load_workdir(workdir: Path, mesh: Mesh, overrides: dict[str, Any]) -> LM:
         from jaxalign.rl import loop as rl_loop
 
         objective = rl_loop.policy_objective(workdir)
-    template = registry.prompt_template(objective)
-    return LM(cfg, state.params, mesh, tokenizer, prompt_template=template)
+    return registry.prompt_template(objective)
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -28,6 +28,7 @@ from jaxalign.models.config import ModelConfig
 
 MODEL_FILE = "jaxalign_model.json"
 FORMAT = "jaxalign-model"
+DEFAULT_TEMPLATE = "{prompt}"  # a plain LM: the prompt as given
 
 
 class CheckpointMismatchError(ValueError):
@@ -78,7 +79,7 @@ def staged_directory(
 
 def save_model(
     path: str | os.PathLike, params: Any, cfg: ModelConfig, tokenizer: Any = None,
-    overwrite: bool = False,
+    overwrite: bool = False, prompt_template: str = DEFAULT_TEMPLATE,
 ) -> Path:
     """Writes a model directory through `staged_directory`, so a crash or an existing
     directory never leaves a half-written or clobbered model behind."""
@@ -92,9 +93,19 @@ def save_model(
         if writer:
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp / "tokenizer")
-            meta = {"format": FORMAT, "version": 1, "model": cfg.to_dict()}
-            (tmp / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_model_file(tmp, cfg, prompt_template)
     return path
+
+
+def write_model_file(path: Path, cfg: ModelConfig, prompt_template: str = DEFAULT_TEMPLATE) -> None:
+    """The model directory's description: the model config and how the model is prompted."""
+    meta = {"format": FORMAT, "version": 1, "model": cfg.to_dict(), "prompt_template": prompt_template}
+    (path / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_prompt_template(path: str | os.PathLike) -> str:
+    """How the model was trained to be prompted ("{prompt}" for directories written before it was kept)."""
+    return json.loads((Path(path) / MODEL_FILE).read_text()).get("prompt_template", DEFAULT_TEMPLATE)
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:

@@ -35,7 +35,7 @@ from etils import epath
 from orbax.checkpoint.experimental.v1 import partial
 from safetensors.numpy import save_file
 
-from jaxalign import checkpoints, hf, models
+from jaxalign import api, checkpoints, hf, models
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models.config import ModelConfig
 
@@ -58,6 +58,7 @@ class Source:
                                  "parameters; --step is for train workdirs")
             self.cfg = checkpoints.load_config(self.path)
             self.tree_dir, self.prefix = self.path / "params", ()
+            self.prompt_template = checkpoints.load_prompt_template(self.path)
             tok = self.path / "tokenizer"
             self.tokenizer = Tokenizer.load(tok) if tok.exists() else None
         else:
@@ -77,8 +78,6 @@ class Source:
         from jaxalign.train import loop
 
         self.train_config = json.loads((self.path / "config.json").read_text())
-        if self.train_config.get("objective", {}).get("name") == "rl":
-            raise ValueError(f"{self.path}: exporting an RL workdir is not supported yet")
         # Committed steps are the directories named by a number (orbax renames a step into place
         # once it is complete). Not a Checkpointer: opening one deletes the temporary directory of
         # a save in flight, and the run may still be training.
@@ -93,6 +92,7 @@ class Source:
         self.tokenizer = Tokenizer.load(self.path / "tokenizer")
         config = ml_collections.ConfigDict(self.train_config)
         self.cfg = loop.model_config(config, self.tokenizer.vocab_size)
+        self.prompt_template = api.workdir_prompt_template(self.path, config)
         self.tree_dir, self.prefix = self.path / "checkpoints" / str(self.step) / "state", ("params",)
 
     def read(self, key: tuple[str, ...]) -> np.ndarray:
@@ -211,8 +211,7 @@ def _write_orbax(source: Source, tmp: Path, np_dtype: Any) -> None:
     checkpoints.check_tree_fits(saved, models.param_shapes(cfg), str(tmp / "params"))
     if source.tokenizer is not None:
         source.tokenizer.save_pretrained(tmp / "tokenizer")
-    model = {"format": checkpoints.FORMAT, "version": 1, "model": cfg.to_dict()}
-    (tmp / checkpoints.MODEL_FILE).write_text(json.dumps(model, indent=2) + "\n")
+    checkpoints.write_model_file(tmp, cfg, source.prompt_template)
 
 
 # ---------------------------------------------------------------------------------- model card
@@ -232,6 +231,7 @@ def model_card(source: Source, fmt: str, dtype: str) -> str:
         f"- step: {source.step if source.step is not None else 'n/a (model directory)'}",
         f"- objective: {objective}",
         f"- head: {cfg.head}",
+        f"- prompt template: {json.dumps(source.prompt_template)} (how training presented a prompt)",
         f"- parameters: {cfg.num_params():,}",
         f"- shape: vocab_size={cfg.vocab_size}, hidden_size={cfg.hidden_size}, "
         f"intermediate_size={cfg.intermediate_size}, num_hidden_layers={cfg.num_hidden_layers}, "

@@ -81,6 +81,8 @@ def test_orbax_export_reloads_and_generates(workdir, tmp_path, capsys):
     lm = jaxalign.load(out)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, lm.params), params[1])
     np.testing.assert_allclose(lm.logits(TOKENS), _ours(cfg, mesh, params[1]), atol=1e-4)
+    # Prompted as the run trained: the objective's template travels with the model.
+    assert lm.prompt_template == jaxalign.load(path).prompt_template != "{prompt}"
     card = (out / "README.md").read_text()
     assert "- step: 1" in card and "- format: orbax (float32)" in card and "jaxalign.load(DIR)" in card
     assert cli.main(["generate", "--checkpoint", str(out), "--prompt", "hello", "--max-new-tokens", "3"]) == 0

@@ -11,6 +11,7 @@ import pytest
 
 import jaxalign
 from jaxalign import config as config_lib
+from jaxalign import export
 from jaxalign.data import synthetic
 from jaxalign.data.tokenizer import train_sentencepiece
 from jaxalign.eval import report as report_lib
@@ -122,7 +123,9 @@ def test_rl_run_logs_and_resumes_exactly(runs, tmp_path):
           f"--config.objective.reward_model={runs['reward']}", "--config.batch_size=8",
           "--config.optimizer.peak_lr=1e-3", "--config.log_every=1", "--config.optimizer.warmup_steps=0"]
     straight = tmp_path / "straight"
-    summary = loop.train(_config("rl", *rl, "--config.total_steps=3"), straight)
+    # config.model is not what RL trains (the policy is): a different preset changes nothing.
+    other_model = "--config.model.preset=small"
+    summary = loop.train(_config("rl", *rl, "--config.total_steps=3", other_model), straight)
     assert summary["step"] == 3 and len(summary["samples"]) == 2
     metrics = _metrics(straight)
     for key in ("reward", "kl", "entropy", "return", "task_score", "rollout_tokens_per_s",
@@ -133,6 +136,17 @@ def test_rl_run_logs_and_resumes_exactly(runs, tmp_path):
     report = report_lib.evaluate(_config("rl"), straight, mesh=MESH, max_new_tokens=16)
     assert report["objective"] == "rl" and report["prompt_template"].endswith("<|unaligned|>")
     assert "edit_chain" in report
+
+    # The refined policy exports like any run: an HF directory with the logits of the workdir.
+    out = export.export(straight, tmp_path / "hf")
+    policy, exported = jaxalign.load(straight, mesh=MESH), jaxalign.load(out, mesh=MESH)
+    tokens = np.random.default_rng(0).integers(3, policy.cfg.vocab_size, (2, 12))
+    np.testing.assert_allclose(exported.logits(tokens), policy.logits(tokens), rtol=1e-5, atol=1e-5)
+    assert "- objective: rl" in (out / "README.md").read_text()
+    # A model directory keeps the template the policy was trained with (the edit chain's draft).
+    model_dir = export.export(straight, tmp_path / "model", fmt="orbax")
+    assert jaxalign.load(model_dir, mesh=MESH).prompt_template == policy.prompt_template
+    assert policy.prompt_template.endswith("<|unaligned|>")
 
     resumed = tmp_path / "resumed"
     loop.train(_config("rl", *rl, "--config.total_steps=2", "--config.checkpoint_every=1"), resumed)

@@ -111,6 +111,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
                                 save_every=config.checkpoint_every)
     resolved = json.loads(config_lib.to_json(config))
+    # The model trained is the policy's, whatever config.model says: record it, so that loading or
+    # exporting this workdir builds the right shapes (an HF policy is no preset).
+    resolved["model"] = cfg.to_dict()
     (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     if checkpointer.latest_step() is not None:
         state, _, _ = checkpointer.restore(state_lib.abstract_train_state(cfg, tx, mesh))

@@ -46,6 +46,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
+    if "preset" not in config.model:  # a complete model config, as an RL workdir records its policy's
+        return models.from_dict(config.model.to_dict(), source=f"{config.get('init_from', '')} model")
     overrides = {k: v for k, v in config.model.to_dict().items() if k != "preset"}
     overrides.setdefault("vocab_size", vocab_size)
     if config.get("objective", {}).get("name") == "reward":  # a reward model ends in a scalar head
