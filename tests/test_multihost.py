@@ -1,5 +1,7 @@
-"""Multi-process training on one machine: two processes of 4 CPU devices each train exactly as one
-process of 8 devices does, and a checkpoint the pair wrote resumes in a single process.
+"""Multi-process training on one machine: with data.sharding="global" two processes of 4 CPU
+devices each train exactly as one process of 8 devices does, and a checkpoint the pair wrote
+resumes in a single process; with "process" each reads its own records, resumes exactly as a
+pair and approximately (resharded) alone.
 
 Each run is a real `jaxalign train` subprocess (jax.distributed over localhost, gloo CPU
 collectives), so this exercises the same path as a multi-host GPU cluster or a TPU pod.
@@ -45,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_samples = 0
     config.data.num_train = 200
     config.data.num_eval = 8
+    config.data.sharding = "global"
     return config
 '''
 
@@ -134,13 +137,22 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("multihost")
     config = root / "tiny.py"
     config.write_text(CONFIG)
-    single, pair, resumed, pair_tp = root / "single", root / "pair", root / "pair_resumed", root / "pair_tp"
-    outputs = _wait(_single(config, single, f"--config.total_steps={RESUMED_STEPS}") + _pair(config, pair))
-    shutil.copytree(pair, resumed)
-    _wait(_single(config, resumed, f"--config.total_steps={RESUMED_STEPS}")
-          + _pair(config, pair_tp, "--config.mesh=dp:1,fsdp:1,tp:-1"))
-    return {"single": single, "pair": pair, "resumed": resumed, "pair_tp": pair_tp,
-            "pair_outputs": outputs[1:]}
+    dirs = {name: root / name for name in (
+        "single", "pair", "resumed", "pair_tp", "sharded", "sharded_again", "sharded_alone")}
+    sharded = "--config.data.sharding=process"
+    outputs = _wait(_single(config, dirs["single"], f"--config.total_steps={RESUMED_STEPS}")
+                    + _pair(config, dirs["pair"]) + _pair(config, dirs["sharded"], sharded))
+    shutil.copytree(dirs["pair"], dirs["resumed"])
+    # The sharded pair again from its step-3 checkpoint, and alone from its step-6 one.
+    shutil.copytree(dirs["sharded"], dirs["sharded_again"])
+    shutil.rmtree(dirs["sharded_again"] / "checkpoints" / str(STEPS))
+    shutil.copytree(dirs["sharded"], dirs["sharded_alone"])
+    longer = f"--config.total_steps={RESUMED_STEPS}"
+    resumed = _wait(_single(config, dirs["resumed"], longer)
+                    + _pair(config, dirs["pair_tp"], "--config.mesh=dp:1,fsdp:1,tp:-1")
+                    + _pair(config, dirs["sharded_again"], sharded)
+                    + _single(config, dirs["sharded_alone"], sharded, longer))
+    return {**dirs, "pair_outputs": outputs[1:3], "sharded_alone_output": resumed[-1]}
 
 
 def _assert_same_run(runs, name: str, steps: int) -> None:
@@ -181,3 +193,22 @@ def test_only_process_0_reports(runs):
     # Each process says it joined; after that, process 1 logs only warnings.
     assert [line for line in out1.splitlines() if line.startswith("INFO")] == [
         "INFO jaxalign.mesh: process 1 of 2, 4 local / 8 global devices"]
+
+
+def test_sharded_pair_reads_its_own_records_and_resumes_exactly_as_a_pair(runs):
+    single, sharded = _metric(runs["single"]), _metric(runs["sharded"])
+    assert sorted(sharded) == list(range(1, STEPS + 1)) and all(np.isfinite(list(sharded.values())))
+    # Each process packs its own half of the records: other batches than the global pipeline's.
+    steps = range(1, STEPS + 1)
+    assert not np.allclose([sharded[s] for s in steps], [single[s] for s in steps])
+    # Both processes' data states went into the checkpoint: steps 4-6 again give the same model.
+    _assert_close(_params(runs["sharded_again"], STEPS), _params(runs["sharded"], STEPS))
+    again = _metric(runs["sharded_again"])
+    np.testing.assert_allclose([again[s] for s in range(4, STEPS + 1)],
+                               [sharded[s] for s in range(4, STEPS + 1)], rtol=1e-5)
+
+
+def test_sharded_pair_checkpoint_resumes_alone_resharded(runs):
+    assert "saved by 2 input shard(s), this run has 1" in runs["sharded_alone_output"]
+    alone = _metric(runs["sharded_alone"])
+    assert sorted(alone) == list(range(1, RESUMED_STEPS + 1)) and all(np.isfinite(list(alone.values())))

@@ -27,8 +27,8 @@ Why these choices:
   seed is shared by all processes (each shuffles only its own shard).
 - Prefetch uses a thread, not grain's worker processes: transforms and tokenizers need not pickle,
   and the GIL is free while XLA runs the step, which is when the thread does its work.
-- `batch_size` is per process. (The trainer does not shard here: every process runs the pipeline
-  with process_count=1 and keeps its devices' rows of the global batch, see train/loop.py.)
+- `batch_size` is per process (per shard). The trainer picks process_index/process_count per
+  group of processes, or runs one pipeline everywhere, as config.data.sharding says (hosts.py).
 
 With a finite `num_epochs` (or repeat=False) the number of batches depends on how the shard packs,
 so processes can end after different numbers of steps; multi-process training should repeat

@@ -49,7 +49,7 @@ from jaxalign.data.tokenizer import Tokenizer, train_sentencepiece
 from jaxalign.sandbox import alignment_data
 
 DATA_KEYS = ("task", "jsonl", "schema", "dataset", "source_dir", "tfds_dir", "num_train", "num_eval",
-             "vocab_size", "tokenizer", "stage")
+             "vocab_size", "tokenizer", "stage", "sharding")
 PRETRAIN_KEYS = ("weight", "batch_size", "microbatches", "jsonl", "num_texts")
 DATASETS = ("hh_rlhf", "webgpt", "summarize_feedback", "jsonl_preference", "moral_stories",
             "ethics_commonsense", "mic", "sandbox", "pku_saferlhf", "pku_saferlhf_better",
@@ -61,6 +61,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "task": "sort", "jsonl": "", "schema": "preference", "dataset": "", "source_dir": "",
         "tfds_dir": "", "num_train": 4000, "num_eval": 64, "vocab_size": 384, "tokenizer": "", "stage": "",
+        # How a multi-process run splits the input work (jaxalign/data/hosts.py): "process" or "global".
+        "sharding": "process",
     })
 
 

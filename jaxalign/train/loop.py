@@ -24,7 +24,7 @@ import numpy as np
 from jaxalign import bench, models, sample
 from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
-from jaxalign.data import pipeline, sources
+from jaxalign.data import hosts, pipeline, sources
 from jaxalign.objectives import lm, registry
 from jaxalign.train import optim
 from jaxalign.train import state as state_lib
@@ -130,7 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
                 # Fetching the metrics waits for the step; only log and save steps pay that.
                 metrics = jax.device_get(metrics)
                 _check_finite(metrics, step)
-            window.add(t1 - t0, time.perf_counter() - t0, batches.loss_tokens)
+            window.add(t1 - t0, time.perf_counter() - t0, metrics["loss_tokens"])
             writer.advance()
             if due_log:
                 writer.write(step, {**metrics, **window.summary(flops, peak, config)})
@@ -171,53 +171,27 @@ def _build_data(data_cfg: ml_collections.ConfigDict, workdir: Path,
 
 
 def _batches(config: ml_collections.ConfigDict, data: sources.Data, objective: registry.Objective, mesh):
-    """The objective's batches, and the pretraining text's as a second stream when it is on.
+    """The objective's batches, and the pretraining text's as a second stream when it is on; each
+    process gets its rows of the global batch as `config.data.sharding` says (data/hosts.py)."""
+    sharding = config.data.get("sharding", "process")
 
-    Every process runs the same pipeline over all records and keeps the rows of the global batch
-    that its devices hold. So the global batch, and the data state saved in a checkpoint, are those
-    of a single-process run: a run resumes exactly on any number of processes. The price is that
-    every host tokenizes and packs the whole batch (cheap next to the step at these batch sizes).
-    """
-    main = pipeline.make_batches(
-        objective.source(data.train), seq_len=config.seq_len, batch_size=config.batch_size,
-        seed=config.seed, fields=objective.fields, process_index=0, process_count=1,
-    )
-    main = _ProcessRows(main, _local_rows(config.batch_size, mesh))
+    def main(batch_size: int, index: int, count: int):
+        return pipeline.make_batches(
+            objective.source(data.train), seq_len=config.seq_len, batch_size=batch_size,
+            seed=config.seed, fields=objective.fields, process_index=index, process_count=count)
+
+    feedback = hosts.ProcessBatches(main, config.batch_size, mesh, sharding)
     if data.pretrain is None:
-        return main
+        return feedback
     texts = registry.ExpandedSource(
         data.pretrain, 1, lambda record, j, i: pipeline.record_to_example(record, data.tokenizer, "text"))
-    pretrain = pipeline.make_batches(
-        texts, seq_len=config.seq_len, batch_size=config.pretrain.batch_size, seed=config.seed + 1,
-        process_index=0, process_count=1,
-    )
-    pretrain = _ProcessRows(pretrain, _local_rows(config.pretrain.batch_size, mesh))
-    return _StreamBatches({"feedback": main, "pretrain": pretrain})
 
+    def pretrain(batch_size: int, index: int, count: int):
+        return pipeline.make_batches(texts, seq_len=config.seq_len, batch_size=batch_size,
+                                     seed=config.seed + 1, process_index=index, process_count=count)
 
-def _local_rows(global_batch: int, mesh) -> np.ndarray | None:
-    """The rows of a global batch this process's devices hold (None: all of them)."""
-    return None if jax.process_count() == 1 else mesh_lib.process_batch_rows(global_batch, mesh)
-
-
-class _ProcessRows:
-    """A batch iterator restricted to `rows` of every batch; its state is the whole pipeline's."""
-
-    def __init__(self, iterator: Any, rows: np.ndarray | None) -> None:
-        self.iterator, self.rows = iterator, rows
-        self.loss_tokens = 0.0
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self.iterator)
-        # Counted before the rows are picked: the throughput metric is the global batch's.
-        self.loss_tokens = float(np.sum(batch["weights"] > 0))
-        return batch if self.rows is None else {k: v[self.rows] for k, v in batch.items()}
-
-    def get_state(self) -> dict[str, Any]:
-        return self.iterator.get_state()
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.iterator.set_state(state)
+    text = hosts.ProcessBatches(pretrain, config.pretrain.batch_size, mesh, sharding)
+    return _StreamBatches({"feedback": feedback, "pretrain": text})
 
 
 def _streams(config: ml_collections.ConfigDict, objective: registry.Objective) -> dict[str, step_lib.Stream]:
@@ -239,10 +213,6 @@ class _StreamBatches:
 
     def __next__(self) -> dict[str, Any]:
         return {name: next(it) for name, it in self.iterators.items()}
-
-    @property
-    def loss_tokens(self) -> float:
-        return sum(it.loss_tokens for it in self.iterators.values())
 
     def get_state(self) -> dict[str, Any]:
         return {name: it.get_state() for name, it in self.iterators.items()}
@@ -327,13 +297,14 @@ class _Window:
     """Times since the last log: how long the input pipeline and the whole step took."""
 
     def __init__(self) -> None:
-        self.data_s = self.total_s = self.tokens = 0.0
+        self.data_s = self.total_s = 0.0
         self.steps = 0
+        self.tokens: list[Any] = []  # each step's loss-token count, fetched only at the log step
 
-    def add(self, data_s: float, total_s: float, tokens: float) -> None:
+    def add(self, data_s: float, total_s: float, tokens: Any) -> None:
         self.data_s += data_s
         self.total_s += total_s
-        self.tokens += tokens
+        self.tokens.append(tokens)
         self.steps += 1
 
     def summary(self, flops_per_token: float, peak: float, config) -> dict[str, float]:
@@ -347,8 +318,7 @@ class _Window:
             "step_s": step_s,
             "data_fraction": self.data_s / max(self.total_s, 1e-9),
             "tokens_per_s": tokens_per_s,
-            "loss_tokens": self.tokens,
-            "loss_tokens_per_s": self.tokens / max(self.total_s, 1e-9),
+            "loss_tokens_per_s": float(sum(jax.device_get(self.tokens))) / max(self.total_s, 1e-9),
             "mfu": flops_per_token * tokens_per_s / peak,
         }
 

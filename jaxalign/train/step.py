@@ -382,6 +382,9 @@ def make_train_step(
             step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
         )
         metrics.update({"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads32)})
+        # Tokens with a loss weight, over the global batch of every stream (the throughput metric).
+        metrics["loss_tokens"] = sum(jnp.sum(batch[name]["weights"] > 0, dtype=jnp.float32)
+                                     for name in streams)
         if schedule is not None:
             metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new_state, metrics
