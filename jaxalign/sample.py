@@ -170,7 +170,7 @@ def _compiled(cfg: ModelConfig, mesh: Mesh, flags: _Flags):
                     _batch_sharding((batch,), mesh)) + (scalar,) * 6
     # Outputs are small; replicating them lets every host read them with np.asarray.
     fn = functools.partial(_generate_loop, cfg=cfg, flags=flags,
-                           cache_sharding=models.cache_shardings(cfg, mesh, batch, total))
+                           cache_sharding=models.cache_shardings(_decode_config(cfg), mesh, batch, total))
     return jax.jit(fn, in_shardings=in_shardings, out_shardings=(scalar, scalar, scalar))
 
 
@@ -183,13 +183,19 @@ def unstack_layers(cfg: ModelConfig, params: Any) -> tuple[ModelConfig, Any]:
     CPU only: the copy holds a second set of weights for the call, which a large model on an
     accelerator may not have room for, for a gain not measured there.
     """
-    if not cfg.scan_layers or jax.default_backend() != "cpu":
+    decode_cfg = _decode_config(cfg)
+    if decode_cfg.scan_layers == cfg.scan_layers:
         return cfg, params
     stacked = params["layers"]
     layers = {f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], stacked)
               for i in range(cfg.num_hidden_layers)}
     rest = {k: v for k, v in params.items() if k != "layers"}
-    return dataclasses.replace(cfg, scan_layers=False), {**rest, **layers}
+    return decode_cfg, {**rest, **layers}
+
+
+def _decode_config(cfg: ModelConfig) -> ModelConfig:
+    """The model config generation runs: unrolled layers on CPU (see unstack_layers)."""
+    return dataclasses.replace(cfg, scan_layers=cfg.scan_layers and jax.default_backend() != "cpu")
 
 
 def _generate_loop(params, prompt, pad, max_new, eos, num_real, seed, temperature, top_p, *,

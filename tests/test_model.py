@@ -125,7 +125,7 @@ def test_dot_product_attention_backend_matches_xla():
 
 @pytest.mark.parametrize("scan", [True, False])
 def test_kv_cache_decoding_equals_full_forward(scan):
-    # Scanned layers write their slice of the cache; unrolled ones the stacked cache in place.
+    # Scanned layers carry a stacked cache; unrolled ones a tuple of per-layer arrays.
     cfg = _cfg(scan_layers=scan)
     mesh = mesh_lib.make_mesh("dp:2,fsdp:2,tp:2")
     params = models.init_params(cfg, mesh)
@@ -141,9 +141,12 @@ def test_kv_cache_decoding_equals_full_forward(scan):
             pieces.append(logits)
     np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-4 * np.abs(full).max())
     assert int(cache["index"]) == 12
-    # Keys head-major [L, b, K, s, d], values [L, b, K, d, s]: the slots written are the 12 first.
-    assert cache["k"].shape == (2, 8, 2, 16, 16) and cache["v"].shape == (2, 8, 2, 16, 16)
+    # Keys head-major [L, b, K, s, d], values [L, b, K, d, s] (unrolled: a tuple of L such arrays):
+    # the slots written are the 12 first.
+    if not scan:
+        assert type(cache["k"]) is tuple and len(cache["k"]) == 2
     k, v = np.asarray(cache["k"]), np.asarray(cache["v"])
+    assert k.shape == (2, 8, 2, 16, 16) and v.shape == (2, 8, 2, 16, 16)
     assert np.all(k[:, :, :, 12:] == 0) and np.any(k[:, :, :, 11] != 0)
     assert np.all(v[..., 12:] == 0) and np.any(v[..., 11] != 0)
 

@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from jaxalign import mesh as mesh_lib
 from jaxalign.models.config import PRESETS, ModelConfig, from_dict, get_preset
@@ -49,7 +49,10 @@ def init_params(cfg: ModelConfig, mesh: Mesh, seed: int = 0) -> Any:
 
 def cache_shardings(cfg: ModelConfig, mesh: Mesh, batch: int, max_len: int) -> dict[str, Any]:
     shapes = jax.eval_shape(lambda: init_cache(cfg, batch, max_len))
-    return {
-        name: mesh_lib.logical_sharding(CACHE_AXES[name], shapes[name].shape, mesh)
-        for name in shapes
-    }
+
+    def sharding(name: str, shape: tuple[int, ...]) -> NamedSharding:
+        axes = CACHE_AXES[name]
+        # A per-layer array of an unrolled model's cache has no "layers" axis.
+        return mesh_lib.logical_sharding(axes[len(axes) - len(shape):], shape, mesh)
+
+    return {name: jax.tree.map(lambda s, name=name: sharding(name, s.shape), shapes[name]) for name in shapes}

@@ -158,22 +158,17 @@ class Projection(nn.Module):
 _CACHE_PERM = {"k": (0, 2, 1, 3), "v": (0, 2, 3, 1)}
 
 
-def _cache_write(cache: Array, x: Array, name: str, layer: int | None, index: Array) -> Array:
-    """Writes x [b, l, K, d] at slots [index, index + l) of one layer's cache, or of layer `layer`
-    of the stacked [L, ...] cache (in place, rather than slicing and restacking every layer)."""
+def _cache_write(cache: Array, x: Array, name: str, index: Array) -> Array:
+    """Writes x [b, l, K, d] at slots [index, index + l) of one layer's cache."""
     perm = _CACHE_PERM[name]
-    x = x.transpose(perm).astype(cache.dtype)
     start = [0, 0, 0, 0]
     start[perm.index(1)] = index
-    if layer is None:
-        return jax.lax.dynamic_update_slice(cache, x, tuple(start))
-    return jax.lax.dynamic_update_slice(cache, x[None], (layer, *start))
+    return jax.lax.dynamic_update_slice(cache, x.transpose(perm).astype(cache.dtype), tuple(start))
 
 
-def _cache_read(cache: Array, name: str, layer: int | None, dtype: Any) -> Array:
+def _cache_read(cache: Array, name: str, dtype: Any) -> Array:
     """One layer's keys or values as [b, s, K, d]."""
-    x = cache if layer is None else cache[layer]
-    return x.transpose(np.argsort(_CACHE_PERM[name])).astype(dtype)
+    return cache.transpose(np.argsort(_CACHE_PERM[name])).astype(dtype)
 
 
 class Attention(nn.Module):
@@ -209,11 +204,10 @@ class Attention(nn.Module):
         if layer_cache is not None:
             # Write this call's keys/values at [cache_index, cache_index + len) and attend over
             # the whole cache; the mask hides slots not yet written.
-            layer = layer_cache.get("layer")
-            k_all = _cache_write(layer_cache["k"], k, "k", layer, cache_index)
-            v_all = _cache_write(layer_cache["v"], v, "v", layer, cache_index)
+            k_all = _cache_write(layer_cache["k"], k, "k", cache_index)
+            v_all = _cache_write(layer_cache["v"], v, "v", cache_index)
             new_cache = {"k": k_all, "v": v_all}
-            k, v = _cache_read(k_all, "k", layer, q.dtype), _cache_read(v_all, "v", layer, q.dtype)
+            k, v = _cache_read(k_all, "k", q.dtype), _cache_read(v_all, "v", q.dtype)
 
         out = dot_product_attention(q, k, v, mask, cfg.attention_impl, segment_ids=segment_ids)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
@@ -360,12 +354,12 @@ class Transformer(nn.Module):
         if cfg.scan_layers:
             x, new_layer_caches = self.layers(x, positions, mask, layer_caches, start, plain_segments)
         else:
-            new_layer_caches = layer_caches
+            outs = []
             for i, layer in enumerate(self.layers):
-                layer_cache = None if layer_caches is None else {**new_layer_caches, "layer": i}
+                layer_cache = None if layer_caches is None else {n: c[i] for n, c in layer_caches.items()}
                 x, out = layer(x, positions, mask, layer_cache, start, plain_segments)
-                if out is not None:
-                    new_layer_caches = {"k": out["k"], "v": out["v"]}
+                outs.append(out)
+            new_layer_caches = None if cache is None else {n: tuple(o[n] for o in outs) for n in ("k", "v")}
         x = self.norm(x)
         new_cache = None
         if cache is not None:
@@ -384,14 +378,21 @@ CACHE_AXES = {
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
     """An empty KV cache for `batch` rows of up to `max_len` tokens (prompt + generation).
 
-    "k" is [layers, b, K, max_len, d] and "v" [layers, b, K, d, max_len] (see _CACHE_PERM).
+    "k" is [layers, b, K, max_len, d] and "v" [layers, b, K, d, max_len] (see _CACHE_PERM); with
+    unrolled layers (scan_layers=False) a tuple of one such array per layer instead, so that a
+    decode step reads and writes each layer's cache where it lies (slicing a layer out of a stacked
+    carry copies it, on CPU an eighth of a decode step).
     """
     dtype = dtype or cfg.dtype
     bskd = (batch, max_len, cfg.kv_heads, cfg.dims_per_head)
-    shape = {name: (cfg.num_hidden_layers, *(bskd[i] for i in perm)) for name, perm in _CACHE_PERM.items()}
+    shape = {name: tuple(bskd[i] for i in perm) for name, perm in _CACHE_PERM.items()}
+    layers = range(cfg.num_hidden_layers)
+    if cfg.scan_layers:
+        kv = {name: jnp.zeros((len(layers), *s), dtype) for name, s in shape.items()}
+    else:
+        kv = {name: tuple(jnp.zeros(s, dtype) for _ in layers) for name, s in shape.items()}
     return {
-        "k": jnp.zeros(shape["k"], dtype),
-        "v": jnp.zeros(shape["v"], dtype),
+        **kv,
         "segment_ids": jnp.zeros((batch, max_len), jnp.int32),
         "index": jnp.zeros((), jnp.int32),
     }
