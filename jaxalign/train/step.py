@@ -47,6 +47,7 @@ in float32; gradients are accumulated in float32 and cast to the parameter dtype
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -254,12 +255,15 @@ class MeshStep:
         return jax.make_array_from_process_local_data(sharding, x, self._global_shape(x))
 
 
+@functools.lru_cache(maxsize=64)  # asked for every batch leaf of every step
 def global_rows(local_rows: int, mesh: Mesh) -> int:
     """The global batch of which this process holds `local_rows` rows (a numpy batch is the rows
     its devices hold): local_rows times the number of process groups that hold different rows --
     every process when the batch is split over all devices, 1 when it is replicated across
     processes (say a mesh of tensor parallelism alone)."""
     count = jax.process_count()
+    if count == 1:
+        return local_rows
     # Largest first: a smaller guess can look consistent only because its batch does not divide
     # the data axes, which replicates it.
     for groups in (g for g in range(count, 0, -1) if count % g == 0):
