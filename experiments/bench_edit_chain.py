@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxalign.data.tokenizer import demo_tokenizer
-from jaxalign.objectives import edit_chain as ec
+from jaxalign.objectives import edits
 
 
 def make_pairs(count: int, length: int, vocab: int, edit_rate: float, seed: int, low: int = 0
@@ -74,36 +74,36 @@ def main() -> None:
         "length": args.length, "vocab": args.vocab, "edit_rate": args.edit_rate, "pairs": args.pairs,
         "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
     }
-    chains = [ec.compute_chain(s, t) for s, t in pairs]
+    chains = [edits.compute_chain(s, t) for s, t in pairs]
     result["edits_per_chain"] = float(np.mean([len(c) for c in chains]))
-    result["compute_chain_per_s"] = rate(lambda: [ec.compute_chain(s, t) for s, t in pairs], len(pairs),
+    result["compute_chain_per_s"] = rate(lambda: [edits.compute_chain(s, t) for s, t in pairs], len(pairs),
                                          args.repeats)
-    for costs in ec.AUGMENT_COSTS[1:]:
+    for costs in edits.AUGMENT_COSTS[1:]:
         fast = not costs.substitutes or costs.insert == costs.delete == costs.replace
         some = pairs if fast else pairs[:args.dp_pairs]
         name = f"compute_chain_{costs.insert:g}_{costs.delete:g}_{costs.replace:g}_per_s"
-        result[name] = rate(lambda c=costs, p=some: [ec.compute_chain(s, t, c) for s, t in p], len(some),
+        result[name] = rate(lambda c=costs, p=some: [edits.compute_chain(s, t, c) for s, t in p], len(some),
                             args.repeats)
     some = pairs[:args.dp_pairs]
-    result["augmented_chains_per_pair"] = float(np.mean([len(ec.augmented_chains(s, t)) for s, t in some]))
-    result["augmented_pairs_per_s"] = rate(lambda: [ec.augmented_chains(s, t) for s, t in some], len(some),
+    result["augmented_chains_per_pair"] = float(np.mean([len(edits.augmented_chains(s, t)) for s, t in some]))
+    result["augmented_pairs_per_s"] = rate(lambda: [edits.augmented_chains(s, t) for s, t in some], len(some),
                                            args.repeats)
 
     tok = demo_tokenizer()
     base = tok.vocab_size  # ids below this are ordinary pieces; the markers come after
-    fmt = ec.add_markers(tok)
+    fmt = edits.add_markers(tok)
     text_pairs = make_pairs(args.pairs, args.length, base, args.edit_rate, args.seed + 1, low=4)
-    text_chains = [ec.compute_chain(s, t) for s, t in text_pairs]
-    serialized = [ec.serialize(c, s, tok, fmt) for c, (s, _) in zip(text_chains, text_pairs, strict=True)]
-    assert all(ec.deserialize(ids, s, tok, fmt) == c
+    text_chains = [edits.compute_chain(s, t) for s, t in text_pairs]
+    serialized = [edits.serialize(c, s, tok, fmt) for c, (s, _) in zip(text_chains, text_pairs, strict=True)]
+    assert all(edits.deserialize(ids, s, tok, fmt) == c
                for ids, c, (s, _) in zip(serialized, text_chains, text_pairs, strict=True))
     result["serialized_tokens_per_chain"] = float(np.mean([len(ids) for ids in serialized]))
     sources = [s for s, _ in text_pairs]
     result["serialize_per_s"] = rate(
-        lambda: [ec.serialize(c, s, tok, fmt) for c, s in zip(text_chains, sources, strict=True)],
+        lambda: [edits.serialize(c, s, tok, fmt) for c, s in zip(text_chains, sources, strict=True)],
         len(sources), args.repeats)
     result["deserialize_per_s"] = rate(
-        lambda: [ec.deserialize(ids, s, tok, fmt) for ids, s in zip(serialized, sources, strict=True)],
+        lambda: [edits.deserialize(ids, s, tok, fmt) for ids, s in zip(serialized, sources, strict=True)],
         len(sources), args.repeats)
     result["meets_10k_target"] = result["compute_chain_per_s"] >= 10_000
 

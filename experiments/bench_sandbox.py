@@ -24,8 +24,8 @@ import jax
 
 from jaxalign import api
 from jaxalign.data.tokenizer import demo_tokenizer
+from jaxalign.methods.sandbox import simulation
 from jaxalign.models import get_preset
-from jaxalign.sandbox import simulation
 
 # Prompts grow while memories fill (recall = 2 pairs from the third round on), and a new prompt
 # length bucket compiles anew: warm-up rounds compile them all before anything is timed.

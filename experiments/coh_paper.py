@@ -8,7 +8,7 @@
 "Chain of Hindsight aligns language models with feedback" (ICLR 2024), Table 4; `ROWS` lists them,
 `TABLE4` holds the paper's numbers. Every row is the same run but for what the row changes; RLHF
 is two rows: ``reward`` (the reward model) then ``rlhf`` (policy gradient from the ``sft`` row's
-workdir against it, `jaxalign.rl`); "pretrained" needs no training: evaluate the ``init_from``
+workdir against it, `jaxalign.methods.rl`); "pretrained" needs no training: evaluate the ``init_from``
 model itself (experiments/README.md).
 
 Placeholders to override (the run stops with an error naming the key until they are set):
@@ -49,10 +49,9 @@ Choices (the paper and methods.md are silent where "design choice" is written):
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config, default_pretrain_config
+from jaxalign.data.sources import default_pretrain_config
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.rl.loop import default_config as rl_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import default_train_config, model_7b_config
 
 ROWS = {
     "coh": "Chain of Hindsight: variants p, n, pn, np; FCM rate ~ U(0, 0.05); lambda = 1.5",
@@ -81,20 +80,16 @@ FEEDBACK_BATCH, PRETRAIN_BATCH, ROWS_PER_MICROBATCH = 512, 2048, 128
 def get_config(arg: str = "coh") -> ml_collections.ConfigDict:
     if arg not in ROWS:
         raise ValueError(f"unknown row {arg!r}; rows: {', '.join(ROWS)}")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 1000
     config.batch_size = FEEDBACK_BATCH  # packed rows per step, over all processes
     config.seq_len = 1024
     config.microbatches = FEEDBACK_BATCH // ROWS_PER_MICROBATCH
-    config.mesh = "dp:1,fsdp:-1,tp:1"  # parameters, gradients and Adam state sharded over all devices
-    config.model = ml_collections.ConfigDict({
-        "preset": "7b", "param_dtype": "float32", "dtype": "bfloat16", "remat": "full", "scan_layers": True,
-    })
+    config.model = model_7b_config()
     config.init_from = "/models/llama-2-7b"  # placeholder: `jaxalign import-hf --out` of the model to tune
 
     name = "coh" if arg.startswith("coh") else arg
-    config.objective = rl_config() if arg == "rlhf" else objective_config(name)
+    config.objective = objective_config("rl") if arg == "rlhf" else objective_config(name)
     if "normalization" in config.objective:
         config.objective.normalization = "sequence"
     if arg == "coh_fcm0":
@@ -102,33 +97,22 @@ def get_config(arg: str = "coh") -> ml_collections.ConfigDict:
     elif arg == "coh_nochain":
         config.objective.variants = "p,n"
 
-    config.data = default_data_config()
     config.data.task = ""
-    config.data.dataset = "hh_rlhf"
-    config.data.source_dir = ""  # placeholder: the upstream files of data.dataset
-    config.data.tfds_dir = ""  # "": <workdir>/tfds; a shared directory builds each dataset once
+    config.data.dataset = "hh_rlhf"  # data.source_dir: a placeholder for its upstream files
     config.data.num_train = 0  # every training record
     config.data.num_eval = 1000  # held-out records for samples and `jaxalign eval`
 
-    config.pretrain = default_pretrain_config()
+    config.pretrain = default_pretrain_config()  # pretrain.jsonl: a placeholder for {"text"} JSONL
     # RLHF's rows train a reward model and refine by RL: neither takes the language-modelling stream.
     config.pretrain.weight = 0.0 if arg in ("coh_nopretrain", "reward", "rlhf") else 1.5
     config.pretrain.batch_size = PRETRAIN_BATCH
     config.pretrain.microbatches = PRETRAIN_BATCH // ROWS_PER_MICROBATCH
-    config.pretrain.jsonl = ""  # placeholder: {"text"} JSONL, e.g. a shard of The Pile or C4
 
-    config.optimizer = default_optimizer_config()
     config.optimizer.peak_lr = 1e-6 if arg == "dpo" else 1e-5
-    config.optimizer.warmup_steps = 100
-    config.optimizer.schedule = "warmup_cosine"
-    config.optimizer.end_lr_ratio = 0.1
+    config.optimizer.warmup_steps = 100  # then cosine decay to 10%, the default schedule
     config.optimizer.weight_decay = 0.0
-    config.optimizer.total_steps = config.get_ref("total_steps")
 
     config.checkpoint_every = 200
-    config.keep_checkpoints = 2
-    config.log_every = 10
-    config.num_samples = 8
     config.max_new_tokens = 128
     if arg == "rlhf":  # placeholders: the sft row's workdir and the reward row's
         config.init_from = ""

@@ -13,34 +13,23 @@ the same data: --config.objective=sft|sft_pos_neg|unlikelihood|dpo (see experime
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config, default_pretrain_config
+from jaxalign.data.sources import default_pretrain_config
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import default_train_config
 
 
 def get_config(objective: str = "coh") -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 200
-    config.batch_size = 16
     config.seq_len = 128
-    config.microbatches = 1
-    config.mesh = "dp:1,fsdp:-1,tp:1"
-    config.model = ml_collections.ConfigDict({"preset": "small"})
     config.objective = objective_config(objective)
-    config.data = default_data_config()
     config.data.task = "harmless"
     config.pretrain = default_pretrain_config()
     config.pretrain.weight = 1.5
     config.pretrain.batch_size = 8
     config.init_from = ""
-    config.optimizer = default_optimizer_config()
-    config.optimizer.peak_lr = 1e-3
     config.optimizer.warmup_steps = 20
-    config.optimizer.total_steps = config.get_ref("total_steps")
     config.checkpoint_every = 100
-    config.keep_checkpoints = 2
     config.log_every = 20
-    config.num_samples = 8
     config.max_new_tokens = 32
     return config

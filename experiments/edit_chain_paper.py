@@ -38,10 +38,8 @@ tokens); AdamW 1e-5, warmup 100, cosine to 10%; 2000 steps (about 3 epochs of Mo
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.rl.loop import default_config as rl_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import default_train_config, model_7b_config
 
 RUNS = ("edit_chain", "edit_chain_aligned_only", "sft", "fewshot_edit_chain", "reward_moral_stories",
         "reward_ethics", "reward_mic", "rl")
@@ -51,36 +49,22 @@ DATASET = {"reward_ethics": "ethics_commonsense", "reward_mic": "mic"}
 def get_config(run: str = "edit_chain") -> ml_collections.ConfigDict:
     if run not in RUNS:
         raise ValueError(f"unknown run {run!r}; runs: {', '.join(RUNS)}")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 2000
     config.batch_size = 128
     config.seq_len = 512
     config.microbatches = 4
-    config.mesh = "dp:1,fsdp:-1,tp:1"
-    config.model = ml_collections.ConfigDict({
-        "preset": "7b", "param_dtype": "float32", "dtype": "bfloat16", "remat": "full", "scan_layers": True,
-    })
+    config.model = model_7b_config()
     config.init_from = "/models/llama-2-7b"  # placeholder: `jaxalign import-hf --out` of the base model
     config.objective = _objective(run)
-    config.data = default_data_config()
     config.data.task = ""
-    config.data.dataset = DATASET.get(run, "moral_stories")
-    config.data.source_dir = ""  # placeholder: the upstream files
-    config.data.tfds_dir = ""
+    config.data.dataset = DATASET.get(run, "moral_stories")  # data.source_dir: a placeholder
     config.data.num_train = 100 if run == "fewshot_edit_chain" else 0
     config.data.num_eval = 1000
-    config.optimizer = default_optimizer_config()
     config.optimizer.peak_lr = 1e-5
-    config.optimizer.warmup_steps = 100
-    config.optimizer.schedule = "warmup_cosine"
-    config.optimizer.end_lr_ratio = 0.1
+    config.optimizer.warmup_steps = 100  # then cosine decay to 10%, the default schedule
     config.optimizer.weight_decay = 0.0
-    config.optimizer.total_steps = config.get_ref("total_steps")
     config.checkpoint_every = 200
-    config.keep_checkpoints = 2
-    config.log_every = 10
-    config.num_samples = 8
     config.max_new_tokens = 256  # chain + aligned text
     if run == "fewshot_edit_chain":
         config.total_steps = 50
@@ -97,7 +81,7 @@ def get_config(run: str = "edit_chain") -> ml_collections.ConfigDict:
 
 def _objective(run: str) -> ml_collections.ConfigDict:
     if run == "rl":
-        objective = rl_config()
+        objective = objective_config("rl")
         objective.reward_model = ""  # placeholder: a reward_* workdir
         return objective
     if run.startswith("reward"):

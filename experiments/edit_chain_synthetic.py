@@ -23,10 +23,8 @@ A 1024-piece vocabulary keeps a whole example near 75 tokens.
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.rl.loop import default_config as rl_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import default_train_config
 
 VARIANTS = ("edit_chain", "edit_chain_aligned_only", "rewrite", "sft", "reward", "rl")
 
@@ -34,27 +32,16 @@ VARIANTS = ("edit_chain", "edit_chain_aligned_only", "rewrite", "sft", "reward",
 def get_config(variant: str = "edit_chain") -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 300
-    config.batch_size = 16
     config.seq_len = 128
-    config.microbatches = 1
-    config.mesh = "dp:1,fsdp:-1,tp:1"
-    config.model = ml_collections.ConfigDict({"preset": "small"})
     config.objective = _objective(variant)
-    config.data = default_data_config()
     config.data.task = "detox"
     config.data.vocab_size = 1024
     config.init_from = ""
-    config.optimizer = default_optimizer_config()
-    config.optimizer.peak_lr = 1e-3
     config.optimizer.warmup_steps = 20
-    config.optimizer.total_steps = config.get_ref("total_steps")
     config.checkpoint_every = 100
-    config.keep_checkpoints = 2
     config.log_every = 20
-    config.num_samples = 8
     config.max_new_tokens = 64
     if variant == "rl":
         # 8 prompts x 4 samples per step; a gentle rate, since RL moves a trained model.
@@ -69,7 +56,7 @@ def get_config(variant: str = "edit_chain") -> ml_collections.ConfigDict:
 
 def _objective(variant: str) -> ml_collections.ConfigDict:
     if variant == "rl":
-        return rl_config()
+        return objective_config("rl")
     if variant in ("edit_chain_aligned_only", "rewrite"):
         objective = objective_config("edit_chain")
         objective.loss_on = "aligned"

@@ -43,16 +43,13 @@ of steps (600); induction at T=0.7, analyses and revisions greedy, 256 new token
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config
-from jaxalign.objectives import mistake_analysis
+from jaxalign.methods import mistakes as mistake_analysis
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.rl.loop import default_config as rl_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import default_train_config, model_7b_config
 
 RUNS = ("pipeline", "pipeline_critique_revise", "mistake_analysis", "sft", "critique_revise", "coh", "reward",
         "rlhf", "eval")
 START = "/models/alpaca-7b"  # placeholder: `jaxalign import-hf --out` of the start model
-MODEL = {"preset": "7b", "param_dtype": "float32", "dtype": "bfloat16", "remat": "full", "scan_layers": True}
 
 
 def get_config(run: str = "mistake_analysis") -> ml_collections.ConfigDict:
@@ -60,37 +57,25 @@ def get_config(run: str = "mistake_analysis") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown run {run!r}; runs: {', '.join(RUNS)}")
     if run.startswith("pipeline"):
         return pipeline_config(run == "pipeline_critique_revise")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 600
     config.batch_size = 64
     config.seq_len = 1024
     config.microbatches = 4
-    config.mesh = "dp:1,fsdp:-1,tp:1"
-    config.model = ml_collections.ConfigDict(MODEL)
+    config.model = model_7b_config()
     config.init_from = START
     config.objective = _objective(run)
-    config.data = default_data_config()
     config.data.task = ""
     if run in ("mistake_analysis", "sft", "critique_revise"):
-        config.data.jsonl = ""  # placeholder: the pipeline's mix.jsonl or sft.jsonl
-        config.data.schema = "group"
+        config.data.schema = "group"  # data.jsonl: a placeholder for the pipeline's mix.jsonl or sft.jsonl
     else:
-        config.data.dataset = "pku_saferlhf"
-        config.data.source_dir = ""  # placeholder: a PKU-SafeRLHF clone
+        config.data.dataset = "pku_saferlhf"  # data.source_dir: a placeholder for a PKU-SafeRLHF clone
     config.data.num_train = 0
     config.data.num_eval = 500
-    config.optimizer = default_optimizer_config()
     config.optimizer.peak_lr = 2e-5
-    config.optimizer.warmup_steps = 50
-    config.optimizer.schedule = "warmup_cosine"
-    config.optimizer.end_lr_ratio = 0.1
+    config.optimizer.warmup_steps = 50  # then cosine decay to 10%, the default schedule
     config.optimizer.weight_decay = 0.0
-    config.optimizer.total_steps = config.get_ref("total_steps")
     config.checkpoint_every = 100
-    config.keep_checkpoints = 2
-    config.log_every = 10
-    config.num_samples = 8
     config.max_new_tokens = 256
     if run == "rlhf":
         config.total_steps = 300
@@ -102,7 +87,7 @@ def get_config(run: str = "mistake_analysis") -> ml_collections.ConfigDict:
 
 def _objective(run: str) -> ml_collections.ConfigDict:
     if run == "rlhf":
-        objective = rl_config()
+        objective = objective_config("rl")
         objective.reward_model = ""  # placeholder: the `reward` run's workdir
         return objective
     if run in ("coh", "reward"):

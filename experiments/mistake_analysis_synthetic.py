@@ -28,10 +28,9 @@ Training variants read group records (``data.schema = "group"``); ``data.jsonl``
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config
-from jaxalign.objectives import mistake_analysis
+from jaxalign.methods import mistakes as mistake_analysis
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import group_records_config
 
 VARIANTS = ("assistant", "pipeline", "mistake_analysis", "sft")
 
@@ -41,31 +40,8 @@ def get_config(variant: str = "mistake_analysis") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     if variant == "pipeline":
         return pipeline_config()
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.total_steps = 400 if variant == "assistant" else 120
-    config.batch_size = 16
-    config.seq_len = 192
-    config.microbatches = 1
-    config.mesh = "dp:1,fsdp:-1,tp:1"
-    config.model = ml_collections.ConfigDict({"preset": "small"})
+    config = group_records_config(from_scratch=variant == "assistant")
     config.objective = objective_config("sft")
-    config.data = default_data_config()
-    config.data.task = ""
-    config.data.jsonl = ""
-    config.data.schema = "group"
-    config.data.num_train = 0  # all records
-    config.data.vocab_size = 512
-    config.init_from = ""
-    config.optimizer = default_optimizer_config()
-    config.optimizer.peak_lr = 1e-3 if variant == "assistant" else 1e-4
-    config.optimizer.warmup_steps = 20 if variant == "assistant" else 5
-    config.optimizer.total_steps = config.get_ref("total_steps")
-    config.checkpoint_every = 200
-    config.keep_checkpoints = 1
-    config.log_every = 20
-    config.num_samples = 0
-    config.max_new_tokens = 40
     return config
 
 

@@ -43,6 +43,7 @@ import coh_synthetic  # noqa: E402
 from jaxalign.data import sources, synthetic  # noqa: E402
 from jaxalign.eval import report as report_lib  # noqa: E402
 from jaxalign.train import loop  # noqa: E402
+from jaxalign.train.defaults import model_1m_config  # noqa: E402
 
 # row -> (objective, config overrides); the order is the table's.
 ROWS = {
@@ -77,10 +78,7 @@ def base_config(seed: int, task: str, steps: int, objective: str = "coh") -> ml_
     config.data.task = task
     config.data.num_train = 3000
     config.data.num_eval = 200
-    config.model = ml_collections.ConfigDict({
-        "preset": "tiny", "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2,
-    })
+    config.model = model_1m_config()
     config.seq_len = 128
     config.optimizer.warmup_steps = max(steps // 10, 1)
     config.checkpoint_every = steps

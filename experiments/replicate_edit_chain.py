@@ -45,9 +45,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import edit_chain_synthetic  # noqa: E402
 
+from jaxalign import runner  # noqa: E402
 from jaxalign.data import sources, synthetic  # noqa: E402
 from jaxalign.eval import report as report_lib  # noqa: E402
-from jaxalign.train import loop  # noqa: E402
+from jaxalign.train.defaults import model_1m_config  # noqa: E402
 
 TASK = "detox"
 # row -> (experiment variant, the row it starts from: None = the pretrained model)
@@ -74,10 +75,7 @@ def base_config(variant: str, seed: int, steps: int) -> ml_collections.ConfigDic
     config.seed = seed
     config.data.num_train = 3000
     config.data.num_eval = 200
-    config.model = ml_collections.ConfigDict({
-        "preset": "tiny", "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2,
-    })
+    config.model = model_1m_config()
     if variant != "rl":
         config.total_steps = steps
         config.optimizer.warmup_steps = max(steps // 10, 1)
@@ -99,7 +97,7 @@ def pretrain(steps: int, workdir: Path) -> Path:
     # The task's own corpus trains the tokenizer, as every other row's (a workdir's is reused).
     config.data.tokenizer = str(_task_tokenizer(workdir, config))
     run = workdir / "run"
-    loop.train(config, run)
+    runner.train(config, run)
     return run
 
 
@@ -118,7 +116,7 @@ def train_row(variant: str, seed: int, steps: int, init_from: Path, workdir: Pat
     for key, value in overrides.items():  # "section.name" or a top-level key
         section, _, name = key.rpartition(".")
         (config[section] if section else config)[name] = value
-    loop.train(config, workdir)
+    runner.train(config, workdir)
     return workdir
 
 

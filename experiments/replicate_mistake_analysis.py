@@ -44,10 +44,15 @@ import mistake_analysis_synthetic as configs  # noqa: E402
 import safety_judge  # noqa: E402
 
 from jaxalign import api  # noqa: E402
-from jaxalign.data import assistant, synthetic  # noqa: E402
+from jaxalign.data import (  # noqa: E402
+    assistant,
+    mistake_prompts,  # noqa: E402
+    synthetic,
+)
 from jaxalign.eval import safety  # noqa: E402
-from jaxalign.objectives import mistake_analysis  # noqa: E402
+from jaxalign.methods import mistakes as mistake_analysis  # noqa: E402
 from jaxalign.train import loop  # noqa: E402
+from jaxalign.train.defaults import model_1m_config  # noqa: E402
 
 TASK = "harmless"
 # The share of the 320 pairs that answer a harmful instruction safely: none, or about 3 of them. With
@@ -56,8 +61,6 @@ SETTINGS = {"no safe pairs": 0.0, "3 safe pairs": 0.01}
 METHODS = {"sft": ("SFT on the pairs", "sft.jsonl"),
            "mistake_analysis": ("Mistake Analysis (pairs + analyses)", "mix.jsonl")}
 MODES = {"greedy": (0.0, False), "greedy + hint": (0.0, True), "T=1": (1.0, False)}
-MODEL = {"preset": "tiny", "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
-         "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -68,7 +71,7 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 def train(config: ml_collections.ConfigDict, seed: int, steps: int, jsonl: Path, workdir: Path,
           init_from: str = "") -> Path:
     config.seed, config.total_steps = seed, steps
-    config.model = ml_collections.ConfigDict(MODEL)
+    config.model = model_1m_config()
     config.data.jsonl, config.init_from, config.checkpoint_every = str(jsonl), init_from, steps
     loop.train(config, workdir)
     return workdir
@@ -81,7 +84,7 @@ def train_judge(root: Path, args: argparse.Namespace) -> Path:
 
 
 def answers(lm: api.LM, prompts: list[str], temperature: float, seed: int, guided: bool) -> list[str]:
-    asked = [mistake_analysis.guided_prompt(p) for p in prompts] if guided else prompts
+    asked = [mistake_prompts.guided_prompt(p) for p in prompts] if guided else prompts
     return lm.generate(asked, max_new_tokens=40, temperature=temperature, seed=seed)
 
 

@@ -7,13 +7,13 @@ The task (`jaxalign.data.synthetic.HarmlessTask`): help with benign requests, re
 its ground-truth judge scores any answer in [0, 1]. Per seed:
 
 1. Agent: a ~1M-parameter decoder trained from scratch on every agent role (answer, rate, revise,
-   observe; `jaxalign.sandbox.bootstrap`), answering as the chosen response only half of the time:
+   observe; `jaxalign.methods.sandbox.bootstrap`), answering as the chosen response only half of the time:
    an unaligned society that knows the formats.
 2. SANDBOX (experiments/sandbox_synthetic.py): 16 agents sharing that model with their own
    memories answer 48 training questions over 10 rounds, are rated by their 3 nearest peers,
    revise, and the task's judge observes (1..7).
 3. Alignment data: the imitation groups of the records (every draft and revision of a question with
-   its observer score; `jaxalign.sandbox.alignment_data`).
+   its observer score; `jaxalign.data.sandbox_alignment`).
 4. From the agent model, the same groups and steps: Stable Alignment (group_size 6, margin 1,
    lambda 0.5), SFT on the best answer of each group, and SFT on all answers.
 5. Every model answers 200 held-out questions prompted as it was trained ("{question}\\n"),
@@ -43,9 +43,12 @@ import sandbox_synthetic  # noqa: E402
 import stable_alignment_synthetic  # noqa: E402
 
 from jaxalign import api  # noqa: E402
+from jaxalign.data import sandbox_alignment as alignment_data  # noqa: E402
+from jaxalign.data import sandbox_records as records  # noqa: E402
 from jaxalign.data import synthetic  # noqa: E402
-from jaxalign.sandbox import alignment_data, bootstrap, records, simulation  # noqa: E402
+from jaxalign.methods.sandbox import bootstrap, simulation  # noqa: E402
 from jaxalign.train import loop  # noqa: E402
+from jaxalign.train.defaults import model_1m_config  # noqa: E402
 
 TASK = "harmless"
 ROWS = ("stable_alignment", "sft_best", "sft_all")
@@ -55,15 +58,13 @@ LABELS = {
     "sft_best": "SFT on the best-rated answer of each group",
     "sft_all": "SFT on every answer",
 }
-MODEL = {"preset": "tiny", "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
-         "num_attention_heads": 4, "num_key_value_heads": 2}
 
 
 def train_config(variant: str, seed: int, steps: int, jsonl: Path,
                  init_from: str = "") -> ml_collections.ConfigDict:
     config = stable_alignment_synthetic.get_config(variant)
     config.seed, config.total_steps = seed, steps
-    config.model = ml_collections.ConfigDict(MODEL)
+    config.model = model_1m_config()
     config.data.jsonl = str(jsonl)
     config.init_from = init_from
     config.checkpoint_every = steps

@@ -53,9 +53,8 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import default_train_config, model_7b_config
 
 VARIANTS = ("synthetic", "pku", "pku_helpful")
 DATASET = {"pku": "pku_saferlhf_safety", "pku_helpful": "pku_saferlhf_better"}
@@ -68,31 +67,21 @@ def get_config(variant: str = "synthetic") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     config = _synthetic() if variant == "synthetic" else _paper(variant)
     config.objective = objective_config("reward")  # labelled records: cross-entropy; pairs: Bradley-Terry
-    config.optimizer.total_steps = config.get_ref("total_steps")
     config.num_samples = 0  # a score head does not generate
     config.max_new_tokens = 64  # unused by a score model; `jaxalign eval` reads the key
     return config
 
 
 def _synthetic() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 300
-    config.batch_size = 16
     config.seq_len = 64
-    config.microbatches = 1
-    config.mesh = "dp:1,fsdp:-1,tp:1"
-    config.model = ml_collections.ConfigDict({"preset": "small"})
     config.init_from = ""
-    config.data = default_data_config()
     config.data.task = ""
     config.data.jsonl = RECORDS  # labelled records: run this file first (see the docstring)
     config.data.schema = "labelled"
     config.data.num_train = 0  # every record
-    config.data.num_eval = 64
     config.data.vocab_size = 512  # a record is at most 37 tokens (59 with 384)
-    config.optimizer = default_optimizer_config()
-    config.optimizer.peak_lr = 1e-3
     config.optimizer.warmup_steps = 20
     config.checkpoint_every = 100
     config.keep_checkpoints = 1
@@ -101,32 +90,20 @@ def _synthetic() -> ml_collections.ConfigDict:
 
 
 def _paper(variant: str) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 1000
     config.batch_size = 64
     config.seq_len = 512
     config.microbatches = 4
-    config.mesh = "dp:1,fsdp:-1,tp:1"  # FSDP over every device
-    config.model = ml_collections.ConfigDict({
-        "preset": "7b", "param_dtype": "float32", "dtype": "bfloat16", "remat": "full", "scan_layers": True,
-    })
+    config.model = model_7b_config()
     config.init_from = "/models/llama-2-7b"  # placeholder: `jaxalign import-hf --out` of a 7B base model
-    config.data = default_data_config()
     config.data.task = ""
-    config.data.dataset = DATASET[variant]
-    config.data.source_dir = ""  # placeholder: the upstream PKU-SafeRLHF files
-    config.data.tfds_dir = ""  # "": <workdir>/tfds; a shared directory builds the dataset once
+    config.data.dataset = DATASET[variant]  # data.source_dir: a placeholder for the upstream files
     config.data.num_train = 0  # every training record
     config.data.num_eval = 1000
-    config.optimizer = default_optimizer_config()
     config.optimizer.peak_lr = 2e-5
-    config.optimizer.warmup_steps = 30
-    config.optimizer.schedule = "warmup_cosine"
-    config.optimizer.end_lr_ratio = 0.1
+    config.optimizer.warmup_steps = 30  # then cosine decay to 10%, the default schedule
     config.checkpoint_every = 200
-    config.keep_checkpoints = 2
-    config.log_every = 10
     return config
 
 

@@ -18,7 +18,7 @@ top-p 0.95, 128 new tokens; 20 rounds of 100 interactions.
 
 import ml_collections
 
-from jaxalign.sandbox.simulation import default_config
+from jaxalign.methods.sandbox.simulation import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:

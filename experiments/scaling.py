@@ -12,7 +12,7 @@ A roofline model, not a measurement. Per train step, per device:
     step    = max(compute, fsdp + dp) + tp   XLA overlaps the weight collectives with compute
             = compute + fsdp + dp + tp       it does not (the upper bound)
 
-MFU counts model FLOPs (jaxalign.bench.flops_per_token: 6N + causal attention), so full remat, which
+MFU counts model FLOPs (jaxalign.train.metrics.flops_per_token: 6N + causal attention), so full remat, which
 makes the hardware run the forward pass twice (8N), caps MFU at 75% of the efficiency. `efficiency`
 is not guessed: it is what MaxText's published run on that chip implies (MAXTEXT_RUNS, CALIBRATION).
 Memory and the largest batch come from jaxalign.plan. experiments/scaling.md gives every source.

@@ -15,7 +15,7 @@
         --config.data.source_dir=workdirs/sandbox_paper
 
 Liu et al., "Training Socially Aligned Language Models on Simulated Social Interactions" (ICLR 2024).
-``get_config(stage)``: `STAGES` train on ``data.stage`` = that stage's groups (`jaxalign.sandbox.
+``get_config(stage)``: `STAGES` train on ``data.stage`` = that stage's groups (`jaxalign.methods.sandbox.
 alignment_data`), each stage starting from the previous stage's workdir (``init_from``), the first
 from the SFT model; ``released`` trains once on the released groups, which carry no stage.
 
@@ -31,9 +31,8 @@ for ``imitation`` and ``released``.
 
 import ml_collections
 
-from jaxalign.data.sources import default_data_config
 from jaxalign.objectives.registry import default_config as objective_config
-from jaxalign.train.optim import default_optimizer_config
+from jaxalign.train.defaults import default_train_config, model_7b_config
 
 STAGES = ("imitation", "self_critic", "realignment")
 RUNS = (*STAGES, "released")
@@ -42,16 +41,12 @@ RUNS = (*STAGES, "released")
 def get_config(run: str = "released") -> ml_collections.ConfigDict:
     if run not in RUNS:
         raise ValueError(f"unknown run {run!r}; runs: {', '.join(RUNS)}")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = default_train_config()
     config.total_steps = 20000 if run == "released" else 5000
     config.batch_size = 32
     config.seq_len = 1024
     config.microbatches = 4
-    config.mesh = "dp:1,fsdp:-1,tp:1"
-    config.model = ml_collections.ConfigDict({
-        "preset": "7b", "param_dtype": "float32", "dtype": "bfloat16", "remat": "full", "scan_layers": True,
-    })
+    config.model = model_7b_config()
     previous = STAGES[STAGES.index(run) - 1] if run in STAGES[1:] else None
     # The SFT model for the first stage; the previous stage's workdir after it.
     config.init_from = f"workdirs/sa_{previous}" if previous else "/models/hh-rlhf-sft-jax"
@@ -61,23 +56,17 @@ def get_config(run: str = "released") -> ml_collections.ConfigDict:
     config.objective.reduce = "mean"
     config.objective.rating_scale = 7.0
     config.objective.group_size = 3
-    config.data = default_data_config()
     config.data.task = ""
+    # data.source_dir: a placeholder for the released JSON files or a SANDBOX workdir
     config.data.dataset = "sandbox"
-    config.data.source_dir = ""  # placeholder: released JSON files or a SANDBOX workdir
     config.data.stage = "" if run == "released" else run
     config.data.num_train = 0
     config.data.num_eval = 500
-    config.optimizer = default_optimizer_config()
     config.optimizer.peak_lr = 2e-5
     config.optimizer.warmup_steps = int(0.03 * config.total_steps)
-    config.optimizer.schedule = "warmup_cosine"
-    config.optimizer.end_lr_ratio = 0.0
+    config.optimizer.end_lr_ratio = 0.0  # cosine decay to zero
     config.optimizer.weight_decay = 0.0
-    config.optimizer.total_steps = config.get_ref("total_steps")
     config.checkpoint_every = 200
     config.keep_checkpoints = 1
-    config.log_every = 10
-    config.num_samples = 8
     config.max_new_tokens = 256
     return config

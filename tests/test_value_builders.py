@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from jaxalign.data.builders import ethics, feedback_common, mic, moral_stories, values
+from jaxalign.data.builders import ethics, mic, moral_stories, reading, values
 from jaxalign.data.builders.values import Skip, decode_record, prepare, skip_report
 
 
@@ -325,4 +325,4 @@ def test_registry_and_errors(tmp_path):
         prepare("mic", tmp_path, tmp_path / "tfds")
     # An empty CSV file (not even a header) has no rows.
     _write(tmp_path / "empty.csv", "")
-    assert list(feedback_common.read_csv(tmp_path / "empty.csv", ["a"])) == []
+    assert list(reading.read_csv(tmp_path / "empty.csv", ["a"])) == []

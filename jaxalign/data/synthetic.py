@@ -2,53 +2,24 @@
 
     task = get_task("polite")                      # or TASKS["sort"], TASKS["harmless"], TASKS["detox"]
     train = make_split(task, "train", 1000, seed=0)
-    ex = train[0]    # Example(prompt, chosen, rejected, chosen_feedback, rejected_feedback, meta)
-    task.score(ex.prompt, "Sure, here is the red cup. Happy to help!")   # float in [0, 1]
-    evaluate(task, generate_fn, [e.prompt for e in make_split(task, "eval", 200, seed=0)])
+    task.score(train[0].prompt, "Sure, here is the red cup. Happy to help!")   # float in [0, 1]
 
-Each task is generator code over a small template grammar, deterministic by seed. An example holds
-a prompt, a good (chosen) and a bad (rejected) response, and a feedback sentence for each, because
-Chain of Hindsight turns feedback into sentences; `Task.positive_feedback` is the chosen sentence,
-i.e. what a CoH model is prompted with at inference. The scorer is ground truth for *any* string:
-an empty, garbage or rambling (> MAX_CHARS) response scores 0, and responses are judged by rules
-over the task's known vocabulary, so a near-miss never passes for correct.
+Each task generates prompts with a chosen and a rejected response and a feedback sentence for each,
+deterministic by seed, and scores *any* string against ground truth; the tasks are built so that
+imitating the mix of good and bad behaviour scores about 0.5 and learning the preference about 1.
 
-The tasks are a real test bed by construction: every chosen response scores 1 and every rejected
-one below 0.3, so a model that imitates the 50/50 mix of both (plain SFT on positive and negative)
-scores about 0.5 when it samples at temperature 1, while one that learned to prefer the chosen
-responses approaches 1. By default the rejected responses of sort, polite and harmless are one
-coherent behaviour that parts from the chosen one at a single token, since greedy decoding turns a mix
-of scattered small mistakes (sort's "swap"/"drop", polite's "off_topic", available through `mistakes=`)
-back into the majority answer, i.e. the chosen one. sort (ascending vs descending on request) and harmless
-(refuse the harmful, help the benign) are conditional: the wrong behaviour is the right one for
-other prompts, so a prompt-blind model scores about 0.5 under any decoding. polite (polite vs rude)
-is not: greedy decoding of a mix-trained model turns all polite or all rude, a coin flip per run,
-so compare methods on it with sampled responses. Measured (a 1M-parameter 4-layer decoder, BPE
-vocabulary 400, batch 64, 100 s on 2 CPU cores, greedy decoding on 200 eval prompts), SFT on
-chosen vs on the mix: sort 0.91 vs 0.44, polite 1.00 vs 0.00, harmless 1.00 vs 0.58.
-
-detox (pass a message on politely) is the rewrite task, the test bed for Second Thoughts' edit chains:
-its rejected response is an unaligned draft of the chosen message, the same text with 1 to 3 toxic span
-edits at different places (an insult, a rude greeting, filler or closing, a threat), so the chain from
-draft to message is a few span edits, and a copy of the draft scores 0. Its mistakes are scattered on
-purpose: given a clean beginning, a toxic edit at the next place is at most 20% of the mix, so greedy
-decoding of a mix-trained model is no test on detox; sample at temperature 1 (an exact imitator of the
-mix scores 0.5) or score rewrites of the drafts. The four facts to pass on come from the prompt, so a
-prompt-blind model scores at most about 0.07 in expectation (the chance of guessing each fact), and the
-metrics "toxic" and "facts" tell a policy that drops facts to avoid toxicity from one that detoxes.
-Nothing was trained on detox yet.
-
-Train/eval splits are by a hash of the prompt (`split_of`), so an eval prompt never occurs in train.
+Details: docs/data.md#synthetic-feedback-tasks-jaxaligndatasynthetic
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from jaxalign.data.splits import hash_split
 
 MAX_CHARS = 160  # 1.7x the longest good response (detox's; the others' 2x or more): rambling, score 0
 EVAL_PERCENT = 20  # share of the prompt space (by hash) reserved for evaluation
@@ -503,8 +474,7 @@ def get_task(name: str | Task) -> Task:
 
 def split_of(prompt: str) -> str:
     """"train" or "eval", from a hash of the prompt alone, so the split is stable across seeds."""
-    bucket = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") % 100
-    return "eval" if bucket < EVAL_PERCENT else "train"
+    return hash_split(prompt, {"eval": EVAL_PERCENT})
 
 
 def make_split(task: str | Task, split: str, n: int, seed: int) -> list[Example]:

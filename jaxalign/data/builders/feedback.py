@@ -16,7 +16,7 @@ format is parsed: the docstrings of hh_rlhf.py, webgpt.py and summarize_feedback
 
 Records are in the preference schema of jsonl.py plus ``task``; a data source returns bytes, and
 `decode_record` gives str. They feed ``pipeline.make_batches`` (``kind="preference"``) and the CoH
-data builder. Unusable lines are counted by reason, never fatal (feedback_common.py); the counts
+data builder. Unusable lines are counted by reason, never fatal (reading.py); the counts
 are in the dataset's metadata (`skip_report`). Like jsonl_preference.prepare, `prepare` builds
 once, and again when the source files change (a SHA-256 of them is in the metadata); the new
 files are checked before the old build is replaced.
@@ -32,8 +32,9 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from jaxalign.data.builders import feedback_common as common
-from jaxalign.data.builders.feedback_common import MALFORMED, SKIPPED, FeedbackBuilder, Skip
+from jaxalign.data.builders.feedback_common import FeedbackBuilder
 from jaxalign.data.builders.hh_rlhf import HhRlhf
+from jaxalign.data.builders.reading import MALFORMED, SKIPPED, Skip
 from jaxalign.data.builders.summarize_feedback import SummarizeFeedback
 from jaxalign.data.builders.webgpt import WebGpt
 

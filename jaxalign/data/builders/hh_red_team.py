@@ -1,44 +1,11 @@
 """TFDS builder for Anthropic's red-team attempts (Ganguli et al. 2022, arXiv 2209.07858): the instructions.
 
-Mistake Analysis induces harmful responses by prompting a model with red-teaming instructions. The
-HH-RLHF release holds ~39k red-team conversations; the instruction of each is its first Human turn,
-which is what this builder keeps, in the text schema:
+Mistake Analysis induces harmful responses by prompting a model with red-teaming instructions; this
+builder keeps the first Human turn of each HH-RLHF red-team attempt (the instruction as posed), with
+its rating and harmlessness score so that the attacks that worked can be picked, as text records.
+The upstream file is one JSON array, read element by element from a stream.
 
-    {"text": first Human turn (stripped), "rating": str, "min_harmlessness_score": str,
-     "task_description": str, "id": "<file>:<line>", "task": "hh_red_team"}
-
-- ``rating``: the red teamer's own rating of the attack's success, 0 (failed) to 4 (succeeded),
-  as upstream writes the number (e.g. "4.0"); ``min_harmlessness_score``: a harmlessness preference
-  model's lowest score over the assistant's turns (lower is more harmful), likewise; kept as text so
-  that records stay a dict of strings, and so that a consumer can keep the attacks that worked.
-- ``task_description``: the red teamer's note of what they tried (stripped).
-
-Design choices: only the first Human turn is kept because it is the instruction as posed, before
-the model answered; later turns react to the model's replies. Many first turns are short openers
-("Hi", "Can you help me with something?") rather than the harmful request itself: filter on
-``rating``/``min_harmlessness_score`` or the text where that matters. Duplicates are whole records
-(the same text with the same rating, score and description): an opener shared by attempts that
-differ in those is kept once for each.
-
-Layout: ``red-team-attempts/red_team_attempts.jsonl.gz`` (or ``.jsonl``) below the source
-directory (an Anthropic/hh-rlhf clone), or in it (the red-team-attempts directory itself). Despite
-the name, upstream the file is ONE JSON array of objects; true JSON lines (one object a line, e.g.
-the Hugging Face dataset saved with ``to_json``) are read too: the first non-blank character tells
-which. The array is read element by element from a stream (`array_elements`), never whole; an
-element's ``id`` is "<file>:<the line where the element starts>". Only a train split exists.
-
-Each object: ``transcript`` ("\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ..."), ``rating``,
-``min_harmlessness_score_transcript``, ``task_description`` (read), and ``num_params``,
-``model_type``, ``red_team_member_id``, ``is_upworker``, ``tags``,
-``task_descripton_harmlessness_score`` (sic) (ignored).
-
-Skips: ``unparsable_dialogue`` (a transcript without a Human turn), ``empty_field`` (an empty first
-Human turn), ``missing_field`` (one of the four fields read is absent or null; ``task_description``
-may be empty), ``wrong_type`` (an element or line that is not an object, a field of the wrong type,
-a score that is not a finite number), ``bad_json`` (a line of the JSON-lines form), ``bad_utf8`` (a
-line, or an array element, holding a byte that is not UTF-8), ``bad_text``, ``duplicate``. A JSON
-array has no line structure to resume after a syntax error, so invalid JSON in the array form
-(e.g. a truncated download) is a ValueError naming the file and line.
+Details: docs/data.md#hh-rlhf-red-team-attempts-hh_red_teampy
 """
 
 from __future__ import annotations
@@ -55,7 +22,8 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from jaxalign.data.builders import feedback_common as common
-from jaxalign.data.builders.feedback_common import Record, Skip, SourceFile
+from jaxalign.data.builders import reading
+from jaxalign.data.builders.reading import Record, Skip, SourceFile
 
 SUBDIR = "red-team-attempts"
 FILE_NAMES = ("red_team_attempts.jsonl.gz", "red_team_attempts.jsonl")
@@ -85,7 +53,7 @@ def first_human_turn(transcript: str) -> str:
 
 
 def _score(obj: dict[str, Any], key: str) -> str:
-    value = common.get(obj, key, (int, float))
+    value = reading.get(obj, key, (int, float))
     if not math.isfinite(value):
         raise Skip("wrong_type", f"{key!r} is {value}, not a finite number")
     return str(value)
@@ -94,11 +62,11 @@ def _score(obj: dict[str, Any], key: str) -> str:
 def parse_attempt(obj: Any) -> Record:
     """One red-team attempt (a parsed object) -> {"text", "rating", "min_harmlessness_score",
     "task_description"}; raises Skip."""
-    obj = common.need(obj, dict, "the attempt")
-    text = first_human_turn(common.get(obj, "transcript", str))
-    return common.make_text(text, rating=_score(obj, "rating"),
+    obj = reading.need(obj, dict, "the attempt")
+    text = first_human_turn(reading.get(obj, "transcript", str))
+    return reading.make_text(text, rating=_score(obj, "rating"),
                             min_harmlessness_score=_score(obj, "min_harmlessness_score_transcript"),
-                            task_description=common.get(obj, "task_description", str).strip())
+                            task_description=reading.get(obj, "task_description", str).strip())
 
 
 # --------------------------------------------------------------------------- reading either form
@@ -123,7 +91,7 @@ class _ArrayReader:
             return False
         try:
             chunk = self.stream.read(CHUNK_CHARS)
-        except common.READ_ERRORS as e:
+        except reading.READ_ERRORS as e:
             raise ValueError(f"{self.path}: unreadable after line {self.line}: {e}") from e
         if not chunk:
             self.eof = True
@@ -196,7 +164,7 @@ def _first_char(path: Path) -> str:
             while chunk := f.read(1 << 16):
                 if chunk.strip():
                     return chunk.lstrip()[0]
-        except common.READ_ERRORS as e:
+        except reading.READ_ERRORS as e:
             raise ValueError(f"{path}: unreadable: {e}") from e
     return ""
 
@@ -212,12 +180,12 @@ def read_objects(path: Path) -> Iterator[tuple[int, Any]]:
     if _first_char(path) == "[":
         yield from array_elements(path)
         return
-    for number, text in common.read_lines(path):
+    for number, text in reading.read_lines(path):
         if isinstance(text, Skip):
             yield number, text
             continue
         try:
-            yield number, common.load_json(text)
+            yield number, reading.load_json(text)
         except Skip as skip:
             yield number, skip
 
@@ -226,9 +194,10 @@ def read_objects(path: Path) -> Iterator[tuple[int, Any]]:
 
 def source_files(source_dir: Path) -> list[SourceFile]:
     """red_team_attempts.jsonl[.gz] in red-team-attempts/ below `source_dir`, or in it."""
-    common.require_dir(source_dir, "an Anthropic/hh-rlhf clone or its red-team-attempts directory")
+    reading.require_dir(source_dir, "an Anthropic/hh-rlhf clone or its red-team-attempts directory")
     directory = source_dir / SUBDIR if (source_dir / SUBDIR).is_dir() else source_dir
-    path = common.one_of(directory, FILE_NAMES, "the HH-RLHF red-team attempts, in hh-rlhf/red-team-attempts")
+    path = reading.one_of(directory, FILE_NAMES,
+                          "the HH-RLHF red-team attempts, in hh-rlhf/red-team-attempts")
     return [SourceFile(path, path.relative_to(source_dir).as_posix(), "train")]
 
 

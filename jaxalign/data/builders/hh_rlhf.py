@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxalign.data.builders import feedback_common as common
-from jaxalign.data.builders.feedback_common import Skip, SourceFile
+from jaxalign.data.builders import reading
+from jaxalign.data.builders.reading import Skip, SourceFile
 
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
@@ -47,12 +48,12 @@ def split_dialogue(text: str) -> tuple[str, str]:
 
 def parse_line(text: str) -> dict[str, str]:
     """One line of an HH-RLHF file -> {"prompt", "chosen", "rejected"}; raises Skip."""
-    obj: Any = common.need(common.load_json(text), dict, "the line")
-    prompt, chosen = split_dialogue(common.get(obj, "chosen", str))
-    rejected_prompt, rejected = split_dialogue(common.get(obj, "rejected", str))
+    obj: Any = reading.need(reading.load_json(text), dict, "the line")
+    prompt, chosen = split_dialogue(reading.get(obj, "chosen", str))
+    rejected_prompt, rejected = split_dialogue(reading.get(obj, "rejected", str))
     if rejected_prompt != prompt:
         raise Skip("prompt_mismatch", "chosen and rejected differ before their last Assistant turn")
-    return common.make_pair(prompt, chosen, rejected)
+    return reading.make_pair(prompt, chosen, rejected)
 
 
 def _has_split_files(directory: Path) -> bool:
@@ -61,7 +62,7 @@ def _has_split_files(directory: Path) -> bool:
 
 def source_files(source_dir: Path) -> list[SourceFile]:
     """The train and test file of each subset; FileNotFoundError if a subset lacks one."""
-    common.require_dir(source_dir, "the Anthropic/hh-rlhf download")
+    reading.require_dir(source_dir, "the Anthropic/hh-rlhf download")
     if _has_split_files(source_dir):
         subsets = [source_dir]
     else:
@@ -75,7 +76,7 @@ def source_files(source_dir: Path) -> list[SourceFile]:
     for subset in subsets:
         for split in SPLITS:
             names = (f"{split}.jsonl.gz", f"{split}.jsonl")
-            path = common.one_of(subset, names, "each HH-RLHF subset has both splits")
+            path = reading.one_of(subset, names, "each HH-RLHF subset has both splits")
             files.append(SourceFile(path, path.relative_to(source_dir).as_posix(), split))
     return files
 

@@ -1,26 +1,14 @@
 """TFDS builder: a directory of preference JSONL files -> array_record splits, read without TensorFlow.
 
     sources = prepare("my_data/", "workdir/tfds")          # {"train": ..., "validation": ...}
-    transform = functools.partial(pipeline.record_to_example, tokenizer=tok, kind="preference")
+    transform = functools.partial(examples.record_to_example, tokenizer=tok, kind="preference")
     batches = pipeline.make_batches(sources["train"], transform=transform, seq_len=256, batch_size=8, seed=0)
 
-The source directory holds ``train.jsonl`` and optionally ``validation.jsonl``, in jsonl.py's
-``preference`` schema ``{"prompt", "chosen", "rejected"[, "id"]}``. They are read with
-`jsonl.read_records`, so a malformed line stops the build with `RecordError`
-("path/train.jsonl:17: ...") and nothing is written.
+For your own data too large for memory: ``train.jsonl`` (and ``validation.jsonl``) are checked
+strictly with `jsonl.read_records` and stored in file order, so the input pipeline reads them by
+random access; the build is redone when the files change.
 
-Records keep their file order (``disable_shuffling``): grain shuffles indices at read time, and
-record i of a split is the i-th record of its file. Text is stored as UTF-8 and a data source
-returns bytes; `decode_record` turns a stored record back into the JSONL record, except that an
-integer "id" comes back as its decimal string (ids are stored as text; "" means none).
-
-tensorflow-datasets 4.9.10 builds and reads this with no TensorFlow installed, provided the
-format is ``file_format="array_record"`` and reading goes through ``as_data_source()`` (never
-``as_dataset``/``tfds.load``, which need TensorFlow).
-
-`prepare` stores a SHA-256 of the source files in the dataset's metadata and rebuilds when they
-change, so an edited train.jsonl is never silently ignored for a stale cached build. The new files
-are validated before the old build is replaced.
+Details: docs/data.md#your-own-preference-jsonl-jsonl_preference
 """
 
 from __future__ import annotations

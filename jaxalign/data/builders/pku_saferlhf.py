@@ -1,49 +1,11 @@
 """TFDS builders for PKU-SafeRLHF (Ji et al. 2023, BeaverTails; arXiv 2307.04657, 2406.15513), three views.
 
-Each upstream row is one prompt with two responses, each labelled safe or unsafe, and two
-preferences: the more helpful response (``better_response_id``) and the safer one
-(``safer_response_id``). Mistake Analysis and the safety baselines need different cuts of that,
-so the same files build three datasets:
+Each upstream row (a prompt, two responses with safety labels, the more helpful and the safer one)
+builds three datasets, one per consumer: ``pku_saferlhf`` (preference: the safer response, only
+when it is labelled safe), ``pku_saferlhf_better`` (preference: the more helpful one) and
+``pku_saferlhf_safety`` (labelled: each response, 1 = safe, for the safety judge).
 
-name                  schema       a row gives                               skipped deliberately
-pku_saferlhf          preference   chosen = the safer response, rejected =   no_safe_response
-                                   the other, if the safer one is safe
-pku_saferlhf_better   preference   chosen = the more helpful response        -
-pku_saferlhf_safety   labelled     two records, one per response, label 1    -
-                                   if that response is labelled safe
-
-    {"prompt", "chosen", "rejected", "id": "<file>:<line>", "task"}           (the preference views)
-    {"prompt", "text", "label": 1 | 0, "id": "<file>:<line>#<0|1>", "task"}  (the safety view)
-
-``task`` is the dataset's name. Design choices:
-
-- ``pku_saferlhf`` is what SFT on safe responses, CoH and DPO on safety train on, so its chosen
-  response must be safe: a row whose safer response is labelled unsafe is skipped, as
-  ``no_safe_response`` when the other is unsafe too, as ``label_conflict`` (malformed) when the
-  other is labelled safe (the annotators' preference and safety labels disagree). The rejected
-  response may be safe as well (both safe, one safer).
-- Each view reads only the fields it uses: a row without ``is_response_1_safe`` still gives a
-  helpfulness pair. Other fields (the newer release's prompt_source, response_0_source,
-  response_0_harm_category, response_0_severity_level, response_0_sha256, ...) are ignored.
-- The safety view's two records of a row share the row's line; the id tells them apart by the
-  response index (``train.jsonl:12#1`` is response_1 of line 12). A row is checked whole first
-  (its prompt, both responses, both labels), so a malformed row is one counted skip; afterwards each
-  record may be skipped by itself (``empty_field``, ``bad_text``, ``duplicate``: the same prompt,
-  response and label as an earlier record, e.g. a response reused across pairs). A row whose two
-  responses are the same text with opposite labels is a ``label_conflict``.
-- The prompt (a bare question) and the responses are stripped.
-
-Skips: ``bad_utf8``, ``bad_json``, ``wrong_type`` (a line that is not an object, a field of the
-wrong type: ids are integers, safety labels JSON booleans), ``missing_field`` (absent or null),
-``empty_field``, ``bad_text``, ``bad_choice`` (an id other than 0 or 1), ``tie`` (identical
-responses in a preference view), ``duplicate``, and the two above.
-
-Layout (`source_files`): ``train`` and ``test`` files, each ``<split>.jsonl``, ``.jsonl.gz`` or
-``.jsonl.xz``, found in the source directory itself (one model's directory, or the v0 release
-with train.jsonl.xz and test.jsonl.xz), else in its ``data/`` directory, else in every
-subdirectory (of ``data/`` if there is one) that holds them: the current Hugging Face repository
-has ``data/Alpaca-7B/``, ``data/Alpaca2-7B/`` and ``data/Alpaca3-8B/``, each read, in name order,
-into the same two splits. Ids name the file relative to the source directory.
+Details: docs/data.md#pku-saferlhf-three-views-pku_saferlhfpy
 """
 
 from __future__ import annotations
@@ -53,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxalign.data.builders import feedback_common as common
-from jaxalign.data.builders.feedback_common import Record, Skip, SourceFile
+from jaxalign.data.builders import reading
+from jaxalign.data.builders.reading import Record, Skip, SourceFile
 
 SPLITS = ("train", "test")
 EXTENSIONS = (".jsonl", ".jsonl.gz", ".jsonl.xz")
@@ -63,23 +26,23 @@ DATA_DIR = "data"
 # --------------------------------------------------------------------------- parsing one row
 
 def _row(text: str) -> dict[str, Any]:
-    return common.need(common.load_json(text), dict, "the line")
+    return reading.need(reading.load_json(text), dict, "the line")
 
 
 def _prompt(row: dict[str, Any]) -> str:
-    prompt = common.get(row, "prompt", str).strip()
+    prompt = reading.get(row, "prompt", str).strip()
     if not prompt:
         raise Skip("empty_field", "empty prompt")
     return prompt
 
 
 def _responses(row: dict[str, Any]) -> tuple[str, str]:
-    return common.get(row, "response_0", str), common.get(row, "response_1", str)
+    return reading.get(row, "response_0", str), reading.get(row, "response_1", str)
 
 
 def response_id(row: dict[str, Any], key: str) -> int:
     """row[key], a response index: 0 or 1."""
-    value = common.get(row, key, int)
+    value = reading.get(row, key, int)
     if value not in (0, 1):
         raise Skip("bad_choice", f"{key!r} is {value}, not 0 or 1")
     return value
@@ -92,7 +55,7 @@ def is_safe(row: dict[str, Any], index: int) -> bool:
     if value is None:
         raise Skip("missing_field", f"no {key!r}")
     if not isinstance(value, bool):
-        raise Skip("wrong_type", f"{key!r} is {common.type_name(value)}, not a boolean")
+        raise Skip("wrong_type", f"{key!r} is {reading.type_name(value)}, not a boolean")
     return value
 
 
@@ -107,7 +70,7 @@ def parse_safer(text: str) -> Record:
             raise Skip("label_conflict", f"safer_response_id {safer} names the response labelled unsafe; "
                                          f"response {1 - safer} is labelled safe")
         raise Skip("no_safe_response", "neither response is labelled safe")
-    return common.make_pair(prompt, responses[safer], responses[1 - safer])
+    return reading.make_pair(prompt, responses[safer], responses[1 - safer])
 
 
 def parse_better(text: str) -> Record:
@@ -115,7 +78,7 @@ def parse_better(text: str) -> Record:
     row = _row(text)
     prompt, responses = _prompt(row), _responses(row)
     better = response_id(row, "better_response_id")
-    return common.make_pair(prompt, responses[better], responses[1 - better])
+    return reading.make_pair(prompt, responses[better], responses[1 - better])
 
 
 def labelled_responses(text: str) -> list[tuple[str, str, int]]:
@@ -131,13 +94,13 @@ def labelled_responses(text: str) -> list[tuple[str, str, int]]:
 def parse_labelled(item: tuple[str, str, int]) -> Record:
     """One response of a row (`read_responses`) -> {"prompt", "text", "label" (1 = safe)}; raises Skip."""
     prompt, response, label = item
-    return common.make_labelled(prompt, response, label)
+    return reading.make_labelled(prompt, response, label)
 
 
 def read_responses(path: Path) -> Iterator[tuple[int | str, Any]]:
     """The safety view's reader: per row, ("<line>#0", response 0) and ("<line>#1", response 1), or
     (line, Skip) once for a row that gives neither."""
-    for number, text in common.read_lines(path):
+    for number, text in reading.read_lines(path):
         try:
             if isinstance(text, Skip):
                 raise text
@@ -169,8 +132,8 @@ def _subsets(source_dir: Path) -> list[Path]:
 
 
 def source_files(source_dir: Path) -> list[SourceFile]:
-    """The train and test file of each subset (see the module docstring); FileNotFoundError if none."""
-    common.require_dir(source_dir, "a PKU-SafeRLHF download")
+    """The train and test file of each subset (see docs/data.md); FileNotFoundError if none."""
+    reading.require_dir(source_dir, "a PKU-SafeRLHF download")
     subsets = _subsets(source_dir)
     if not subsets:
         raise FileNotFoundError(
@@ -182,7 +145,7 @@ def source_files(source_dir: Path) -> list[SourceFile]:
     for subset in subsets:
         for split in SPLITS:
             names = _split_file_names(split)
-            path = common.one_of(subset, names, "each PKU-SafeRLHF subset has train and test")
+            path = reading.one_of(subset, names, "each PKU-SafeRLHF subset has train and test")
             files.append(SourceFile(path, path.relative_to(source_dir).as_posix(), split))
     return files
 

@@ -2,70 +2,17 @@
 
     sources = prepare("runs/society/", "workdir/tfds")     # {"train": ..., "validation": ...}
     group = decode_record(sources["train"][0])   # {"prompt", "responses", "ratings", "stage", "id"}
-    build_report("workdir/tfds")                 # counts: groups, interactions, skipped lines by reason
 
-Which files are read (`PATTERNS`, in path order): every ``*.jsonl`` and ``sandbox*.json`` file
-directly in the source directory, and the reference's per-agent files in ``external_memory/`` or
-``world_*/external_memory/`` below it. So a simulation's run directory (records.jsonl beside its
-config.json and progress.json) is a source directory as it is; any other ``*.jsonl`` file in it
-must be a records file. A file's format is told by its content, not its name:
+Reads a simulation's run directory as it is, the reference implementation's per-agent memories and
+its released groups, each told by content, and turns them into Stable Alignment's group records
+(all three stages), split by question so that no question is on both sides.
 
-- JSON lines (the first character is ``{``): our interaction records, jaxalign/sandbox/records.py's
-  schema, as ``jaxalign sandbox`` writes them.
-- a JSON array (the first character is ``[``), the reference implementation's formats
-  (github.com/agi-templar/Stable-Alignment), one kind told per element:
-  * interaction rows (with "question"): an agent's external memory,
-    ``data/cache/world_<id>/external_memory/agent_<id>.jsonl`` (a JSON array despite the name);
-  * alignment groups (with "query"): the released data ``assets/sandbox_v1.json`` and
-    ``assets/sandbox_v2.json``, ``[{"query": str, "responses": [str], "scores": [number]}, ...]``.
-
-Interaction records (ours and the reference's) become group records with
-jaxalign.sandbox.alignment_data, all three stages. Released groups are already groups: they are
-kept as they are, except that groups with the same query are merged (`alignment_data.merge_groups`),
-and they have no stage (the release does not say which stage a row belongs to; a stage filter,
-``data.stage``, leaves them out).
-
-What of the reference format was verified, and where (agi-templar/Stable-Alignment, as crawled):
-- stable_alignment/sandbox/agent.py ``save_ext_memory``: the external memory is written with
-  ``DataFrame.to_json(orient="records", indent=2)`` to ``agent_<id>.jsonl``, one object per
-  interaction with agent_id, label, iteration, question, draft_answer, target_id, feedback, rating,
-  revised_answer, gen_moral_score_{before,after}, gen_moral_reason_{before,after},
-  gen_engagement_score_{before,after}, gen_engagement_reason_{before,after},
-  cls_moral_score_{before,after} (always 0).
-- stable_alignment/sandbox/world.py ``_social_interaction``: ``rating`` holds strings, "8" for a peer
-  reply whose rating did not parse (with whatever text followed "Reason:" as its feedback);
-  feedback and rating are sorted together by rating, but target_id is not, so target_id does not
-  pair with them; the observer's scores are floats, -1.0 when its reply did not parse.
-- stable_alignment/alignment.py: the released data is read with ``pd.read_json(path,
-  orient="records")``, each row's ``query``, ``responses`` and ``scores`` used (``query +
-  response`` is the training text; ``int(score)`` the rating); README.md names the files
-  assets/sandbox_v1.json and sandbox_v2.json and a rating scale of 1..7 (``--rating_scale 7``).
-Not verified: the released files themselves (not in the crawl; the repository keeps its data in
-Git LFS, e.g. assets/sample_world/external_memory/*.jsonl are LFS pointers), so neither whether
-every row has exactly these keys nor the range of their scores. Released scores are therefore
-accepted as any finite number (or a string of an integer, as int() would), and other keys of a row
-are ignored.
-
-How the reference rows are read: a peer rating that is not an integer 1..7 (its "8") is dropped
-with its feedback and counted (``dropped_peer_ratings``), never kept as a score; a row whose
-observer score is -1 is skipped as ``unscored`` (imitation and realignment need both scores);
-target_id is not read.
-
-Splits: train and validation, by a hash of the question (of the query for released groups), so
-every group of one question, of all three stages, lands in the same split. A bad line or array
-element is skipped and counted by reason (records.REASONS, plus ``unscored``, and ``duplicate`` for
-an interaction met twice); a file without one usable record, a JSON array that does not parse, and
-a Git LFS pointer in place of the data are errors naming the file. The build is reused until the
-source files change (SHA-256 in the metadata), as in feedback_common.
-
-Stored records are {prompt, responses, ratings, stage, id}; a data source returns text as bytes and
-the sequences as numpy arrays: `decode_record` gives plain str / list[str] / list[float].
+Details: docs/data.md#sandbox-interactions-and-released-groups-sandbox
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import math
@@ -78,10 +25,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from jaxalign.data import sandbox_alignment as alignment_data
+from jaxalign.data import sandbox_records as records_lib
 from jaxalign.data.builders import feedback_common as common
-from jaxalign.data.builders.feedback_common import SourceFile
-from jaxalign.sandbox import alignment_data
-from jaxalign.sandbox import records as records_lib
+from jaxalign.data.builders import reading
+from jaxalign.data.builders.reading import SourceFile
+from jaxalign.data.splits import hash_split
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +51,18 @@ _LFS_POINTER = b"version https://git-lfs"
 Group = dict[str, Any]
 
 
-class Skip(ValueError):
-    """A line or array element that gives nothing; ``reason`` is one of SKIPPED or MALFORMED."""
+class Skip(reading.Skip):
+    """A line or array element that gives nothing; ``reason`` is one of SKIPPED or MALFORMED.
 
-    def __init__(self, reason: str, detail: str):
-        if reason not in SKIPPED + MALFORMED:
-            raise ValueError(f"unknown skip reason {reason!r}")
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+    The helpers of reading.py (`reading.get`) raise this class's base, `reading.Skip`: catch that.
+    """
+
+    REASONS: ClassVar[tuple[str, ...]] = SKIPPED + MALFORMED
 
 
 def split_of(question: str) -> str:
-    """"validation" or "train", by the SHA-256 of the question (as jaxalign.data.synthetic.split_of)."""
-    bucket = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big") % 100
-    return "validation" if bucket < VALIDATION_PERCENT else "train"
+    """"validation" or "train", by the SHA-256 of the question (`jaxalign.data.splits.hash_split`)."""
+    return hash_split(question, {"validation": VALIDATION_PERCENT})
 
 
 # --------------------------------------------------------------------------- files
@@ -123,7 +70,7 @@ def split_of(question: str) -> str:
 def source_files(source_dir: Path) -> list[SourceFile]:
     """The files of PATTERNS in `source_dir` (hidden ones left out), by relative path;
     FileNotFoundError if there is none."""
-    common.require_dir(source_dir, "a directory of SANDBOX records files")
+    reading.require_dir(source_dir, "a directory of SANDBOX records files")
     paths = sorted({p for pattern in PATTERNS for p in source_dir.glob(pattern)
                     if p.is_file() and not p.name.startswith(".")},
                    key=lambda p: p.relative_to(source_dir).as_posix())
@@ -189,17 +136,8 @@ def _array_elements(path: Path) -> Iterator[tuple[int, Any]]:
 
 # --------------------------------------------------------------------------- the reference's formats
 
-def _get(obj: dict[str, Any], key: str, types: type | tuple[type, ...]) -> Any:
-    if key not in obj or obj[key] is None:
-        raise Skip("missing_field", f"no {key!r}")
-    value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, types):
-        raise Skip("wrong_type", f"{key!r} is {common.type_name(value)}")
-    return value
-
-
 def _text(obj: dict[str, Any], key: str, non_empty: bool = False) -> str:
-    value = _get(obj, key, str)
+    value = reading.get(obj, key, str)
     if non_empty and not value.strip():
         raise Skip("empty_field", f"empty {key!r}")
     try:
@@ -210,7 +148,7 @@ def _text(obj: dict[str, Any], key: str, non_empty: bool = False) -> str:
 
 
 def _texts(obj: dict[str, Any], key: str) -> list[str]:
-    values = _get(obj, key, list)
+    values = reading.get(obj, key, list)
     for index, value in enumerate(values):
         _text({f"{key}[{index}]": value}, f"{key}[{index}]")
     return values
@@ -231,7 +169,7 @@ def _integer(value: Any) -> int | None:
 
 
 def _observer_score(obj: dict[str, Any], key: str) -> int:
-    value = _get(obj, key, (int, float))
+    value = reading.get(obj, key, (int, float))
     score = _integer(value)
     if score == -1:  # the reference's "the observer's reply did not parse"
         raise Skip("unscored", f"{key!r} is -1 (the observer's score did not parse)")
@@ -243,10 +181,11 @@ def _observer_score(obj: dict[str, Any], key: str) -> int:
 
 def from_reference(obj: Any) -> tuple[dict[str, Any], int]:
     """A reference interaction row -> (a record with alignment_data.ALIGNMENT_FIELDS, the number
-    of peer ratings dropped because they were not an integer 1..7); raises Skip."""
+    of peer ratings dropped because they were not an integer 1..7); raises reading.Skip (this
+    module's Skip is one)."""
     if not isinstance(obj, dict):
-        raise Skip("not_object", f"an element is {common.type_name(obj)}")
-    feedback, ratings = _texts(obj, "feedback"), _get(obj, "rating", list)
+        raise Skip("not_object", f"an element is {reading.type_name(obj)}")
+    feedback, ratings = _texts(obj, "feedback"), reading.get(obj, "rating", list)
     if len(feedback) != len(ratings):
         raise Skip("length_mismatch", f"{len(feedback)} feedbacks but {len(ratings)} ratings")
     low, high = records_lib.SCALE_MIN, records_lib.SCALE_MAX
@@ -264,10 +203,10 @@ def from_reference(obj: Any) -> tuple[dict[str, Any], int]:
 
 def released_group(obj: Any) -> Group:
     """A row of the released alignment data {query, responses, scores} -> a group record without a
-    stage (empty responses left out); raises Skip."""
+    stage (empty responses left out); raises reading.Skip (this module's Skip is one)."""
     if not isinstance(obj, dict):
-        raise Skip("not_object", f"an element is {common.type_name(obj)}")
-    query, responses, scores = _text(obj, "query"), _texts(obj, "responses"), _get(obj, "scores", list)
+        raise Skip("not_object", f"an element is {reading.type_name(obj)}")
+    query, responses, scores = _text(obj, "query"), _texts(obj, "responses"), reading.get(obj, "scores", list)
     if len(responses) != len(scores):
         raise Skip("length_mismatch", f"{len(responses)} responses but {len(scores)} scores")
     ratings = []
@@ -288,11 +227,11 @@ def released_group(obj: Any) -> Group:
 Item = tuple[str, Any]  # ("interaction", record), ("group", group record)
 
 
-def read_items(file: SourceFile) -> Iterator[tuple[int, Item | Skip, bytes]]:
+def read_items(file: SourceFile) -> Iterator[tuple[int, Item | reading.Skip, bytes]]:
     """(line, item or Skip, a key of the raw content for finding duplicates) of each record of a file."""
     if _first_byte(file.path) == b"[":
         for line, obj in _array_elements(file.path):
-            key = hashlib.sha1(json.dumps(obj, sort_keys=True).encode("ascii")).digest()
+            key = common.dedup_key(obj)
             try:
                 if isinstance(obj, dict) and "query" in obj:
                     yield line, ("group", released_group(obj)), key
@@ -300,7 +239,7 @@ def read_items(file: SourceFile) -> Iterator[tuple[int, Item | Skip, bytes]]:
                     raise Skip("missing_field", "neither 'question' (an interaction) nor 'query' (a group)")
                 else:
                     yield line, ("interaction", from_reference(obj)), key
-            except Skip as skip:
+            except reading.Skip as skip:
                 yield line, skip, key
         return
     for line, text in records_lib.read_lines(file.path):
@@ -311,31 +250,24 @@ def read_items(file: SourceFile) -> Iterator[tuple[int, Item | Skip, bytes]]:
         except records_lib.InteractionError as e:
             yield line, Skip(e.reason, e.detail), b""
             continue
-        key = hashlib.sha1(json.dumps(record, sort_keys=True).encode("ascii")).digest()
+        key = common.dedup_key(record)
         yield line, ("interaction", (record, 0)), key
 
 
-class Tally:
-    """Counts by split, stage, file and skip reason: what the build stores in its metadata."""
+class Tally(common.Tally):
+    """feedback_common's counts (items read, items skipped by file and reason), plus groups by split
+    and stage, interactions and released groups read by split, and peer ratings dropped: what the
+    build stores in its metadata."""
+
+    SKIPPED: ClassVar[tuple[str, ...]] = SKIPPED
+    MALFORMED: ClassVar[tuple[str, ...]] = MALFORMED
 
     def __init__(self) -> None:
+        super().__init__()
         self.groups: dict[str, collections.Counter[str]] = {s: collections.Counter() for s in SPLITS}
         self.interactions: collections.Counter[str] = collections.Counter()
         self.released: collections.Counter[str] = collections.Counter()
         self.dropped_ratings = 0
-        self.file_items: collections.Counter[str] = collections.Counter()
-        self.reasons: collections.Counter[str] = collections.Counter()
-        self.by_file: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        self.examples: dict[str, list[str]] = collections.defaultdict(list)
-        self.first_skip: dict[str, str] = {}
-
-    def add_skip(self, file: str, line: int, skip: Skip) -> None:
-        self.reasons[skip.reason] += 1
-        self.by_file[file][skip.reason] += 1
-        where = f"{file}:{line}: {skip}"
-        self.first_skip.setdefault(file, where)
-        if len(self.examples[skip.reason]) < common.EXAMPLES_PER_REASON:
-            self.examples[skip.reason].append(where)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -344,10 +276,7 @@ class Tally:
             "interactions": dict(sorted(self.interactions.items())),
             "released_groups": dict(sorted(self.released.items())),
             "dropped_peer_ratings": self.dropped_ratings,
-            "skipped": {r: self.reasons[r] for r in SKIPPED if self.reasons[r]},
-            "malformed": {r: self.reasons[r] for r in MALFORMED if self.reasons[r]},
-            "skipped_by_file": {f: dict(sorted(c.items())) for f, c in sorted(self.by_file.items())},
-            "skip_examples": {r: list(e) for r, e in sorted(self.examples.items())},
+            **self.skip_metadata(),
         }
 
 
@@ -360,13 +289,13 @@ def scan(files: Sequence[SourceFile]) -> tuple[Tally, dict[str, list[Group]]]:
     seen: set[bytes] = set()
     for file in files:
         for line, item, key in read_items(file):
-            if not isinstance(item, Skip) and key in seen:
+            if not isinstance(item, reading.Skip) and key in seen:
                 item = Skip("duplicate", "the same record as an earlier one")
-            if isinstance(item, Skip):
+            if isinstance(item, reading.Skip):
                 tally.add_skip(file.name, line, item)
                 continue
             seen.add(key)
-            tally.file_items[file.name] += 1
+            tally.file_records[file.name] += 1
             kind, value = item
             if kind == "group":
                 split = split_of(value["prompt"])
@@ -378,10 +307,7 @@ def scan(files: Sequence[SourceFile]) -> tuple[Tally, dict[str, list[Group]]]:
                 interactions[split].append(record)
                 tally.interactions[split] += 1
                 tally.dropped_ratings += dropped
-        if not tally.file_items[file.name]:
-            counts = ", ".join(f"{r} {n}" for r, n in tally.by_file[file.name].most_common()) or "no records"
-            first = f"; first: {tally.first_skip[file.name]}" if file.name in tally.first_skip else ""
-            raise ValueError(f"{file.path}: not one usable SANDBOX record ({counts}{first})")
+        tally.require_records(file, "SANDBOX", "no records")
     groups = {s: alignment_data.alignment_groups(interactions[s]) + alignment_data.merge_groups(released[s])
               for s in SPLITS}
     for split, split_groups in groups.items():

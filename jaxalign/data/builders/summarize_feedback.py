@@ -1,28 +1,10 @@
 """TFDS builder for the OpenAI summarize-from-feedback comparisons (Stiennon et al. 2020, arXiv 2009.01325).
 
-The source is the ``comparisons/`` directory as OpenAI publishes it (or a directory holding it):
-every ``*.json`` file there (batch3.json ... batch22.json, batch0_cnndm.json, cnndm0.json,
-cnndm2.json, edit_b2_eval_test.json) is JSON lines, one comparison per line::
+Reads the ``comparisons/*.json`` files into preference records: the post (or article) in the
+paper's TL;DR prompt format, chosen = the summary the labeller picked; upstream's ``valid1`` and
+``valid2`` splits become ``validation``.
 
-    {"info": {"id", "post", "title", "subreddit", ...} or {"id", "article", "site", ...},
-     "summaries": [{"text", "policy", "note"}, {"text", "policy", "note"}],
-     "choice": 0 | 1, "split": "train" | "valid1" | "valid2", "worker", "batch", "extra"}
-
-Parsing (`parse_line`):
-
-- prompt: a Reddit post (``info.post``) in the query format of OpenAI's code for the paper
-  (``tldr_task`` in summarize_from_feedback/utils/experiment_helpers.py), TLDR_FORMAT =
-  ``"SUBREDDIT: r/{subreddit}\\n\\nTITLE: {title}\\n\\nPOST: {post}\\n\\nTL;DR:"``; a news article
-  (``info.article``, the CNN/DM batches) in that code's ``cnndm_task`` format, CNNDM_FORMAT =
-  ``"Article:\\n{article}\\n\\nTL;DR:\\n"``. Field values are inserted verbatim.
-- chosen = ``summaries[choice].text``, rejected = the other one, both stripped.
-- ``bad_choice``: ``choice`` is not 0 or 1; ``unknown_split``: ``split`` is not one of
-  SPLIT_NAMES; ``tie``: the two summaries are the same text.
-
-Splits: ``train`` (upstream split "train") and ``validation`` ("valid1" and "valid2"), as in the
-Hugging Face dataset ``openai/summarize_from_feedback`` (config "comparisons").
-
-Records: task ``"summary"``, id ``"<file>:<line>"``.
+Details: docs/data.md#summarize-from-feedback-comparisons-summarize_feedbackpy
 """
 
 from __future__ import annotations
@@ -31,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxalign.data.builders import feedback_common as common
-from jaxalign.data.builders.feedback_common import Skip, SourceFile
+from jaxalign.data.builders import reading
+from jaxalign.data.builders.reading import Skip, SourceFile
 
 TLDR_FORMAT = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 CNNDM_FORMAT = "Article:\n{article}\n\nTL;DR:\n"
@@ -47,12 +30,12 @@ _FILE_LIST = " ".join(FILES)
 def format_prompt(info: dict[str, Any]) -> str:
     """The query of a comparison's ``info``: a Reddit post or a news article."""
     if info.get("post") is not None:
-        fields = {key: common.get(info, key, str, "info.") for key in ("post", "title", "subreddit")}
+        fields = {key: reading.get(info, key, str, "info.") for key in ("post", "title", "subreddit")}
         if not fields["post"].strip():
             raise Skip("empty_field", "empty 'info.post'")
         return TLDR_FORMAT.format(**fields)
     if info.get("article") is not None:
-        article = common.get(info, "article", str, "info.")
+        article = reading.get(info, "article", str, "info.")
         if not article.strip():
             raise Skip("empty_field", "empty 'info.article'")
         return CNNDM_FORMAT.format(article=article)
@@ -61,25 +44,25 @@ def format_prompt(info: dict[str, Any]) -> str:
 
 def parse_line(text: str) -> dict[str, str]:
     """One line of a comparisons file -> {"prompt", "chosen", "rejected", "split"}; raises Skip."""
-    obj: Any = common.need(common.load_json(text), dict, "the line")
-    prompt = format_prompt(common.get(obj, "info", dict))
-    summaries = common.get(obj, "summaries", list)
+    obj: Any = reading.need(reading.load_json(text), dict, "the line")
+    prompt = format_prompt(reading.get(obj, "info", dict))
+    summaries = reading.get(obj, "summaries", list)
     if len(summaries) != 2:
         raise Skip("wrong_type", f"'summaries' has {len(summaries)} entries, not 2")
-    texts = [common.get(common.need(s, dict, f"summaries[{i}]"), "text", str, f"summaries[{i}].")
+    texts = [reading.get(reading.need(s, dict, f"summaries[{i}]"), "text", str, f"summaries[{i}].")
              for i, s in enumerate(summaries)]
-    choice = common.get(obj, "choice", int)
+    choice = reading.get(obj, "choice", int)
     if choice not in (0, 1):
         raise Skip("bad_choice", f"'choice' is {choice}, not 0 or 1")
-    split = common.get(obj, "split", str)
+    split = reading.get(obj, "split", str)
     if split not in SPLIT_NAMES:
         raise Skip("unknown_split", f"'split' is {split!r}, not one of {', '.join(SPLIT_NAMES)}")
-    return common.make_pair(prompt, texts[choice], texts[1 - choice], split=SPLIT_NAMES[split])
+    return reading.make_pair(prompt, texts[choice], texts[1 - choice], split=SPLIT_NAMES[split])
 
 
 def source_files(source_dir: Path) -> list[SourceFile]:
     """Every *.json file of the comparisons directory (`source_dir` or its comparisons/), by name."""
-    common.require_dir(source_dir, "the summarize-from-feedback comparisons directory")
+    reading.require_dir(source_dir, "the summarize-from-feedback comparisons directory")
     directory = source_dir / "comparisons" if (source_dir / "comparisons").is_dir() else source_dir
     paths = sorted(directory.glob("*.json"))
     if not paths:
