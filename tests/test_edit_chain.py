@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from jaxalign.data.tokenizer import train_sentencepiece
 from jaxalign.objectives import edit_chain as ec
-from jaxalign.objectives.edit_chain import ChainParseError, Costs, Edit
+from jaxalign.objectives import edits
+from jaxalign.objectives.edits import ChainParseError, Costs, Edit
 
 # (context, unaligned, aligned), Moral Stories style.
 TRIPLES = [
@@ -48,10 +49,10 @@ def reference_cost(src, tgt, costs):
     return row[-1]
 
 
-def splice(src, edits):
+def splice(src, chain):
     """Applies edits right to left by slice assignment (a second, independent implementation)."""
     out = list(src)
-    for edit in sorted(edits, key=lambda e: e.start, reverse=True):
+    for edit in sorted(chain, key=lambda e: e.start, reverse=True):
         out[edit.start:edit.end] = edit.tokens
     return out
 
@@ -62,8 +63,8 @@ def splice(src, edits):
 @SETTINGS
 @given(ids_lists, ids_lists, costs_st)
 def test_chain_turns_source_into_target_and_is_canonical(src, tgt, costs):
-    chain = ec.compute_chain(src, tgt, costs)
-    assert ec.apply_chain(src, chain) == tgt
+    chain = edits.compute_chain(src, tgt, costs)
+    assert edits.apply_chain(src, chain) == tgt
     assert splice(src, chain) == tgt
     for edit in chain:
         assert isinstance(edit, Edit) and isinstance(edit.tokens, tuple)
@@ -79,47 +80,48 @@ def test_chain_turns_source_into_target_and_is_canonical(src, tgt, costs):
 @given(ids_lists, ids_lists, costs_st)
 def test_chain_cost_is_the_minimum_edit_cost(src, tgt, costs):
     best = reference_cost(src, tgt, costs)
-    assert ec.chain_cost(ec.compute_chain(src, tgt, costs), costs) == pytest.approx(best, rel=1e-9, abs=1e-9)
-    assert ec.edit_distance(src, tgt, costs) == pytest.approx(best, rel=1e-9, abs=1e-9)
+    chain = edits.compute_chain(src, tgt, costs)
+    assert edits.chain_cost(chain, costs) == pytest.approx(best, rel=1e-9, abs=1e-9)
+    assert edits.edit_distance(src, tgt, costs) == pytest.approx(best, rel=1e-9, abs=1e-9)
 
 
 @SETTINGS
 @given(ids_lists, ids_lists, st.sampled_from(COSTS), st.data())
 def test_any_subset_of_edits_applies_and_the_rest_completes_it(src, tgt, costs, data):
-    chain = ec.compute_chain(src, tgt, costs)
+    chain = edits.compute_chain(src, tgt, costs)
     chosen = data.draw(st.sets(st.sampled_from(range(len(chain))) if chain else st.nothing()))
     subset = [chain[i] for i in sorted(chosen)]
     rest = [chain[i] for i in range(len(chain)) if i not in chosen]
-    partial = ec.apply_chain(src, subset)
+    partial = edits.apply_chain(src, subset)
     assert partial == splice(src, subset)  # exactly those spans replaced, everything else kept
     assert len(partial) == len(src) + sum(len(e.tokens) - (e.end - e.start) for e in subset)
-    assert ec.apply_chain(partial, ec.rebase(rest, subset)) == tgt
+    assert edits.apply_chain(partial, edits.rebase(rest, subset)) == tgt
 
 
 def test_costs_decide_the_chain():
     # Under 2/2/1 two replacements (cost 2) beat a deletion plus an insertion (cost 4); under the
     # default costs a replacement is never cheaper, so the kept token 2 splits the chain in two.
     src, tgt = [1, 2], [2, 3]
-    assert ec.compute_chain(src, tgt) == [Edit("delete", 0, 1, ()), Edit("insert", 2, 2, (3,))]
-    assert ec.compute_chain(src, tgt, Costs(2, 2, 1)) == [Edit("replace", 0, 2, (2, 3))]
-    chains = ec.augmented_chains(src, tgt)
-    assert chains[0] == ec.compute_chain(src, tgt, ec.DEFAULT_COSTS)
+    assert edits.compute_chain(src, tgt) == [Edit("delete", 0, 1, ()), Edit("insert", 2, 2, (3,))]
+    assert edits.compute_chain(src, tgt, Costs(2, 2, 1)) == [Edit("replace", 0, 2, (2, 3))]
+    chains = edits.augmented_chains(src, tgt)
+    assert chains[0] == edits.compute_chain(src, tgt, edits.DEFAULT_COSTS)
     assert len(chains) == len({tuple(c) for c in chains}) >= 2
-    assert ec.num_chains() == len(ec.AUGMENT_COSTS)
-    assert ec.compute_chain([], []) == [] and ec.compute_chain([4], [4]) == []
-    assert ec.compute_chain(np.array([5, 6, 7]), np.array([5, 7])) == [Edit("delete", 1, 2, ())]
+    assert ec.num_chains() == len(edits.AUGMENT_COSTS)
+    assert edits.compute_chain([], []) == [] and edits.compute_chain([4], [4]) == []
+    assert edits.compute_chain(np.array([5, 6, 7]), np.array([5, 7])) == [Edit("delete", 1, 2, ())]
 
 
 @SETTINGS
 @given(ids_lists, ids_lists)
 def test_augmented_chains_are_distinct_and_each_minimal(src, tgt):
-    chains = ec.augmented_chains(src, tgt)
-    assert chains[0] == ec.compute_chain(src, tgt)
-    assert len({tuple(c) for c in chains}) == len(chains) <= len(ec.AUGMENT_COSTS)
+    chains = edits.augmented_chains(src, tgt)
+    assert chains[0] == edits.compute_chain(src, tgt)
+    assert len({tuple(c) for c in chains}) == len(chains) <= len(edits.AUGMENT_COSTS)
     for chain in chains:
-        assert ec.apply_chain(src, chain) == tgt
-        assert any(ec.chain_cost(chain, c) == pytest.approx(reference_cost(src, tgt, c))
-                   for c in ec.AUGMENT_COSTS)
+        assert edits.apply_chain(src, chain) == tgt
+        assert any(edits.chain_cost(chain, c) == pytest.approx(reference_cost(src, tgt, c))
+                   for c in edits.AUGMENT_COSTS)
 
 
 @pytest.mark.parametrize("chain, message", [
@@ -134,7 +136,7 @@ def test_augmented_chains_are_distinct_and_each_minimal(src, tgt):
 ])
 def test_apply_chain_rejects_invalid_chains(chain, message):
     with pytest.raises(ValueError, match=message):
-        ec.apply_chain([0, 1, 2, 3, 4, 5], chain)
+        edits.apply_chain([0, 1, 2, 3, 4, 5], chain)
 
 
 def test_bad_costs_and_ids_are_errors():
@@ -142,11 +144,11 @@ def test_bad_costs_and_ids_are_errors():
         with pytest.raises(ValueError, match="finite number > 0"):
             Costs(replace=bad)
     with pytest.raises(ValueError, match="token id -1"):
-        ec.compute_chain([1, -1], [1])
+        edits.compute_chain([1, -1], [1])
     with pytest.raises(ValueError, match="integer token ids"):
-        ec.compute_chain([1.5], [1])
+        edits.compute_chain([1.5], [1])
     with pytest.raises(ValueError, match="not text"):
-        ec.compute_chain("abc", [1])
+        edits.compute_chain("abc", [1])
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -157,27 +159,27 @@ def tok_fmt():
     corpus = [text for triple in TRIPLES for text in triple if text]
     corpus += ["0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20", "The dog and the host are kind."]
     tok = train_sentencepiece(corpus, vocab_size=400)
-    fmt = ec.add_markers(tok)
+    fmt = edits.add_markers(tok)
     return tok, fmt
 
 
 def test_add_markers_is_idempotent(tok_fmt):
     tok, fmt = tok_fmt
     size = tok.vocab_size
-    assert ec.add_markers(tok) == fmt and tok.vocab_size == size
-    for spelling, token_id in zip(ec.MARKERS, fmt.ids, strict=True):
+    assert edits.add_markers(tok) == fmt and tok.vocab_size == size
+    for spelling, token_id in zip(edits.MARKERS, fmt.ids, strict=True):
         assert tok.encode(f"a{spelling}b")[1] == token_id and tok.decode([token_id]) == spelling
         assert fmt.marker_of(token_id) == spelling
 
 
 def test_serialised_chains_round_trip_and_read_as_text(tok_fmt):
     tok, fmt = tok_fmt
-    spell = dict(zip(ec.OPS, ("<|ins|>", "<|del|>", "<|sub|>"), strict=True))
+    spell = dict(zip(edits.OPS, ("<|ins|>", "<|del|>", "<|sub|>"), strict=True))
     for _, unaligned, aligned in TRIPLES:
         src, tgt = tok.encode(unaligned), tok.encode(aligned)
-        for chain in ec.augmented_chains(src, tgt):
-            ids = ec.serialize(chain, src, tok, fmt)
-            assert ec.deserialize(ids, src, tok, fmt) == chain
+        for chain in edits.augmented_chains(src, tgt):
+            ids = edits.serialize(chain, src, tok, fmt)
+            assert edits.deserialize(ids, src, tok, fmt) == chain
             # Readable: marker, positions, the replaced text, <|to|>, the new text.
             expected = ""
             for e in chain:
@@ -186,7 +188,8 @@ def test_serialised_chains_round_trip_and_read_as_text(tok_fmt):
                 expected += spell[e.op] + where + tok.decode(src[e.start:e.end]) + new
             assert tok.decode(ids) == expected
     src, tgt = tok.encode(TRIPLES[2][1]), tok.encode(TRIPLES[2][2])
-    assert tok.decode(ec.serialize(ec.compute_chain(src, tgt), src, tok, fmt)).endswith(" idiot<|to|> upset")
+    chain_ids = edits.serialize(edits.compute_chain(src, tgt), src, tok, fmt)
+    assert tok.decode(chain_ids).endswith(" idiot<|to|> upset")
 
 
 @SETTINGS
@@ -198,21 +201,21 @@ def test_round_trip_of_arbitrary_ids_including_digits_and_spaces(tok_fmt, data):
     token = st.one_of(st.sampled_from(tricky), st.sampled_from(ordinary))
     src = data.draw(st.lists(token, max_size=30))
     tgt = data.draw(st.lists(st.one_of(token, st.sampled_from(src) if src else token), max_size=30))
-    chain = ec.compute_chain(src, tgt, data.draw(st.sampled_from(ec.AUGMENT_COSTS)))
-    assert ec.deserialize(ec.serialize(chain, src, tok, fmt), src, tok, fmt) == chain
+    chain = edits.compute_chain(src, tgt, data.draw(st.sampled_from(edits.AUGMENT_COSTS)))
+    assert edits.deserialize(edits.serialize(chain, src, tok, fmt), src, tok, fmt) == chain
 
 
 def test_serialize_refuses_marker_tokens(tok_fmt):
     tok, fmt = tok_fmt
     with pytest.raises(ValueError, match=r"edit 0 .*<\|chain\|>"):
-        ec.serialize([Edit("insert", 0, 0, (fmt.chain,))], [5], tok, fmt)
+        edits.serialize([Edit("insert", 0, 0, (fmt.chain,))], [5], tok, fmt)
 
 
 def test_deserialize_errors_name_the_problem(tok_fmt):
     tok, fmt = tok_fmt
     src = tok.encode("Sam tells his friend that he is an idiot.")
-    chain = ec.compute_chain(src, tok.encode("Sam tells his friend that he is upset."))
-    good = ec.serialize(chain, src, tok, fmt)
+    chain = edits.compute_chain(src, tok.encode("Sam tells his friend that he is upset."))
+    good = edits.serialize(chain, src, tok, fmt)
     num = lambda text: tok.encode(text)  # noqa: E731
     cases = {
         "starts with an edit marker": num("hello") + good,
@@ -229,9 +232,9 @@ def test_deserialize_errors_name_the_problem(tok_fmt):
     }
     for message, ids in cases.items():
         with pytest.raises(ChainParseError, match=message):
-            ec.deserialize(ids, src, tok, fmt)
+            edits.deserialize(ids, src, tok, fmt)
     assert issubclass(ChainParseError, ValueError)
-    assert ec.deserialize([], src, tok, fmt) == []
+    assert edits.deserialize([], src, tok, fmt) == []
 
 
 # --------------------------------------------------------------------------- training examples
@@ -242,7 +245,7 @@ def test_example_layout_and_weights(tok_fmt, loss_on):
     tok, fmt = tok_fmt
     for context, unaligned, aligned in TRIPLES:
         src, tgt = tok.encode(unaligned), tok.encode(aligned)
-        chains = ec.augmented_chains(src, tgt)
+        chains = edits.augmented_chains(src, tgt)
         for index in range(ec.num_chains()):
             example = ec.make_example(context, unaligned, aligned, tok, fmt, chain_index=index,
                                       loss_on=loss_on)
@@ -250,7 +253,7 @@ def test_example_layout_and_weights(tok_fmt, loss_on):
             assert example["tokens"].dtype == np.int32 and weights.dtype == np.float32
             prompt = [tok.bos_id] + tok.encode(ec.prompt_text(context, unaligned))
             chain = chains[index] if index < len(chains) else chains[0]
-            body = ec.serialize(chain, src, tok, fmt) + [fmt.chain]
+            body = edits.serialize(chain, src, tok, fmt) + [fmt.chain]
             assert tokens == prompt + body + tgt + [fmt.aligned, tok.eos_id]
             # The prompt holds the source tokens the chain's positions refer to.
             assert prompt[-len(src) - 1:] == src + [fmt.unaligned]
@@ -282,7 +285,7 @@ def test_example_options_and_errors(tok_fmt):
     with pytest.raises(ValueError, match=r"aligned text contains the marker <\|chain\|>"):
         ec.make_example(context, unaligned, "fine <|chain|> text", tok, fmt)
     with pytest.raises(ValueError, match="add_markers"):
-        ec.make_example(context, unaligned, aligned, tok, ec.ChainFormat(*range(10, 17)))
+        ec.make_example(context, unaligned, aligned, tok, edits.ChainFormat(*range(10, 17)))
     record = {"context": context.encode(), "unaligned": unaligned, "aligned": aligned}
     np.testing.assert_array_equal(ec.example_from_record(record, tok, fmt)["tokens"],
                                   ec.make_example(context, unaligned, aligned, tok, fmt)["tokens"])
@@ -291,14 +294,14 @@ def test_example_options_and_errors(tok_fmt):
     # A single cost setting: one example per record.
     one = ec.make_example(context, unaligned, aligned, tok, fmt, costs=[Costs(1, 1, 1)])
     src, tgt = tok.encode(unaligned), tok.encode(aligned)
-    assert ec.serialize(ec.compute_chain(src, tgt, Costs(1, 1, 1)), src, tok, fmt) == \
+    assert edits.serialize(edits.compute_chain(src, tgt, Costs(1, 1, 1)), src, tok, fmt) == \
         one["tokens"].tolist()[len(tok.encode(ec.prompt_text(context, unaligned))) + 1:][:-len(tgt) - 3]
 
 
 def test_example_without_bos():
     corpus = [text for triple in TRIPLES for text in triple if text]
     tok = train_sentencepiece(corpus, vocab_size=400, bos_id=-1)
-    fmt = ec.add_markers(tok)
+    fmt = edits.add_markers(tok)
     assert tok.bos_id is None
     context, unaligned, aligned = TRIPLES[1]
     example = ec.make_example(context, unaligned, aligned, tok, fmt)
@@ -316,27 +319,27 @@ def test_parse_generation_agreeing_and_disagreeing(tok_fmt):
     example = ec.make_example(context, unaligned, aligned, tok, fmt)
     prompt_len = len(tok.encode(ec.prompt_text(context, unaligned), add_bos=True))
     generated = example["tokens"][prompt_len:].tolist() + [tok.pad_id, 77]  # what follows EOS is ignored
-    revision = ec.parse_generation(generated, src, tok, fmt)
-    chain = ec.compute_chain(src, tgt)
+    revision = edits.parse_generation(generated, src, tok, fmt)
+    chain = edits.compute_chain(src, tgt)
     assert revision.agrees and revision.parse_error is None
     assert revision.chain == chain and revision.target == tgt and revision.applied == tgt
     assert revision.accept(range(len(chain))) == tgt and revision.accept([]) == src
-    assert revision.accept([0]) == ec.apply_chain(src, chain[:1])
+    assert revision.accept([0]) == edits.apply_chain(src, chain[:1])
     assert "agrees" in revision.describe(tok)
     with pytest.raises(ValueError, match="edit index"):
         revision.accept([len(chain)])
 
     # A target the chain does not produce: parsed fine, reported as a disagreement.
     other = tok.encode(" Tom drinks water.")
-    changed = ec.serialize(chain, src, tok, fmt) + [fmt.chain] + other + [fmt.aligned, tok.eos_id]
-    revision = ec.parse_generation(changed, src, tok, fmt)
+    changed = edits.serialize(chain, src, tok, fmt) + [fmt.chain] + other + [fmt.aligned, tok.eos_id]
+    revision = edits.parse_generation(changed, src, tok, fmt)
     assert not revision.agrees and revision.parse_error is None
     assert revision.target == other and revision.applied == tgt
     assert "DISAGREES" in revision.describe(tok) and "chain applied" in revision.describe(tok)
 
     # A chain whose old tokens are not the source's: no chain, an error, the target still there.
     bad = [fmt.delete] + tok.encode(" 0 1") + src[1:2] + [fmt.chain] + tgt + [fmt.aligned]
-    revision = ec.parse_generation(bad, src, tok, fmt)
+    revision = edits.parse_generation(bad, src, tok, fmt)
     assert revision.chain is None and revision.applied is None and not revision.agrees
     assert "differ from the source" in revision.parse_error and revision.target == tgt
     with pytest.raises(ValueError, match="no valid chain"):
@@ -346,11 +349,11 @@ def test_parse_generation_agreeing_and_disagreeing(tok_fmt):
 def test_parse_generation_cut_short(tok_fmt):
     tok, fmt = tok_fmt
     src, tgt = tok.encode(TRIPLES[2][1]), tok.encode(TRIPLES[2][2])
-    chain_ids = ec.serialize(ec.compute_chain(src, tgt), src, tok, fmt)
-    no_aligned = ec.parse_generation(chain_ids + [fmt.chain] + tgt[:3], src, tok, fmt)
+    chain_ids = edits.serialize(edits.compute_chain(src, tgt), src, tok, fmt)
+    no_aligned = edits.parse_generation(chain_ids + [fmt.chain] + tgt[:3], src, tok, fmt)
     assert "no <|aligned|>" in no_aligned.parse_error and no_aligned.target == tgt[:3]
-    assert no_aligned.chain == ec.compute_chain(src, tgt) and not no_aligned.agrees
-    no_chain = ec.parse_generation(chain_ids, src, tok, fmt)
+    assert no_aligned.chain == edits.compute_chain(src, tgt) and not no_aligned.agrees
+    no_chain = edits.parse_generation(chain_ids, src, tok, fmt)
     assert "no <|chain|>" in no_chain.parse_error and no_chain.target == [] and not no_chain.agrees
-    stray = ec.parse_generation(chain_ids + [fmt.chain, fmt.insert] + tgt + [fmt.aligned], src, tok, fmt)
+    stray = edits.parse_generation(chain_ids + [fmt.chain, fmt.insert] + tgt + [fmt.aligned], src, tok, fmt)
     assert r"marker <|ins|>" in stray.parse_error

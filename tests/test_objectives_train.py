@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import jaxalign
-from jaxalign import checkpoints
 from jaxalign import config as config_lib
+from jaxalign import modeldir
 from jaxalign.data.tokenizer import train_sentencepiece
 from jaxalign.eval import report as report_lib
 from jaxalign.objectives import registry
 from jaxalign.train import loop
-from jaxalign.train.checkpointing import Checkpointer
+from jaxalign.train.checkpointer import Checkpointer
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "coh_synthetic.py"
 MESH = "dp:2,fsdp:4,tp:1"
@@ -114,10 +114,10 @@ def runs(tmp_path_factory, group_data):
 
 
 def test_the_objectives_are_the_ones_tested():
-    assert set(EXPECTED) == set(registry.DEFAULTS)
+    assert set(EXPECTED) == set(registry.OBJECTIVES)
 
 
-@pytest.mark.parametrize("objective", list(registry.DEFAULTS))
+@pytest.mark.parametrize("objective", list(registry.OBJECTIVES))
 def test_objective_trains_with_its_metrics(runs, objective):
     summary, workdir = runs(objective)
     assert summary["status"] == "done" and summary["step"] == 4
@@ -175,7 +175,7 @@ def test_dpo_from_an_sft_run(runs, tmp_path, monkeypatch):
            "--config.num_samples=0"]
 
     # A model of another size does not load, and leaves both workdirs usable.
-    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"init_from=.*do not fit config.model"):
+    with pytest.raises(modeldir.CheckpointMismatchError, match=r"init_from=.*do not fit config.model"):
         loop.train(_config("dpo", *dpo, "--config.model.num_hidden_layers=1"), tmp_path)
     assert Checkpointer(tmp_path / "checkpoints").latest_step() is None
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxalign.data import pipeline
+from jaxalign.data import examples, pipeline
 from jaxalign.data.builders import JsonlPreference, decode_record, prepare
 from jaxalign.data.jsonl import RecordError
 from jaxalign.data.packing import ROW_FIELDS, pack_examples
@@ -59,49 +59,6 @@ def _identity(example):
 
 
 PIPELINE = dict(seq_len=32, batch_size=3, num_bins=4, process_index=0, process_count=1, transform=_identity)
-
-
-# --------------------------------------------------------------------------- examples
-
-
-def test_sft_example_weights_prompt_zero_response_and_eos_one():
-    ex = pipeline.sft_example([1, 5, 6], np.array([7, 8]), eos_id=2)
-    np.testing.assert_array_equal(ex["tokens"], [1, 5, 6, 7, 8, 2])
-    np.testing.assert_array_equal(ex["weights"], [0, 0, 0, 1, 1, 1])
-    assert ex["tokens"].dtype == np.int32 and ex["weights"].dtype == np.float32
-    # Packed, the loss falls on predicting 7, 8 and the EOS, never on the prompt.
-    [row] = pack_examples([ex], seq_len=8)
-    np.testing.assert_array_equal(row["targets"][:5], [5, 6, 7, 8, 2])
-    np.testing.assert_array_equal(row["weights"], [0, 0, 1, 1, 1, 0, 0, 0])
-    # An empty response still teaches where to stop.
-    np.testing.assert_array_equal(pipeline.sft_example([1, 4], [], 2)["weights"], [0, 0, 1])
-    with pytest.raises(ValueError, match="eos_id"):
-        pipeline.sft_example([1], [3], None)
-    with pytest.raises(ValueError, match="response_ids must be a 1-D"):
-        pipeline.sft_example([1], [[3, 4]], 2)
-
-
-def test_records_become_examples(tok):
-    text = "The quick brown fox."
-    [ex] = pipeline.tokenized_records([{"text": text}], tok, "text")
-    assert ex["tokens"][0] == tok.bos_id and ex["tokens"][-1] == tok.eos_id
-    assert np.all(ex["weights"] == 1) and tok.decode(ex["tokens"]) == text
-
-    record = {"prompt": "Question: name a colour. Answer:", "chosen": " blue.", "rejected": " four.", "id": 3}
-    [ex] = pipeline.tokenized_records([record], tok, "preference")
-    prompt = tok.encode(pipeline.format_prompt(record["prompt"]), add_bos=True)
-    np.testing.assert_array_equal(ex["tokens"][: len(prompt)], prompt)
-    assert np.all(ex["weights"][: len(prompt)] == 0) and np.all(ex["weights"][len(prompt):] == 1)
-    assert tok.decode(ex["tokens"][len(prompt):]) == " blue." and ex["tokens"][-1] == tok.eos_id
-    # tfds data sources return bytes: the same example.
-    stored = {k: str(v).encode() for k, v in record.items()}
-    from_bytes = pipeline.record_to_example(stored, tok, "preference")
-    np.testing.assert_array_equal(from_bytes["tokens"], ex["tokens"])
-
-    with pytest.raises(ValueError, match="record 1: a preference record needs a 'chosen' field"):
-        pipeline.tokenized_records([record, {"prompt": "a", "rejected": "b"}], tok, "preference")
-    with pytest.raises(ValueError, match="unknown record kind 'chat'"):
-        pipeline.tokenized_records([record], tok, "chat")
 
 
 # --------------------------------------------------------------------------- batches
@@ -216,10 +173,10 @@ def test_tfds_builder_round_trip_without_tensorflow(tmp_path, tok):
 
     # The data source feeds make_batches: the same batches as the records tokenized up front.
     opts = dict(seq_len=32, batch_size=2, seed=0, process_index=0, process_count=1)
-    transform = functools.partial(pipeline.record_to_example, tokenizer=tok, kind="preference")
+    transform = functools.partial(examples.record_to_example, tokenizer=tok, kind="preference")
     _assert_same_batches(
         _take(pipeline.make_batches(sources["train"], transform=transform, **opts), 5),
-        _take(pipeline.make_batches(pipeline.tokenized_records(PREFERENCES, tok, "preference"), **opts), 5),
+        _take(pipeline.make_batches(examples.tokenized_records(PREFERENCES, tok, "preference"), **opts), 5),
     )
 
     # Unchanged files reuse the build; edited ones rebuild it.

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.rl import loop as rl_loop
-from jaxalign.rl import policy_gradient as pg
+from jaxalign.methods import rl as rl_loop
+from jaxalign.objectives import policy_gradient as pg
 
 
 def test_leave_one_out_by_hand():

@@ -13,14 +13,14 @@ import pytest
 import torch
 import transformers
 
-from jaxalign import hf, models
+from jaxalign import forward, hf, models
 from jaxalign import mesh as mesh_lib
+from jaxalign.data.examples import format_prompt, sft_example
 from jaxalign.data.packing import pack_examples
-from jaxalign.data.pipeline import format_prompt, sft_example
 from jaxalign.data.tokenizer import demo_tokenizer
 from jaxalign.models import Transformer
-from jaxalign.objectives import dpo
-from jaxalign.rl import reward
+from jaxalign.models import reward as reward_model
+from jaxalign.objectives import dpo, reward
 from jaxalign.train import state as state_lib
 from jaxalign.train import step as step_lib
 from jaxalign.train.optim import make_optimizer
@@ -79,7 +79,7 @@ def test_config_head_is_validated_and_round_trips():
         with pytest.raises(ValueError, match=match):
             models.get_preset("tiny", **bad)
     tied = models.get_preset("tiny", tie_word_embeddings=True)
-    assert reward.score_config(tied) == tied.replace(head="score", tie_word_embeddings=False)
+    assert reward_model.score_config(tied) == tied.replace(head="score", tie_word_embeddings=False)
 
 
 @pytest.mark.parametrize("num_labels, scan", [(1, True), (3, False)])
@@ -149,7 +149,7 @@ def _reference_rewards(scores, batch):
 
 def test_last_token_mask_marks_the_last_weighted_position_of_each_segment():
     scores, batch = _handmade()
-    mask = np.asarray(reward.last_token_mask(batch))
+    mask = np.asarray(forward.last_token_mask(batch))
     expected = np.zeros((2, 12), np.float32)
     expected[0, [1, 3, 5, 6, 9]] = 1  # segment 5's gap does not give it two reward positions
     expected[1, [2, 7]] = 1
@@ -166,7 +166,7 @@ def test_reward_of_an_sft_example_is_read_where_the_last_response_token_is_the_i
     rows = pack_examples([sft_example([1, 7, 8], [20, 21, 22], 2), sft_example([1, 9], [30], 2)], 16)
     assert len(rows) == 1
     row = rows[0]
-    mask = np.asarray(reward.last_token_mask({k: v[None] for k, v in row.items()}))[0]
+    mask = np.asarray(forward.last_token_mask({k: v[None] for k, v in row.items()}))[0]
     assert row["inputs"][mask > 0].tolist() == [22, 30] and row["targets"][mask > 0].tolist() == [2, 2]
 
 
@@ -260,7 +260,7 @@ def test_examples_pack_with_their_labels_and_pairs():
     assert good["labels"].tolist() == [1.0] * 5 and good["tokens"].tolist() == [1, 5, 6, 7, 2]
     (row,) = pack_examples([good, bad], 16, fields=("labels",))
     batch = {k: v[None] for k, v in row.items()}
-    mask = np.asarray(reward.last_token_mask(batch))[0] > 0
+    mask = np.asarray(forward.last_token_mask(batch))[0] > 0
     assert row["labels"][mask].tolist() == [1.0, 0.0]
     for label in (1.5, -0.1, "1", None):
         with pytest.raises(ValueError, match="label"):
@@ -331,17 +331,17 @@ def test_score_rows_equals_the_model_at_the_last_response_token(mesh222, scorer)
     rng = np.random.default_rng(0)
     prompts = [[1, *rng.integers(3, 256, rng.integers(1, 6))] for _ in range(5)]
     examples = [sft_example(prompt, rng.integers(3, 256, rng.integers(1, 9)), 2) for prompt in prompts]
-    rows = reward.unpacked_rows(examples)
+    rows = forward.unpacked_rows(examples)
     assert rows["inputs"].shape == (5, 16) and rows["segment_ids"].max() == 1
     expected = _direct_rewards(cfg, params, mesh222, rows)[:, 0]
     for batch_size in (None, 3):  # all at once (padded to 8 rows) and in chunks of 4 (dp * fsdp)
-        got = reward.score_rows(params, cfg, mesh222, rows, batch_size=batch_size)
+        got = forward.score_rows(params, cfg, mesh222, rows, batch_size=batch_size)
         assert got.shape == (5,) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     empty = {k: np.concatenate([v, np.zeros_like(v[:1])]) for k, v in rows.items()}
-    assert np.isnan(reward.score_rows(params, cfg, mesh222, empty)[-1])
+    assert np.isnan(forward.score_rows(params, cfg, mesh222, empty)[-1])
     two, params2 = scorer[2]
-    np.testing.assert_allclose(reward.score_rows(params2, two, mesh222, rows),
+    np.testing.assert_allclose(forward.score_rows(params2, two, mesh222, rows),
                                _direct_rewards(two, params2, mesh222, rows), rtol=1e-5, atol=1e-5)
 
 
@@ -349,32 +349,32 @@ def test_score_rows_rejects_packed_rows_and_lm_models(mesh222, scorer):
     cfg, params = scorer[1]
     (row,) = pack_examples([sft_example([1], [5, 6], 2), sft_example([1], [7], 2)], 16)
     with pytest.raises(ValueError, match=r"row 0 holds segments \[1, 2\]"):
-        reward.score_rows(params, cfg, mesh222, {k: v[None] for k, v in row.items()})
+        forward.score_rows(params, cfg, mesh222, {k: v[None] for k, v in row.items()})
     with pytest.raises(ValueError, match="head='score'"):
-        reward.score_rows(params, models.get_preset("tiny"), mesh222, {k: v[None] for k, v in row.items()})
+        forward.score_rows(params, models.get_preset("tiny"), mesh222, {k: v[None] for k, v in row.items()})
     with pytest.raises(ValueError, match="example 1: 40 tokens"):
-        reward.unpacked_rows([sft_example([1], [5], 2), sft_example([1], list(range(3, 41)), 2)], seq_len=16)
+        forward.unpacked_rows([sft_example([1], [5], 2), sft_example([1], list(range(3, 41)), 2)], seq_len=16)
 
 
 def test_score_texts_scores_prompt_and_response_as_sft_builds_them(mesh222, scorer):
     cfg, params = scorer[1]
     tok = demo_tokenizer()
     prompts, responses = ["What is the answer?", "Say hello."], ["It is 42.", "hello world"]
-    got = reward.score_texts(params, cfg, mesh222, tok, prompts, responses, batch_size=4)
+    got = forward.score_texts(params, cfg, mesh222, tok, prompts, responses, batch_size=4)
     examples = [sft_example(tok.encode(format_prompt(p), add_bos=True), tok.encode(r), tok.eos_id)
                 for p, r in zip(prompts, responses, strict=True)]
-    expected = _direct_rewards(cfg, params, mesh222, reward.unpacked_rows(examples))[:, 0]
+    expected = _direct_rewards(cfg, params, mesh222, forward.unpacked_rows(examples))[:, 0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert got[0] != got[1]
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
-        reward.score_texts(params, cfg, mesh222, tok, prompts, responses[:1])
+        forward.score_texts(params, cfg, mesh222, tok, prompts, responses[:1])
 
 
 def test_score_params_from_lm_copies_the_backbone_and_initialises_the_head(mesh222):
     lm_cfg = models.get_preset("tiny", tie_word_embeddings=True, initializer_range=0.2)
     lm_params = models.init_params(lm_cfg, mesh222, seed=0)
-    cfg = reward.score_config(lm_cfg)
-    params = reward.score_params_from_lm(lm_params, cfg, mesh222, seed=7)
+    cfg = reward_model.score_config(lm_cfg)
+    params = reward_model.score_params_from_lm(lm_params, cfg, mesh222, seed=7)
     assert set(params) == set(models.param_shapes(cfg))
     shardings = models.param_shardings(cfg, mesh222)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True):
@@ -385,11 +385,11 @@ def test_score_params_from_lm_copies_the_backbone_and_initialises_the_head(mesh2
     want = _hidden(lm_cfg, lm_params, mesh222, tokens)
     np.testing.assert_array_equal(_hidden(cfg, params, mesh222, tokens), want)
     with pytest.raises(ValueError, match="head='score'"):
-        reward.score_params_from_lm(lm_params, lm_cfg, mesh222)
+        reward_model.score_params_from_lm(lm_params, lm_cfg, mesh222)
     with pytest.raises(ValueError, match="has shape"):
-        reward.score_params_from_lm(lm_params, cfg.replace(hidden_size=32), mesh222)
+        reward_model.score_params_from_lm(lm_params, cfg.replace(hidden_size=32), mesh222)
     with pytest.raises(ValueError, match="lack 'layers_0'"):
-        reward.score_params_from_lm(lm_params, cfg.replace(scan_layers=False), mesh222)
+        reward_model.score_params_from_lm(lm_params, cfg.replace(scan_layers=False), mesh222)
 
 
 # ------------------------------------------------------------------------------- Hugging Face
@@ -444,7 +444,7 @@ def test_transformers_with_eos_as_pad_reads_our_reward_position(tmp_path, mesh22
     model = transformers.AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32).eval()
     rng = np.random.default_rng(2)
     examples = [sft_example([1, *rng.integers(3, 256, 4)], rng.integers(3, 256, n), 2) for n in (3, 7)]
-    ours = reward.score_rows(params, cfg, mesh222, reward.unpacked_rows(examples))
+    ours = forward.score_rows(params, cfg, mesh222, forward.unpacked_rows(examples))
     width = max(len(e["tokens"]) for e in examples)
     pad = [width - len(e["tokens"]) for e in examples]
     padded = np.array([np.pad(e["tokens"], (0, n), constant_values=2)

@@ -11,11 +11,11 @@ import pytest
 
 from jaxalign import api, models
 from jaxalign import mesh as mesh_lib
-from jaxalign.data import pipeline
+from jaxalign.data import examples as examples_lib
 from jaxalign.data.packing import pack_examples
 from jaxalign.data.tokenizer import demo_tokenizer
 from jaxalign.eval import report as report_lib
-from jaxalign.eval.scoring import sequence_logprobs
+from jaxalign.forward import sequence_logprobs
 from jaxalign.objectives import lm, registry
 from jaxalign.objectives import stable_alignment as sa
 from jaxalign.train.step import make_eval_step
@@ -170,9 +170,9 @@ def test_group_examples_carry_rating_and_index_on_every_token():
     example = objective.source([record])[0]
     kept = sa.select_responses(record["ratings"], 3, 0, 0)
     assert len(example["parts"]) == 3 and 0 in kept
-    prompt = tok.encode(pipeline.format_prompt("question"), add_bos=True)
+    prompt = tok.encode(examples_lib.format_prompt("question"), add_bos=True)
     for j, (part, i) in enumerate(zip(example["parts"], kept, strict=True)):
-        want = pipeline.sft_example(prompt, tok.encode(record["responses"][i]), tok.eos_id)
+        want = examples_lib.sft_example(prompt, tok.encode(record["responses"][i]), tok.eos_id)
         np.testing.assert_array_equal(part["tokens"], want["tokens"])
         np.testing.assert_array_equal(part["weights"], want["weights"])
         assert part["tokens"][-1] == tok.eos_id
@@ -197,7 +197,8 @@ def _reference(model, records, objective, reduce):
     groups = []
     for index, record in enumerate(records):
         kept = sa.select_responses(record["ratings"], 3, 0, index)
-        examples = [pipeline.prompted_example(tok, record["prompt"], record["responses"][i]) for i in kept]
+        examples = [examples_lib.prompted_example(tok, record["prompt"], record["responses"][i])
+                    for i in kept]
         scores = sequence_logprobs(params, CFG, mesh, examples)
         groups.append((-scores.logp / scores.num_tokens, [record["ratings"][i] for i in kept]))
     k = 3
@@ -270,17 +271,17 @@ def test_sft_best_and_all_on_group_records():
     best = registry.make(registry.default_config("sft"), tok, schema="group").source(records)
     assert len(best) == 3
     for record, example in zip(records, best, strict=True):
-        chosen = record["responses"][pipeline.best_response(record["ratings"])]
-        want = pipeline.prompted_example(tok, record["prompt"], chosen)
+        chosen = record["responses"][examples_lib.best_response(record["ratings"])]
+        want = examples_lib.prompted_example(tok, record["prompt"], chosen)
         np.testing.assert_array_equal(example["tokens"], want["tokens"])
-    assert pipeline.best_response(records[0]["ratings"]) == 1  # the first of the two 7s
+    assert examples_lib.best_response(records[0]["ratings"]) == 1  # the first of the two 7s
     cfg = registry.default_config("sft")
     cfg.responses = "all"
     every = registry.make(cfg, tok, schema="group").source(records)
     assert len(every) == 6
     pairs = [(r["prompt"], y) for r in records for y in r["responses"]]
     for i, (prompt, response) in enumerate(pairs):
-        want = pipeline.prompted_example(tok, prompt, response)
+        want = examples_lib.prompted_example(tok, prompt, response)
         np.testing.assert_array_equal(every[i]["tokens"], want["tokens"])
     assert [every.locate(i) for i in (2, 3, 4, 5)] == [(0, 2), (1, 0), (2, 0), (2, 1)]
     with pytest.raises(IndexError):
@@ -290,10 +291,10 @@ def test_sft_best_and_all_on_group_records():
 def test_group_records_from_tfds_read_as_bytes_and_arrays():
     record = {"prompt": b"q", "responses": np.array([b"four", b"fox"], object),
               "ratings": np.array([1.0, 6.0])}
-    assert pipeline.group_fields(record) == ("q", ["four", "fox"], [1.0, 6.0])
+    assert examples_lib.group_fields(record) == ("q", ["four", "fox"], [1.0, 6.0])
     tok = demo_tokenizer()
-    np.testing.assert_array_equal(pipeline.record_to_example(record, tok, "group")["tokens"],
-                                  pipeline.prompted_example(tok, "q", "fox")["tokens"])
+    np.testing.assert_array_equal(examples_lib.record_to_example(record, tok, "group")["tokens"],
+                                  examples_lib.prompted_example(tok, "q", "fox")["tokens"])
 
 
 @pytest.mark.parametrize("responses,ratings,message", [
@@ -336,8 +337,9 @@ def test_objective_and_schema_errors(name, schema, options, message):
 
 
 def test_prompt_template_of_a_saved_run():
-    assert registry.prompt_template({"name": "stable_alignment", "margin": 10.0}) == pipeline.PROMPT_TEMPLATE
-    assert registry.prompt_template({"name": "sft", "normalization": "token"}) == pipeline.PROMPT_TEMPLATE
+    template = examples_lib.PROMPT_TEMPLATE
+    assert registry.prompt_template({"name": "stable_alignment", "margin": 10.0}) == template
+    assert registry.prompt_template({"name": "sft", "normalization": "token"}) == template
 
 
 def test_group_ranking_counts_rated_pairs(model):
@@ -346,7 +348,7 @@ def test_group_ranking_counts_rated_pairs(model):
     groups = [("question", ["four", "blue fox", "a lazy dog"], [7, 1, 4]), ("name", ["red"], [3]),
               ("", ["kind", "rude"], [2, 2]), ("answer", ["two", "four"], [1, 5])]
     out = report_lib.group_ranking(llm, groups)
-    examples = [report_lib.response_example(tok, pipeline.format_prompt(p), y)
+    examples = [report_lib.response_example(tok, examples_lib.format_prompt(p), y)
                 for p, ys, _ in groups for y in ys]
     scores = sequence_logprobs(params, CFG, mesh, examples)
     nll = -scores.logp / scores.num_tokens

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxalign import logprobs
 from jaxalign import mesh as mesh_lib
 from jaxalign.data.packing import pack_examples
 from jaxalign.models import get_preset, param_shardings
@@ -275,7 +276,7 @@ def test_lm_loss_by_hand():
         "segment_ids": jnp.asarray([segments], jnp.int32),
     }
     x = jnp.asarray([logits], jnp.float32)
-    np.testing.assert_allclose(lm.token_nll(x, batch["targets"])[0], nll, rtol=1e-6)
+    np.testing.assert_allclose(logprobs.token_nll(x, batch["targets"])[0], nll, rtol=1e-6)
 
     loss, metrics = _lm_loss(x, batch)
     np.testing.assert_allclose(loss, (nll[0] + 0.5 * nll[1] + 2 * nll[2]) / 3.5, rtol=1e-6)

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxalign import logprobs
 from jaxalign import mesh as mesh_lib
 from jaxalign.data.packing import pack_examples
 from jaxalign.models import Transformer, get_preset, init_params
@@ -176,7 +177,7 @@ def _direct_mean_logp(cfg, mesh, params, batch):
     def forward(p, b):
         logits = Transformer(cfg).apply({"params": p}, b["inputs"], positions=b["positions"],
                                         segment_ids=b["segment_ids"])
-        return jnp.sum(b["weights"] * -lm.token_nll(logits, b["targets"])) / jnp.sum(b["weights"])
+        return jnp.sum(b["weights"] * -logprobs.token_nll(logits, b["targets"])) / jnp.sum(b["weights"])
 
     with mesh_lib.use(mesh):
         return float(jax.jit(forward)(params, batch))

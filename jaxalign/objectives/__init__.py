@@ -22,9 +22,10 @@ the loss and is averaged with weights ``loss_weight``. A loss with nothing to we
 batch) returns loss 0 and loss_weight 0.
 
 Modules: `lm` (next-token cross-entropy, also SFT and Chain of Hindsight's loss with its
-per-sequence normalisation); the other methods add theirs beside it. A loss over groups of
-sequences finds them in the packed rows itself: `dpo` pairs consecutive segments, and
-`stable_alignment` reads each segment's place in its group from a per-token field
-(``batch["sa_index"]``) and counts groups, not tokens, in ``loss_weight``. Which objective trains on
-which records, and how records become examples, is `registry`'s business.
+per-sequence normalisation; the log-probability arithmetic is `jaxalign.logprobs`); each method adds
+a module beside it with its loss, its example makers, its options (``DEFAULTS``) and ``build``, which
+makes its `objective.Objective`. A loss over groups of sequences finds them in the packed rows
+itself: `dpo` pairs consecutive segments, and `stable_alignment` reads each segment's place in its
+group from a per-token field (``batch["sa_index"]``) and counts groups, not tokens, in
+``loss_weight``. `registry` maps a config's objective name to its module.
 """

@@ -46,14 +46,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.data.pipeline import text_field
+from jaxalign.data.examples import text_field
 from jaxalign.data.tokenizer import Tokenizer
+from jaxalign.objectives import lm
+from jaxalign.objectives.objective import Objective
 
 VARIANTS = ("p", "n", "pn", "np", "compare")
 NOUNS = {"summary": ("summary", "summaries"), "dialogue": ("response", "responses"),
          "webgpt": ("answer", "answers")}
 DEFAULT_NOUN = ("answer", "answers")
 ANSWERS = ("the first one", "the second one")
+DEFAULTS: dict[str, Any] = {
+    "normalization": "sequence", "user_marker": "User:", "positive_marker": "A helpful answer:",
+    "negative_marker": "An unhelpful answer:", "variants": "p,n,pn,np", "aux_phrases": False,
+    "fcm_min": 0.0, "fcm_max": 0.05,
+}
 
 Example = dict[str, np.ndarray]
 Piece = tuple[str | int, float]  # text (or a token id) and its loss weight
@@ -181,3 +188,34 @@ def fcm_transform(fcm_min: float, fcm_max: float):
         return {**batch, "extra_mask": mask}
 
     return transform
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def make_format(opts: Mapping[str, Any]) -> CoHFormat:
+    """The `CoHFormat` of an objective section's options (variants as a list or "p,n,pn,np")."""
+    variants = opts["variants"]
+    if isinstance(variants, str):
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+    return CoHFormat(opts["user_marker"], opts["positive_marker"], opts["negative_marker"],
+                     tuple(variants), bool(opts["aux_phrases"]))
+
+
+def prompt_template(opts: Mapping[str, Any]) -> str:
+    """The generation prompt template of a CoH objective section (defaults fill missing options)."""
+    return make_format({**DEFAULTS, **dict(opts)}).prompt_template()
+
+
+def build(opts: Mapping[str, Any], tokenizer: Tokenizer, seed: int, schema: str) -> Objective:
+    """Objective "coh": one example per variant of every preference record, FCM while training."""
+    fmt = make_format(opts)
+
+    def example(record, j, index):
+        return make_example(record, fmt.variants[j], tokenizer, fmt, seed=seed, record_index=index)
+
+    return Objective(
+        "coh", len(fmt.variants), example, lm.make_loss_fn(opts["normalization"]), fmt.prompt_template(),
+        batch_transform=fcm_transform(float(opts["fcm_min"]), float(opts["fcm_max"])),
+        feedback_format=fmt,
+    )

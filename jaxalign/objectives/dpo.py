@@ -1,7 +1,7 @@
 """Direct Preference Optimization (Rafailov et al., 2023, arXiv 2305.18290).
 
 Data. Every example of a DPO stream is a pair ``{"parts": [chosen, rejected]}`` (`pair_example`):
-each part is prompt + response + EOS, weighted like `jaxalign.data.pipeline.sft_example` (0 on the
+each part is prompt + response + EOS, weighted like `jaxalign.data.examples.sft_example` (0 on the
 prompt, 1 on the response and the EOS). Packing (`jaxalign.data.packing`) puts the two parts of
 an example in the same row as consecutive segments, so with exactly two parts per example,
 segment ``2j - 1`` of a row is the chosen and segment ``2j`` the rejected response of pair j.
@@ -22,22 +22,28 @@ A pair counts only if both its segments have weight > 0: padding (segment 0), se
 row's last example and a lone odd segment contribute nothing, to the loss or to its gradient.
 
 Reference log-probabilities. ``batch["ref_logps"]`` [b, L] float32 is
-``lm.token_logps(reference_logits, targets)`` for the same packed rows; the train step computes it
+``logprobs.token_logps(reference_logits, targets)`` for the same packed rows; the train step computes it
 without gradient (`jaxalign.train.step`, a stream with ``reference=True``). `loss` only reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.data.pipeline import sft_example
+from jaxalign import logprobs
+from jaxalign.data import examples
+from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.objectives import lm
+from jaxalign.objectives.objective import Objective
 
 Array = jax.Array
+DEFAULTS: dict[str, Any] = {"beta": 0.1, "label_smoothing": 0.0}
 
 
 def pair_example(
@@ -52,8 +58,8 @@ def pair_example(
     response and the EOS, as in SFT: the sequence log-probability covers the whole response,
     including where it stops.
     """
-    chosen = sft_example(prompt_ids, chosen_ids, eos_id)
-    return {"parts": [chosen, sft_example(prompt_ids, rejected_ids, eos_id)]}
+    chosen = examples.sft_example(prompt_ids, chosen_ids, eos_id)
+    return {"parts": [chosen, examples.sft_example(prompt_ids, rejected_ids, eos_id)]}
 
 
 def _check_options(beta: float, label_smoothing: float) -> None:
@@ -82,9 +88,9 @@ def loss(
     weights = batch["weights"].astype(jnp.float32)
     segment_ids = batch["segment_ids"]
     ref_logps = jax.lax.stop_gradient(batch["ref_logps"].astype(jnp.float32))
-    policy = lm.segment_sums(weights * lm.token_logps(logits, batch["targets"]), segment_ids)
-    reference = lm.segment_sums(weights * ref_logps, segment_ids)
-    seq_weight = lm.segment_sums(weights, segment_ids)
+    policy = logprobs.segment_sums(weights * logprobs.token_logps(logits, batch["targets"]), segment_ids)
+    reference = logprobs.segment_sums(weights * ref_logps, segment_ids)
+    seq_weight = logprobs.segment_sums(weights, segment_ids)
 
     # Columns of the [b, L + 1] sums: segment 2j - 1 is chosen, 2j rejected, for j = 1 .. L // 2.
     pairs = logits.shape[1] // 2
@@ -99,7 +105,7 @@ def loss(
     count = jnp.sum(valid.astype(jnp.float32))
 
     def mean(x: Array) -> Array:
-        return lm._safe_div(jnp.sum(jnp.where(valid, x.astype(jnp.float32), 0.0)), count)
+        return logprobs.safe_div(jnp.sum(jnp.where(valid, x.astype(jnp.float32), 0.0)), count)
 
     reward_chosen = beta * (chosen(policy) - chosen(reference))
     reward_rejected = beta * (rejected(policy) - rejected(reference))
@@ -123,3 +129,13 @@ def make_loss_fn(beta: float = 0.1, label_smoothing: float = 0.0) -> lm.LossFn:
     """`loss` with its options bound (and checked now), in the ``loss_fn(logits, batch)`` form."""
     _check_options(beta, label_smoothing)
     return lambda logits, batch: loss(logits, batch, beta=beta, label_smoothing=label_smoothing)
+
+
+def build(opts: Mapping[str, Any], tokenizer: Tokenizer, seed: int, schema: str) -> Objective:
+    """Objective "dpo": one pair example per preference record, the loss against the reference."""
+    def example(record, j, index):
+        return pair_example(*examples.encode_pair(record, tokenizer), tokenizer.eos_id)
+
+    loss_fn = functools.partial(loss, beta=float(opts["beta"]),
+                                label_smoothing=float(opts["label_smoothing"]))
+    return Objective("dpo", 1, example, loss_fn, examples.PROMPT_TEMPLATE, reference=True)

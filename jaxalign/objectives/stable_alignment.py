@@ -25,11 +25,11 @@ loose or wrong:
   we use the rating of response j itself, as the paper's formula says;
 - its collator keeps only the last query of a batch (batch size 1 in effect); here any number of
   groups share rows and batches (below), so every group of a batch counts;
-- every response ends in EOS and is prompted with `jaxalign.data.pipeline.format_prompt`, the
+- every response ends in EOS and is prompted with `jaxalign.data.examples.format_prompt`, the
   template generation uses (the reference trains and samples with different templates, no EOS).
 
 Packed rows. A group is one multi-part example ``{"parts": [response_1, ..., response_k]}``
-(`group_example`), each part prompt + response + EOS weighted as `pipeline.sft_example` (0 on the
+(`group_example`), each part prompt + response + EOS weighted as `examples.sft_example` (0 on the
 prompt, 1 on the response and EOS) and carrying two per-token fields (pack with ``fields=FIELDS``):
 ``sa_rating`` (the response's rating) and ``sa_index`` (its place in the group, 0 .. k-1).
 `jaxalign.data.packing` puts the parts of an example in one row as consecutive segments, so a group
@@ -56,19 +56,24 @@ README recipe trains with M = 10 and lam = 0.2.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.data.pipeline import best_response, sft_example
+from jaxalign import logprobs
+from jaxalign.data import examples
+from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.objectives import lm
+from jaxalign.objectives.objective import Objective
 
 Array = jax.Array
 Example = dict[str, np.ndarray]
 REDUCES = ("mean", "max")
 FIELDS = ("sa_rating", "sa_index")  # the per-token fields a packer must carry for `loss`
+DEFAULTS: dict[str, Any] = {"margin": 1.0, "lam": 0.5, "rating_scale": 7.0, "reduce": "mean", "group_size": 3}
 _SUBSET_SALT = 0x5A17  # separates the subset draw from other uses of (seed, record index)
 
 
@@ -132,7 +137,7 @@ def stable_alignment_loss(
     count = jnp.sum(group_valid.astype(jnp.float32))
 
     def mean(x: Array) -> Array:
-        return lm._safe_div(jnp.sum(jnp.where(group_valid, x, 0.0)), count)
+        return logprobs.safe_div(jnp.sum(jnp.where(group_valid, x, 0.0)), count)
 
     metrics = {
         "loss_weight": count, "num_groups": count,
@@ -153,7 +158,7 @@ def select_responses(ratings: Sequence[float], group_size: int, seed: int, recor
     n = len(ratings)
     if n <= group_size:
         return list(range(n))
-    best = best_response(ratings)
+    best = examples.best_response(ratings)
     rest = np.array([i for i in range(n) if i != best])
     rng = np.random.default_rng([_SUBSET_SALT, seed % 2**32, record_index % 2**32])
     picked = rng.choice(rest, group_size - 1, replace=False) if group_size > 1 else []
@@ -173,7 +178,7 @@ def group_example(
     for index, (response, rating) in enumerate(zip(responses_ids, ratings, strict=True)):
         if not np.isfinite(rating):
             raise ValueError(f"group_example: rating {index} is {rating!r}; ratings must be finite")
-        part = sft_example(prompt_ids, response, eos_id)
+        part = examples.sft_example(prompt_ids, response, eos_id)
         size = part["tokens"].size
         part["sa_rating"] = np.full(size, rating, np.float32)
         part["sa_index"] = np.full(size, index, np.float32)
@@ -204,10 +209,10 @@ def group_arrays(logits: Array, batch: dict[str, Array], group_size: int) -> tup
     segment_ids = batch["segment_ids"]
     weights = batch["weights"].astype(jnp.float32)
     # where, not a product: a zero weight must give 0 even next to a non-finite value.
-    weighted = jnp.where(weights != 0, weights * lm.token_nll(logits, batch["targets"]), 0.0)
-    seq_weight = lm.segment_sums(weights, segment_ids)
-    mean_nll = lm.segment_sums(weighted, segment_ids) / jnp.where(seq_weight > 0, seq_weight, 1.0)
-    slots = lm.segment_sums(jnp.ones_like(weights), segment_ids)
+    weighted = jnp.where(weights != 0, weights * logprobs.token_nll(logits, batch["targets"]), 0.0)
+    seq_weight = logprobs.segment_sums(weights, segment_ids)
+    mean_nll = logprobs.segment_sums(weighted, segment_ids) / jnp.where(seq_weight > 0, seq_weight, 1.0)
+    slots = logprobs.segment_sums(jnp.ones_like(weights), segment_ids)
     exists = (slots > 0) & (jnp.arange(length + 1) > 0)
     index = jnp.where(exists, _per_segment_max(batch["sa_index"].astype(jnp.float32), segment_ids), -1.0)
     index = jnp.round(index).astype(jnp.int32)
@@ -245,3 +250,21 @@ def make_loss_fn(margin: float = 1.0, lam: float = 0.5, rating_scale: float = 7.
     check_options(margin, lam, rating_scale, reduce, group_size)
     return lambda logits, batch: loss(logits, batch, margin=margin, lam=lam, rating_scale=rating_scale,
                                       reduce=reduce, group_size=group_size)
+
+
+def build(opts: Mapping[str, Any], tokenizer: Tokenizer, seed: int, schema: str) -> Objective:
+    """Objective "stable_alignment": one group example per group record, of at most group_size of
+    its responses (`select_responses`)."""
+    size = opts["group_size"]
+    loss_fn = make_loss_fn(  # checks every option now, before any data is read
+        margin=opts["margin"], lam=opts["lam"], rating_scale=opts["rating_scale"], reduce=opts["reduce"],
+        group_size=size)
+
+    def example(record, j, index):
+        prompt, texts, ratings = examples.group_fields(record)
+        kept = select_responses(ratings, size, seed, index)
+        prompt_ids = tokenizer.encode(examples.format_prompt(prompt), add_bos=tokenizer.bos_id is not None)
+        responses, scores = [tokenizer.encode(texts[i]) for i in kept], [ratings[i] for i in kept]
+        return group_example(prompt_ids, responses, scores, tokenizer.eos_id)
+
+    return Objective("stable_alignment", 1, example, loss_fn, examples.PROMPT_TEMPLATE, fields=FIELDS)

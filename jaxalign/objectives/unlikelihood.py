@@ -38,24 +38,30 @@ and its gradient with respect to the target's logit is p, bounded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.data.pipeline import sft_example
+from jaxalign import logprobs
+from jaxalign.data import examples
+from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.objectives import lm
+from jaxalign.objectives.objective import Objective
 
 Array = jax.Array
 Example = dict[str, np.ndarray]
+DEFAULTS: dict[str, Any] = {"normalization": "token", "alpha": 1.0}
 
 
 def positive_example(
     prompt_ids: Sequence[int] | np.ndarray, response_ids: Sequence[int] | np.ndarray, eos_id: int
 ) -> Example:
     """prompt + response + EOS, trained up (likelihood) on the response and the EOS."""
-    example = sft_example(prompt_ids, response_ids, eos_id)
+    example = examples.sft_example(prompt_ids, response_ids, eos_id)
     return {**example, "ul_weights": np.zeros_like(example["weights"])}
 
 
@@ -71,7 +77,7 @@ def negative_example(
     ``weights`` are all 0; ``ul_weights`` are 1 on the response tokens, and on the EOS only with
     `ul_on_eos` (see the module docstring).
     """
-    example = sft_example(prompt_ids, response_ids, eos_id)
+    example = examples.sft_example(prompt_ids, response_ids, eos_id)
     ul_weights = example["weights"].copy()
     if not ul_on_eos:
         ul_weights[-1] = 0.0
@@ -112,29 +118,29 @@ def loss(
     targets = batch["targets"]
     weights = batch["weights"].astype(jnp.float32)
     ul_weights = batch["ul_weights"].astype(jnp.float32)
-    weighted_nll = weights * lm.token_nll(logits, targets)
+    weighted_nll = weights * logprobs.token_nll(logits, targets)
     weighted_ul = ul_weights * -log1m_prob(logits, targets)
     trained = weights + ul_weights
     num_ul = jnp.sum(ul_weights)
 
     if normalization == "token":
         total = jnp.sum(trained)
-        nll = lm._safe_div(jnp.sum(weighted_nll), total)
-        ul = lm._safe_div(jnp.sum(weighted_ul), total)
+        nll = logprobs.safe_div(jnp.sum(weighted_nll), total)
+        ul = logprobs.safe_div(jnp.sum(weighted_ul), total)
         metrics = {"loss_weight": total, "nll": nll, "unlikelihood": ul, "num_ul_tokens": num_ul}
         return nll + alpha * ul, metrics
 
     segment_ids = batch.get("segment_ids")
     if segment_ids is None:  # unpacked rows: each row is one sequence
         segment_ids = jnp.ones(targets.shape, jnp.int32)
-    seq_trained = lm.segment_sums(trained, segment_ids)
+    seq_trained = logprobs.segment_sums(trained, segment_ids)
     valid = (seq_trained > 0) & (jnp.arange(targets.shape[-1] + 1) > 0)
     count = jnp.sum(valid.astype(jnp.float32))
 
     def sequence_mean(values: Array) -> Array:
-        sums = lm.segment_sums(values, segment_ids)
+        sums = logprobs.segment_sums(values, segment_ids)
         means = jnp.where(valid, sums / jnp.where(valid, seq_trained, 1.0), 0.0)
-        return lm._safe_div(jnp.sum(means), count)
+        return logprobs.safe_div(jnp.sum(means), count)
 
     nll, ul = sequence_mean(weighted_nll), sequence_mean(weighted_ul)
     metrics = {"loss_weight": count, "nll": nll, "unlikelihood": ul, "num_ul_tokens": num_ul,
@@ -146,3 +152,15 @@ def make_loss_fn(alpha: float = 1.0, normalization: str = "token") -> lm.LossFn:
     """`loss` with its options bound (and checked now), in the ``loss_fn(logits, batch)`` form."""
     _check_options(alpha, normalization)
     return lambda logits, batch: loss(logits, batch, alpha=alpha, normalization=normalization)
+
+
+def build(opts: Mapping[str, Any], tokenizer: Tokenizer, seed: int, schema: str) -> Objective:
+    """Objective "unlikelihood": per preference record a positive example of the chosen response
+    (j = 0) and a negative one of the rejected response (j = 1)."""
+    def example(record, j, index):
+        prompt, chosen, rejected = examples.encode_pair(record, tokenizer)
+        make = positive_example if j == 0 else negative_example
+        return make(prompt, chosen if j == 0 else rejected, tokenizer.eos_id)
+
+    loss_fn = functools.partial(loss, alpha=float(opts["alpha"]), normalization=opts["normalization"])
+    return Objective("unlikelihood", 2, example, loss_fn, examples.PROMPT_TEMPLATE, fields=("ul_weights",))

@@ -5,43 +5,14 @@
     evaluate = make_eval_step(model_cfg, mesh)
     metrics = evaluate(state.params, batch)
 
-Both return callables that enter the mesh context themselves (`jaxalign.mesh.use`), put the batch
-onto the mesh (sharded on the logical axes ("batch", "length"); a numpy batch is this process's
-share of the global batch) and compile once per batch shape: the state keeps its shardings
-(out_shardings == in_shardings) and dtypes, so step after step reuses one executable. The train
-step donates the state; do not touch the state passed in after the call.
-
-Gradient accumulation. With ``microbatches=m`` the batch is split along its rows into m equal
-microbatches and a ``lax.scan`` runs forward and backward on each in turn, so activation memory is
-that of one microbatch. Each microbatch contributes ``loss * loss_weight`` (its un-normalised
-loss, see `jaxalign.objectives`) and the gradient of that; the sums are divided once by the total
-``loss_weight``. For "token" normalisation this is exactly the loss and gradient of the whole batch
-(``sum(w * nll) / sum(w)``), not a mean of per-microbatch means, which would overweight tokens of
-sparsely weighted microbatches. Microbatch k takes rows k, k + m, k + 2m, ...: with the batch axis
-sharded over devices each device's contiguous block of rows holds rows of every microbatch, so the
-split moves no data between devices.
-
-Randomness. The step's key is ``fold_in(base_rng, step)`` (`jaxalign.train.state.step_rng`) and
-microbatch k uses ``fold_in(that, k)``: a pure function of (seed, step), so a resumed run draws what
-an uninterrupted run would. The only consumer is the optional ``batch_transform(batch, key)``
-(for CoH's random past-token masks: it may add ``extra_mask``); the eval step never calls it and
-has no randomness at all.
-
-Several streams. Chain of Hindsight trains on feedback data and regularises with plain text:
-``loss = L_feedback + lambda * L_pretrain``, each stream with its own batch size, normalisation and
-microbatch count. ``make_train_step(..., streams={"feedback": Stream(coh_loss), "pretrain":
-Stream(lm_loss, weight=1.5)})`` takes a batch ``{"feedback": rows, "pretrain": rows}``; each stream is
-accumulated on its own (so each keeps its exact normaliser) and the gradients are combined as
-``sum_s weight_s * grad_s / loss_weight_s``. This costs one extra float32 gradient buffer per extra
-stream. Metrics are reported per stream as ``"<stream>/<name>"`` beside the combined ``loss``.
-
-Reference model. A stream with ``reference=True`` (DPO) gets ``batch["ref_logps"]``: the per-token
-log-probability of each target under frozen reference parameters, computed in the same step (no
-gradient) and passed to its loss. The reference parameters are the step's third argument, held by
-the step (``MeshStep.frozen``), sharded like the parameters, never updated or checkpointed.
-
-Precision: logits come out of the model in float32 and the objectives compute log-softmax and loss
-in float32; gradients are accumulated in float32 and cast to the parameter dtype for the optimiser.
+Both return callables that enter the mesh themselves, put this process's share of the batch onto
+the mesh and compile once per batch shape; the train step donates the state (do not touch the
+state passed in after the call). The train step accumulates microbatches with one normaliser for
+the whole batch, draws its randomness as a pure function of (seed, step) so that a resumed run
+draws what an uninterrupted one would, trains several streams each with its own exact normaliser
+(Chain of Hindsight's pretraining mix), gives a ``reference=True`` stream the frozen reference
+model's log-probabilities (DPO), and keeps logits, losses and gradients in float32. How each of
+these works: docs/training.md.
 """
 
 from __future__ import annotations
@@ -57,6 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxalign import logprobs
 from jaxalign import mesh as mesh_lib
 from jaxalign.models import ModelConfig, Transformer, param_shardings
 from jaxalign.objectives import lm
@@ -114,15 +86,12 @@ def _loss_sums(loss_fn: lm.LossFn, logits: Array, batch: Batch) -> tuple[Array, 
     return jnp.asarray(loss, jnp.float32) * weight, sums
 
 
-def _safe_div(numerator: Array, denominator: Array) -> Array:
-    return jnp.where(denominator > 0, numerator / jnp.where(denominator > 0, denominator, 1.0), 0.0)
-
-
 def _finish(total: dict[str, Any]) -> Metrics:
     """Metrics from the sums over microbatches: every mean divided once by the total loss weight."""
     sums, weight = total["metrics"], total["metrics"]["loss_weight"]
-    means = {name: value if _is_count(name) else _safe_div(value, weight) for name, value in sums.items()}
-    return {**means, "loss": _safe_div(total["loss"], weight), "tokens": total["tokens"]}
+    means = {name: value if _is_count(name) else logprobs.safe_div(value, weight)
+             for name, value in sums.items()}
+    return {**means, "loss": logprobs.safe_div(total["loss"], weight), "tokens": total["tokens"]}
 
 
 def _split(batch: Batch, microbatches: int, mesh: Mesh) -> Batch:
@@ -343,25 +312,6 @@ def make_train_step(
     model = Transformer(model_cfg)
     shardings = train_state_shardings(model_cfg, tx, mesh)
 
-    def stream_sums(stream: Stream, params: Any, rows: Batch, reference: Any, rng: Array) -> dict[str, Any]:
-        def micro(mb: Batch, index: Array) -> dict[str, Any]:
-            if stream.batch_transform is not None:
-                mb = stream.batch_transform(mb, jax.random.fold_in(rng, index))
-            if stream.reference:
-                ref_logits = jax.lax.stop_gradient(_forward(model, reference, mb))
-                mb = {**mb, "ref_logps": -lm.token_nll(ref_logits, mb["targets"])}
-
-            def scaled_loss(p: Any) -> tuple[Array, Metrics]:
-                return _loss_sums(stream.loss_fn, _forward(model, p, mb), mb)
-
-            (loss_sum, sums), grads = jax.value_and_grad(scaled_loss, has_aux=True)(params)
-            grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-            # Keep the accumulated gradient in the parameters' (FSDP) shards, not replicated.
-            grads = jax.lax.with_sharding_constraint(grads, shardings.params)
-            return {"grads": grads, "loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
-
-        return _accumulate(micro, rows, stream.microbatches, mesh)
-
     def train_step(state: TrainState, batch: dict[str, Batch], reference: Any) -> tuple[TrainState, Metrics]:
         rng = step_rng(state)
         grads32, metrics = None, {}
@@ -369,7 +319,7 @@ def make_train_step(
         for index, (name, stream) in enumerate(streams.items()):
             # Stream 0 uses the step key itself, so a single stream draws what it always drew.
             key = rng if index == 0 else jax.random.fold_in(rng, 1_000_003 + index)
-            total = stream_sums(stream, state.params, batch[name], reference, key)
+            total = _stream_sums(model, shardings, mesh, stream, state.params, batch[name], reference, key)
             scale = stream.weight / jnp.where(total["metrics"]["loss_weight"] > 0,
                                               total["metrics"]["loss_weight"], 1.0)
             scaled = jax.tree.map(lambda g, scale=scale: g * scale, total["grads"])
@@ -396,6 +346,28 @@ def make_train_step(
     frozen_shardings = None if reference_params is None else shardings.params
     return MeshStep(train_step, mesh, shardings, microbatches={n: s.microbatches for n, s in streams.items()},
                     donate=True, frozen=reference_params, frozen_shardings=frozen_shardings)
+
+
+def _stream_sums(model: Transformer, shardings: Any, mesh: Mesh, stream: Stream, params: Any, rows: Batch,
+                 reference: Any, rng: Array) -> dict[str, Any]:
+    """One stream's loss and metric sums and summed float32 gradients over its microbatches."""
+    def micro(mb: Batch, index: Array) -> dict[str, Any]:
+        if stream.batch_transform is not None:
+            mb = stream.batch_transform(mb, jax.random.fold_in(rng, index))
+        if stream.reference:
+            ref_logits = jax.lax.stop_gradient(_forward(model, reference, mb))
+            mb = {**mb, "ref_logps": logprobs.token_logps(ref_logits, mb["targets"])}
+
+        def scaled_loss(p: Any) -> tuple[Array, Metrics]:
+            return _loss_sums(stream.loss_fn, _forward(model, p, mb), mb)
+
+        (loss_sum, sums), grads = jax.value_and_grad(scaled_loss, has_aux=True)(params)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        # Keep the accumulated gradient in the parameters' (FSDP) shards, not replicated.
+        grads = jax.lax.with_sharding_constraint(grads, shardings.params)
+        return {"grads": grads, "loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
+
+    return _accumulate(micro, rows, stream.microbatches, mesh)
 
 
 def _resolve_streams(
@@ -432,7 +404,7 @@ def make_eval_step(
     def eval_step(params: Any, batch: dict[str, Batch], reference: Any) -> Metrics:
         def micro(mb: Batch, index: Array) -> dict[str, Any]:
             if reference is not None:
-                mb = {**mb, "ref_logps": -lm.token_nll(_forward(model, reference, mb), mb["targets"])}
+                mb = {**mb, "ref_logps": logprobs.token_logps(_forward(model, reference, mb), mb["targets"])}
             loss_sum, sums = _loss_sums(loss_fn, _forward(model, params, mb), mb)
             return {"loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
 

@@ -30,13 +30,28 @@ tokens and 0 on the prompt, ``advantages`` and ``old_logps`` per token beside th
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign import logprobs
 from jaxalign.objectives import lm
 
 Array = jax.Array
+# The options of an RL run (objective "rl"): its rollouts are made by the RL method, not by an
+# example maker, so this objective has options and a loss but no builder in the registry.
+DEFAULTS: dict[str, Any] = {
+    "reward_model": "",  # a reward-model workdir or model directory (head "score")
+    "samples_per_prompt": 4,  # k >= 2: the leave-one-out baseline needs other samples
+    "kl_coef": 0.05,
+    "coherence_coef": 0.0,
+    "clip": 0.0,  # PPO ratio clipping; 0 = plain REINFORCE
+    "updates_per_rollout": 1,
+    "temperature": 1.0,
+    "top_p": 1.0,
+}
 
 
 def leave_one_out(returns: np.ndarray) -> np.ndarray:
@@ -78,17 +93,17 @@ def loss(logits: Array, batch: dict[str, Array], *, clip: float = 0.0) -> tuple[
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
 
     def per_sequence(values: Array) -> Array:
-        return lm.segment_sums(jnp.where(weights > 0, weights * values, 0.0), segments)[:, 1:]
+        return logprobs.segment_sums(jnp.where(weights > 0, weights * values, 0.0), segments)[:, 1:]
 
     tokens = per_sequence(jnp.ones_like(weights))
     valid = tokens > 0
     count = jnp.sum(valid.astype(jnp.float32))
 
     def mean(per_seq: Array) -> Array:
-        return lm._safe_div(jnp.sum(jnp.where(valid, per_seq, 0.0)), count)
+        return logprobs.safe_div(jnp.sum(jnp.where(valid, per_seq, 0.0)), count)
 
     def token_mean(values: Array) -> Array:  # per-sequence mean over its tokens, then over sequences
-        return mean(lm._safe_div(per_sequence(values), tokens))
+        return mean(logprobs.safe_div(per_sequence(values), tokens))
 
     clipped = jnp.abs(ratio - 1.0) > clip if clip > 0 else jnp.zeros_like(ratio, bool)
     metrics = {
