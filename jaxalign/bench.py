@@ -1,45 +1,21 @@
 """`jaxalign bench`: training, forward and generation speed, next to the same model in PyTorch.
 
-Everything is measured in one process and one run, on the devices present:
+Measures, in one process on the devices present, a matmul peak, the trainer's train step (tokens/s
+and MFU against that peak), the forward pass, generation with and without the KV cache (prefill and
+decode apart) and the input pipeline, then the same model in Hugging Face transformers on PyTorch,
+so that speed is reported as ratios a reader can check; every timing is a median after a warm-up.
+`jaxalign bench --json` prints one object.
 
-    matmul peak   a large matmul (2048^2 float32 on CPU, 8192^2 bfloat16 on GPU/TPU);
-                  FLOP/s = 2 n^3 / t. On CPU this is the "peak" MFU is measured against. It is
-                  measured at the start and again at the end of the run and the higher of the
-                  two kept: a shared machine that was busy for one of them would otherwise
-                  deflate the peak and inflate every MFU (a note flags a >20% disagreement).
-    train         one jitted AdamW step on next-token cross-entropy over random tokens, with
-                  in/out shardings and donated params + optimizer state. tokens = batch * seq.
-    forward       jitted logits only, same batch and length.
-    generate      jaxalign.sample.generate, greedy, every row runs all --gen-new-tokens (the
-                  EOS id is -1, which no model produces), with and without the KV cache.
-                  tokens/s counts new tokens only: gen_batch * new_tokens / seconds.
-                  Prefill = the time of a generate call with max_new_tokens=1 (prompt forward
-                  plus one sampled token); one decode step = (total - prefill) / (new - 1);
-                  decode tokens/s = gen_batch / decode step. Both include the host round trip
-                  that a user of generate pays. (generate rounds the new-token count up to a
-                  power-of-two bucket, at least 16, so the prefill call's cache is a little
-                  shorter than the full call's; the no-cache path recomputes the whole
-                  prompt + bucket buffer every step.)
-    torch         Hugging Face LlamaForCausalLM with the same shape: an AdamW train step,
-                  forward under no_grad and greedy `model.generate` with the KV cache.
-
-Every timing is the median of --steps repeats after one warm-up call (compilation), each
-repeat ending in block_until_ready (or torch.cuda.synchronize).
-
-MFU follows docs/architecture.md: model FLOPs per token = 6 N + 12 L H Dh S / 2, with N every
-weight except the input embedding table (the unembedding counted once, tied or not), divided by
-the peak: the measured matmul FLOP/s times the number of devices (on CPU the virtual devices
-share the same cores, so there the peak is the single measurement). The torch MFU uses the same
-FLOP count and the same peak, so the two are directly comparable.
+Details: docs/performance.md#how-each-figure-is-measured
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -55,6 +30,7 @@ from jaxalign import mesh as mesh_lib
 from jaxalign import models
 from jaxalign.config import parse_value
 from jaxalign.models import ModelConfig, Transformer
+from jaxalign.train.metrics import flops_per_token, matmul_peak_flops, median_time
 
 REQUIRED_KEYS = (
     "matmul_peak_flops", "train_tokens_per_s", "train_mfu", "torch_train_tokens_per_s",
@@ -80,53 +56,6 @@ _DEFAULTS = {
 
 def _log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# FLOPs and timing
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
-    """Model FLOPs per token (architecture.md): 6 N + 12 L H Dh S / 2 for a training step.
-
-    N counts every weight except the input embedding table; the unembedding (lm_head, or the
-    tied table) is counted once. The attention term is causal, so halved, as MaxText reports.
-    With training=False it is the forward pass alone, a third: 2 N + 4 L H Dh S / 2.
-    """
-    n = cfg.num_params(include_embeddings=False) + cfg.vocab_size * cfg.hidden_size
-    attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.dims_per_head * seq_len / 2
-    total = 6 * n + attention
-    return float(total if training else total / 3)
-
-
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of fn() over `repeats` calls after one warm-up; fn must block."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_peak_flops(n: int, dtype: str, repeats: int = 5) -> float:
-    """FLOP/s of an n x n matmul on the first device: 2 n^3 / median time."""
-    device = jax.devices()[0]
-    keys = jax.random.split(jax.random.key(0), 2)
-    a, b = (jax.device_put(jax.random.normal(k, (n, n), dtype), device) for k in keys)
-    matmul = jax.jit(jnp.matmul)
-    # A small matmul on a GPU finishes in about a millisecond, so dispatch several back to back
-    # and divide; on CPU one call is already long enough.
-    inner = 1 if device.platform == "cpu" else 10
-
-    def run() -> None:
-        out = None
-        for _ in range(inner):
-            out = matmul(a, b)
-        out.block_until_ready()
-
-    return 2 * n**3 * inner / _median_time(run, max(repeats, 3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +97,7 @@ def bench_train(cfg: ModelConfig, mesh: jax.sharding.Mesh, tokens: np.ndarray, s
         box["state"], box["metrics"] = train_step(box["state"], batch)
         jax.block_until_ready(box["metrics"])
 
-    seconds = _median_time(run, steps)
+    seconds = median_time(run, steps)
     return seconds, float(box["metrics"]["loss"]), box["state"]
 
 
@@ -205,7 +134,7 @@ def bench_input_pipeline(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, 
         box["state"], metrics = train_step(box["state"], placed)
         jax.block_until_ready(metrics)
 
-    step_s = _median_time(fixed, steps)
+    step_s = median_time(fixed, steps)
     state, wait = box["state"], 0.0
     start = time.perf_counter()
     for _ in range(steps):
@@ -228,7 +157,7 @@ def bench_forward(cfg: ModelConfig, mesh: jax.sharding.Mesh, params: Any, tokens
                       in_shardings=(models.param_shardings(cfg, mesh), token_sh))
     with mesh_lib.use(mesh):
         batch = jax.device_put(tokens, token_sh)
-        return _median_time(lambda: forward(params, batch).block_until_ready(), steps)
+        return median_time(lambda: forward(params, batch).block_until_ready(), steps)
 
 
 def bench_generate(cfg: ModelConfig, mesh: jax.sharding.Mesh, params: Any, prompts: list[list[int]],
@@ -244,7 +173,7 @@ def bench_generate(cfg: ModelConfig, mesh: jax.sharding.Mesh, params: Any, promp
             raise RuntimeError(f"generate returned rows of lengths {sorted(lengths)}, "
                                f"expected all {new_tokens} (eos_id=-1 must never stop a row)")
 
-    return _median_time(run, steps)
+    return median_time(run, steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +215,7 @@ def bench_torch(cfg: ModelConfig, tokens: np.ndarray, prompts: np.ndarray, new_t
             fn()
             if device == "cuda":
                 torch.cuda.synchronize()
-        return _median_time(run, steps)
+        return median_time(run, steps)
 
     batch = torch.as_tensor(tokens, dtype=torch.long, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
@@ -367,97 +296,143 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a / b
 
 
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What every phase reads: the resolved sizes, the model, the mesh and the random inputs."""
+
+    args: argparse.Namespace
+    platform: str
+    pick: dict[str, Any]
+    cfg: ModelConfig
+    mesh: jax.sharding.Mesh
+    tokens: np.ndarray  # [batch, seq_len + 1]
+    prompts: np.ndarray  # [gen_batch, gen_prompt_len]
+
+    @property
+    def matmul_dtype(self) -> str:
+        return "float32" if self.pick["dtype"] == "float32" else "bfloat16"
+
+
+def _setup(args: argparse.Namespace) -> _Setup:
+    """Flags over the platform's documented defaults, checked; the model; random token ids."""
+    platform = jax.devices()[0].platform
+    defaults = _DEFAULTS["cpu" if platform == "cpu" else "accel"]
+    pick = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v
+            for k, v in defaults.items() if k != "model"}
+    for name, value in [("batch", pick["batch"]), ("seq-len", pick["seq_len"]), ("steps", args.steps),
+                        ("gen-batch", pick["gen_batch"]), ("gen-prompt-len", pick["gen_prompt_len"]),
+                        ("gen-new-tokens", pick["gen_new_tokens"])]:
+        if value < 1:
+            raise ValueError(f"bench: --{name} must be positive, got {value}")
+    cfg = models.get_preset(pick["preset"], **{"dtype": pick["dtype"], **defaults["model"],
+                                               **_model_overrides(args.model)})
+    rng = np.random.default_rng(0)
+    # Ids from 3 up avoid pad/bos/eos, so nothing special happens to any token.
+    ids = lambda *shape: rng.integers(3, cfg.vocab_size, size=shape, dtype=np.int32)  # noqa: E731
+    tokens = ids(pick["batch"], pick["seq_len"] + 1)
+    prompts = ids(pick["gen_batch"], pick["gen_prompt_len"])
+    return _Setup(args, platform, pick, cfg, mesh_lib.make_mesh(args.mesh), tokens, prompts)
+
+
+def _jax_phases(s: _Setup) -> dict[str, Any]:
+    """The train step, the forward pass and generation (with and without the KV cache)."""
+    steps, new_tokens = s.args.steps, s.pick["gen_new_tokens"]
+    _log(f"train step: batch {s.pick['batch']} x {s.pick['seq_len']}")
+    train_s, loss, state = bench_train(s.cfg, s.mesh, s.tokens, steps, s.args.microbatches)
+    params = state.params
+    del state
+    _log("forward")
+    forward_s = bench_forward(s.cfg, s.mesh, params, s.tokens[:, :-1], steps)
+    _log(f"generate: {s.pick['gen_batch']} prompts x {s.pick['gen_prompt_len']} tokens, {new_tokens} new")
+    prompt_list = s.prompts.tolist()
+    gen_s = bench_generate(s.cfg, s.mesh, params, prompt_list, new_tokens, steps, use_cache=True)
+    prefill_s = (bench_generate(s.cfg, s.mesh, params, prompt_list, 1, steps, use_cache=True)
+                 if new_tokens > 1 else None)
+    _log("generate without KV cache")
+    nocache_s = bench_generate(s.cfg, s.mesh, params, prompt_list, new_tokens, steps, use_cache=False)
+    return {"train_step_s": train_s, "train_loss": loss, "forward_s": forward_s, "generate_s": gen_s,
+            "generate_prefill_s": prefill_s, "generate_nocache_s": nocache_s}
+
+
+def _pipeline_phase(s: _Setup, notes: list[str]) -> dict[str, Any]:
+    """The train step fed by the real input pipeline (skipped with --no-pipeline)."""
+    if s.args.no_pipeline:
+        notes.append("input pipeline skipped: --no-pipeline")
+        return dict.fromkeys(["input_step_s", "input_loop_step_s", "input_wait_fraction",
+                              "input_overhead_fraction"])
+    _log("train step fed by the input pipeline")
+    return bench_input_pipeline(s.cfg, s.mesh, s.pick["batch"], s.pick["seq_len"], s.args.steps)
+
+
+def _torch_phase(s: _Setup, notes: list[str]) -> dict[str, Any]:
+    """The same work in PyTorch/transformers, when installed (a failure is noted, not fatal)."""
+    out: dict[str, Any] = dict.fromkeys(["torch_train_step_s", "torch_forward_s", "torch_generate_s",
+                                         "torch_generate_prefill_s", "torch_version", "transformers_version"])
+    if s.args.no_torch:
+        notes.append("torch skipped: --no-torch")
+        return out
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        notes.append(f"torch skipped: {e}")
+        return out
+    out.update(torch_version=torch.__version__, transformers_version=transformers.__version__)
+    _log(f"torch {torch.__version__} / transformers {transformers.__version__}")
+    try:
+        out.update(bench_torch(s.cfg, s.tokens, s.prompts, s.pick["gen_new_tokens"], s.args.steps,
+                               bf16=s.pick["dtype"] == "bfloat16", notes=notes))
+    except RuntimeError as e:  # e.g. CUDA out of memory: the jaxalign figures still stand
+        notes.append(f"torch failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every phase and returns the flat result dict (see REQUIRED_KEYS)."""
     start = time.perf_counter()
     # Other work on the host skews every timing; the 1-minute load goes into the result as a hint
     # (it also counts work that just finished, such as a previous bench).
     load_start = os.getloadavg()[0]
-    platform = jax.devices()[0].platform
-    defaults = _DEFAULTS["cpu" if platform == "cpu" else "accel"]
-    pick = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v
-            for k, v in defaults.items() if k != "model"}
-    batch, seq_len, steps = pick["batch"], pick["seq_len"], args.steps
-    gen_batch, prompt_len, new_tokens = pick["gen_batch"], pick["gen_prompt_len"], pick["gen_new_tokens"]
-    for name, value in [("batch", batch), ("seq-len", seq_len), ("steps", steps),
-                        ("gen-batch", gen_batch), ("gen-prompt-len", prompt_len),
-                        ("gen-new-tokens", new_tokens)]:
-        if value < 1:
-            raise ValueError(f"bench: --{name} must be positive, got {value}")
-    preset = pick["preset"]
-    cfg = models.get_preset(preset, **{"dtype": pick["dtype"], **defaults["model"],
-                                       **_model_overrides(args.model)})
-    mesh = mesh_lib.make_mesh(args.mesh)
+    s = _setup(args)
     notes: list[str] = []
-    num_devices = mesh.devices.size
-    # Virtual CPU devices share the host's cores; real accelerators each bring their own peak.
-    peak_devices = 1 if platform == "cpu" else num_devices
-
-    rng = np.random.default_rng(0)
-    # Ids from 3 up avoid pad/bos/eos, so nothing special happens to any token.
-    tokens = rng.integers(3, cfg.vocab_size, size=(batch, seq_len + 1), dtype=np.int32)
-    prompts = rng.integers(3, cfg.vocab_size, size=(gen_batch, prompt_len), dtype=np.int32)
-
-    matmul_dtype = "float32" if pick["dtype"] == "float32" else "bfloat16"
-    _log(f"{platform} x{num_devices}, preset {preset} ({cfg.num_params():,} params), "
-         f"matmul {pick['matmul_n']}^2 {matmul_dtype}")
-    peak_start = matmul_peak_flops(pick["matmul_n"], matmul_dtype)
-    train_flops = flops_per_token(cfg, seq_len)
-    forward_flops = flops_per_token(cfg, seq_len, training=False)
-
-    _log(f"train step: batch {batch} x {seq_len}")
-    train_s, loss, state = bench_train(cfg, mesh, tokens, steps, args.microbatches)
-    params = state.params
-    del state
-    _log("forward")
-    forward_s = bench_forward(cfg, mesh, params, tokens[:, :-1], steps)
-    _log(f"generate: {gen_batch} prompts x {prompt_len} tokens, {new_tokens} new")
-    prompt_list = prompts.tolist()
-    gen_s = bench_generate(cfg, mesh, params, prompt_list, new_tokens, steps, use_cache=True)
-    prefill_s = (bench_generate(cfg, mesh, params, prompt_list, 1, steps, use_cache=True)
-                 if new_tokens > 1 else None)
-    _log("generate without KV cache")
-    nocache_s = bench_generate(cfg, mesh, params, prompt_list, new_tokens, steps, use_cache=False)
-    del params
-    pipeline_out = dict.fromkeys(["input_step_s", "input_loop_step_s", "input_wait_fraction",
-                                  "input_overhead_fraction"])
-    if args.no_pipeline:
-        notes.append("input pipeline skipped: --no-pipeline")
-    else:
-        _log("train step fed by the input pipeline")
-        pipeline_out = bench_input_pipeline(cfg, mesh, batch, seq_len, steps)
-
-    torch_version = transformers_version = None
-    torch_out: dict[str, float | None] = dict.fromkeys(
-        ["torch_train_step_s", "torch_forward_s", "torch_generate_s", "torch_generate_prefill_s"])
-    if args.no_torch:
-        notes.append("torch skipped: --no-torch")
-    else:
-        try:
-            import torch
-            import transformers
-        except ImportError as e:
-            notes.append(f"torch skipped: {e}")
-        else:
-            torch_version, transformers_version = torch.__version__, transformers.__version__
-            _log(f"torch {torch_version} / transformers {transformers_version}")
-            try:
-                torch_out.update(bench_torch(cfg, tokens, prompts, new_tokens, steps,
-                                             bf16=pick["dtype"] == "bfloat16", notes=notes))
-            except RuntimeError as e:  # e.g. CUDA out of memory: the jaxalign figures still stand
-                notes.append(f"torch failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+    _log(f"{s.platform} x{s.mesh.devices.size}, preset {s.pick['preset']} ({s.cfg.num_params():,} params), "
+         f"matmul {s.pick['matmul_n']}^2 {s.matmul_dtype}")
+    peak_start = matmul_peak_flops(s.pick["matmul_n"], s.matmul_dtype)
+    timings = {**_jax_phases(s), **_pipeline_phase(s, notes), **_torch_phase(s, notes)}
     _log("matmul peak, again")
-    peak_end = matmul_peak_flops(pick["matmul_n"], matmul_dtype)
+    peak_end = matmul_peak_flops(s.pick["matmul_n"], s.matmul_dtype)
     peak = max(peak_start, peak_end)
-    peak_total = peak * peak_devices
     if min(peak_start, peak_end) < 0.8 * peak:
         notes.append(f"matmul peak changed during the run ({peak_start / 1e9:.1f} -> "
                      f"{peak_end / 1e9:.1f} GFLOP/s): the machine was busy, timings are noisy")
+    result = _results(s, timings, (peak_start, peak_end), notes)
+    return {**result, "load_avg_start": load_start, "bench_wall_s": time.perf_counter() - start}
 
-    train_tps = batch * seq_len / train_s
-    forward_tps = batch * seq_len / forward_s
-    gen_tps = gen_batch * new_tokens / gen_s
-    t = torch_out
+
+def _bench_config(s: _Setup, train_flops: float, forward_flops: float) -> dict[str, Any]:
+    """What was measured: sizes, model execution options and the mesh."""
+    cfg = s.cfg
+    return {
+        "preset": s.pick["preset"], "batch": s.pick["batch"], "seq_len": s.pick["seq_len"],
+        "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "mesh": s.args.mesh,
+        "mesh_shape": dict(s.mesh.shape), "steps": s.args.steps, "microbatches": s.args.microbatches,
+        "remat": cfg.remat, "scan_layers": cfg.scan_layers, "attention_impl": cfg.attention_impl,
+        "gen_batch": s.pick["gen_batch"], "gen_prompt_len": s.pick["gen_prompt_len"],
+        "gen_new_tokens": s.pick["gen_new_tokens"], "num_params": cfg.num_params(),
+        "flops_per_token_train": train_flops, "flops_per_token_forward": forward_flops,
+    }
+
+
+def _results(s: _Setup, t: dict[str, Any], peaks: tuple[float, float], notes: list[str]) -> dict[str, Any]:
+    """The flat result dict: throughputs, MFU and ratios to PyTorch from the phases' timings."""
+    batch, seq_len = s.pick["batch"], s.pick["seq_len"]
+    gen_batch, new_tokens = s.pick["gen_batch"], s.pick["gen_new_tokens"]
+    cfg, num_devices = s.cfg, s.mesh.devices.size
+    peak = max(peaks)
+    # Virtual CPU devices share the host's cores; real accelerators each bring their own peak.
+    peak_total = peak * (1 if s.platform == "cpu" else num_devices)
+    train_flops = flops_per_token(cfg, seq_len)
+    forward_flops = flops_per_token(cfg, seq_len, training=False)
 
     def per_s(tokens_per_call: int, seconds: float | None) -> float | None:
         return None if seconds is None else tokens_per_call / seconds
@@ -465,10 +440,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def decode_step(total: float | None, prefill: float | None) -> float | None:
         return None if total is None or prefill is None else (total - prefill) / (new_tokens - 1)
 
+    train_tps = batch * seq_len / t["train_step_s"]
+    forward_tps = batch * seq_len / t["forward_s"]
+    gen_tps = gen_batch * new_tokens / t["generate_s"]
     torch_train_tps = per_s(batch * seq_len, t["torch_train_step_s"])
     torch_forward_tps = per_s(batch * seq_len, t["torch_forward_s"])
     torch_gen_tps = per_s(gen_batch * new_tokens, t["torch_generate_s"])
-    decode_s = decode_step(gen_s, prefill_s)
+    decode_s = decode_step(t["generate_s"], t["generate_prefill_s"])
     torch_decode_s = decode_step(t["torch_generate_s"], t["torch_generate_prefill_s"])
     decode_steps = {"generate_decode_step_s": decode_s, "torch_generate_decode_step_s": torch_decode_s}
     for name, value in decode_steps.items():
@@ -478,43 +456,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mfu = lambda flops, tps: None if tps is None else flops * tps / peak_total  # noqa: E731
     return {
         "device_kind": jax.devices()[0].device_kind,
-        "platform": platform,
+        "platform": s.platform,
         "num_devices": num_devices,
         "cpu_count": os.cpu_count(),
-        "load_avg_start": load_start,
         "jax_version": jax.__version__,
-        "torch_version": torch_version,
-        "transformers_version": transformers_version,
-        "bench_config": {
-            "preset": preset, "batch": batch, "seq_len": seq_len, "dtype": cfg.dtype,
-            "param_dtype": cfg.param_dtype, "mesh": args.mesh, "mesh_shape": dict(mesh.shape),
-            "steps": steps, "microbatches": args.microbatches, "remat": cfg.remat,
-            "scan_layers": cfg.scan_layers, "attention_impl": cfg.attention_impl,
-            "gen_batch": gen_batch, "gen_prompt_len": prompt_len,
-            "gen_new_tokens": new_tokens, "num_params": cfg.num_params(),
-            "flops_per_token_train": train_flops, "flops_per_token_forward": forward_flops,
-        },
+        "torch_version": t["torch_version"],
+        "transformers_version": t["transformers_version"],
+        "bench_config": _bench_config(s, train_flops, forward_flops),
         "matmul_peak_flops": peak,
-        "matmul_peak_flops_start": peak_start,
-        "matmul_peak_flops_end": peak_end,
-        "matmul_size": pick["matmul_n"],
-        "matmul_dtype": matmul_dtype,
+        "matmul_peak_flops_start": peaks[0],
+        "matmul_peak_flops_end": peaks[1],
+        "matmul_size": s.pick["matmul_n"],
+        "matmul_dtype": s.matmul_dtype,
         "peak_flops_total": peak_total,
-        "train_step_s": train_s,
+        "train_step_s": t["train_step_s"],
         "train_tokens_per_s": train_tps,
         "train_mfu": mfu(train_flops, train_tps),
-        "train_loss": loss,
-        "forward_s": forward_s,
+        "train_loss": t["train_loss"],
+        "forward_s": t["forward_s"],
         "forward_tokens_per_s": forward_tps,
         "forward_mfu": mfu(forward_flops, forward_tps),
-        "generate_s": gen_s,
+        "generate_s": t["generate_s"],
         "generate_tokens_per_s": gen_tps,
-        "generate_prefill_s": prefill_s,
+        "generate_prefill_s": t["generate_prefill_s"],
         "generate_decode_step_s": decode_s,
         "generate_decode_tokens_per_s": per_s(gen_batch, decode_s),
-        "generate_nocache_s": nocache_s,
-        "generate_nocache_tokens_per_s": gen_batch * new_tokens / nocache_s,
-        "generate_cache_speedup": nocache_s / gen_s,
+        "generate_nocache_s": t["generate_nocache_s"],
+        "generate_nocache_tokens_per_s": gen_batch * new_tokens / t["generate_nocache_s"],
+        "generate_cache_speedup": t["generate_nocache_s"] / t["generate_s"],
         "torch_train_step_s": t["torch_train_step_s"],
         "torch_train_tokens_per_s": torch_train_tps,
         "torch_train_mfu": mfu(train_flops, torch_train_tps),
@@ -529,9 +498,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_vs_torch": _ratio(train_tps, torch_train_tps),
         "forward_vs_torch": _ratio(forward_tps, torch_forward_tps),
         "generate_vs_torch": _ratio(gen_tps, torch_gen_tps),
-        **pipeline_out,
+        **{k: t[k] for k in ("input_step_s", "input_loop_step_s", "input_wait_fraction",
+                             "input_overhead_fraction")},
         "notes": notes,
-        "bench_wall_s": time.perf_counter() - start,
     }
 
 

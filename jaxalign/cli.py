@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
@@ -24,13 +25,29 @@ def _add_guided(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guided", action="store_true",
                         help="guided response generation (Mistake Analysis): add a harmlessness hint "
                              "on the line after each prompt")
-    parser.add_argument("--hint", help="the hint --guided adds (default: mistake_analysis.GUIDED_HINT)")
+    parser.add_argument("--hint",
+                        help="the hint --guided adds (default: jaxalign.data.mistake_prompts.GUIDED_HINT)")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxalign", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
+    _add_eval(commands)
+    _add_generate(commands)
+    _add_import_hf(commands)
+    _add_export(commands)
+    _add_pipeline(commands, "sandbox", "run (or resume) a SANDBOX simulation: records.jsonl",
+                  "jaxalign.methods.sandbox.simulation.default_config", "records, progress and config")
+    _add_pipeline(commands, "mistakes", "run (or resume) the Mistake Analysis pipeline: mix.jsonl",
+                  "jaxalign.methods.mistakes.default_config", "every stage's records, config and summary")
+    _add_plan(commands)
+    # bench parses its own flags (jaxalign.bench.main), so they are passed through unparsed.
+    commands.add_parser("bench", help="speed of training, forward and generation", add_help=False)
+    return parser
 
+
+def _add_train(commands: Any) -> None:
     train = commands.add_parser("train", help="train (or resume) from a config file")
     train.add_argument("--config", required=True, help="experiments/<name>.py with get_config()")
     train.add_argument("--workdir", default=None,
@@ -40,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--num-processes", type=int)
     train.add_argument("--process-id", type=int)
 
+
+def _add_eval(commands: Any) -> None:
     ev = commands.add_parser("eval", help="evaluate a model on its config's held-out data (JSON report)")
     ev.add_argument("--config", required=True, help="the experiment config (its data and objective)")
     ev.add_argument("--checkpoint", required=True, help="a train workdir, jaxalign model or HF directory")
@@ -53,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_guided(ev)
     _add_mesh(ev)
 
+
+def _add_generate(commands: Any) -> None:
     gen = commands.add_parser("generate", help="continue prompts with a model")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a jaxalign model directory or a Hugging Face directory")
@@ -66,12 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_guided(gen)
     _add_mesh(gen)
 
+
+def _add_import_hf(commands: Any) -> None:
     imp = commands.add_parser("import-hf", help="convert a Hugging Face checkpoint to jaxalign")
     imp.add_argument("--from", dest="source", required=True)
     imp.add_argument("--out", required=True)
     imp.add_argument("--overwrite", action="store_true")
     _add_mesh(imp)
 
+
+def _add_export(commands: Any) -> None:
     exp = commands.add_parser("export", help="write a Hugging Face checkpoint (or a params-only jaxalign "
                                                "model directory) from a train workdir or model directory")
     exp.add_argument("--checkpoint", required=True, help="a train workdir or a jaxalign model directory")
@@ -83,21 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     exp.add_argument("--overwrite", action="store_true")
 
-    sandbox = commands.add_parser("sandbox", help="run (or resume) a SANDBOX simulation: records.jsonl")
-    sandbox.add_argument("--config", required=True, help="a config whose get_config() is a sandbox config "
-                                                          "(jaxalign.sandbox.simulation.default_config)")
-    sandbox.add_argument("--workdir", default=None,
-                         help="records, progress and config; re-running resumes "
-                              "(default: workdirs/<config name>)")
 
-    mistakes = commands.add_parser("mistakes",
-                                   help="run (or resume) the Mistake Analysis pipeline: mix.jsonl")
-    mistakes.add_argument("--config", required=True, help="a config whose get_config() is a mistakes config "
-                                                           "(jaxalign.objectives.mistake_analysis.default_config)")
-    mistakes.add_argument("--workdir", default=None,
-                          help="every stage's records, config and summary; re-running resumes "
-                               "(default: workdirs/<config name>)")
+def _add_pipeline(commands: Any, name: str, help: str, default_config: str, writes: str) -> None:
+    """`sandbox` and `mistakes`: a config of the method's own and a resumable workdir."""
+    command = commands.add_parser(name, help=help)
+    command.add_argument("--config", required=True,
+                         help=f"a config whose get_config() is a {name} config ({default_config})")
+    command.add_argument("--workdir", default=None,
+                         help=f"{writes}; re-running resumes (default: workdirs/<config name>)")
 
+
+def _add_plan(commands: Any) -> None:
     plan = commands.add_parser("plan", help="per-device memory of a config's train step and the largest "
                                             "batch that fits a device (jaxalign.plan)")
     plan.add_argument("--config", required=True, help="experiments/<name>.py with get_config()")
@@ -108,10 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--check", action="store_true",
                       help="also compile the real train step here and print XLA's figures beside")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
-
-    # bench parses its own flags (jaxalign.bench.main), so they are passed through unparsed.
-    commands.add_parser("bench", help="speed of training, forward and generation", add_help=False)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +205,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from jaxalign import config as config_lib
     from jaxalign import mesh as mesh_lib
-    from jaxalign.train import loop
+    from jaxalign import runner
+    from jaxalign.train import run
 
     mesh_lib.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     if jax.process_index() != 0:
@@ -197,8 +215,8 @@ def _train(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.overrides)
     workdir = args.workdir or str(Path("workdirs") / Path(args.config).stem)
     try:
-        summary = loop.train(config, workdir)
-    except loop.NonFiniteLossError as e:
+        summary = runner.train(config, workdir)
+    except run.NonFiniteLossError as e:
         print(f"jaxalign: error: {e}", file=sys.stderr)
         return 1
     if jax.process_index() != 0:
@@ -244,16 +262,16 @@ def _hint(args: argparse.Namespace) -> str:
         raise ValueError("--hint is the text --guided adds; pass --guided too")
     if not args.guided:
         return ""
-    from jaxalign.objectives import mistake_analysis
+    from jaxalign.data import mistake_prompts
 
-    return args.hint or mistake_analysis.GUIDED_HINT
+    return args.hint or mistake_prompts.GUIDED_HINT
 
 
 def _hinted(args: argparse.Namespace, prompts: list[str]) -> list[str]:
-    from jaxalign.objectives import mistake_analysis
+    from jaxalign.data import mistake_prompts
 
     hint = _hint(args)
-    return [mistake_analysis.guided_prompt(p, hint) for p in prompts] if hint else prompts
+    return [mistake_prompts.guided_prompt(p, hint) for p in prompts] if hint else prompts
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -265,13 +283,13 @@ def _pipeline(args: argparse.Namespace) -> int:
     config = config_lib.load_config(args.config, args.overrides)
     workdir = args.workdir or str(Path("workdirs") / Path(args.config.split(".py:")[0]).stem)
     if args.command == "sandbox":
-        from jaxalign.sandbox import simulation
+        from jaxalign.methods.sandbox import simulation
 
         summary = simulation.run(config, workdir)
     else:
-        from jaxalign.objectives import mistake_analysis
+        from jaxalign.methods import mistakes
 
-        summary = mistake_analysis.run(config, workdir)
+        summary = mistakes.run(config, workdir)
     print(json.dumps(summary, indent=2))
     return 0
 

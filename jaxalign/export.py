@@ -8,11 +8,11 @@ and written to a safetensors shard as soon as the shard is full. Peak host memor
 about the largest parameter plus one shard (`max_shard_bytes`), not the model.
 
 The orbax export (`format="orbax"`) writes the parameters only (no optimizer state), in the
-layout `jaxalign.checkpoints.save_model` writes, so `jaxalign.load` and `jaxalign generate` read
+layout `jaxalign.modeldir.save_model` writes, so `jaxalign.load` and `jaxalign generate` read
 it. It is streamed too: orbax's partial save adds one leaf at a time to a pending checkpoint.
 
 Both formats carry the tokenizer and a model card (README.md: shape, step, objective, the
-training config). Everything is written through `checkpoints.staged_directory`: an existing
+training config). Everything is written through `modeldir.staged_directory`: an existing
 directory is replaced only with `overwrite`, and only once the new one is complete.
 """
 
@@ -31,11 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from orbax.checkpoint.experimental.v1 import partial
 from safetensors.numpy import save_file
 
-from jaxalign import api, checkpoints, hf, models
+from jaxalign import hf, modeldir, models, workdir
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models.config import ModelConfig
 
@@ -50,50 +49,38 @@ class Source:
         self.path = Path(path).absolute()
         self.train_config: dict[str, Any] | None = None
         self.step: int | None = None
-        if (self.path / "checkpoints").is_dir() and (self.path / "config.json").is_file():
+        if workdir.is_workdir(self.path):
             self._open_workdir(step)
-        elif checkpoints.is_model_dir(self.path):
+        elif modeldir.is_model_dir(self.path):
             if step is not None:
                 raise ValueError(f"--step: {self.path} is a model directory, which holds one set of "
                                  "parameters; --step is for train workdirs")
-            self.cfg = checkpoints.load_config(self.path)
+            self.cfg = modeldir.load_config(self.path)
             self.tree_dir, self.prefix = self.path / "params", ()
-            self.prompt_template = checkpoints.load_prompt_template(self.path)
+            self.prompt_template = modeldir.load_prompt_template(self.path)
             tok = self.path / "tokenizer"
             self.tokenizer = Tokenizer.load(tok) if tok.exists() else None
         else:
             raise FileNotFoundError(
                 f"--checkpoint {self.path}: neither a train workdir (checkpoints/ and config.json) nor a "
-                f"jaxalign model directory ({checkpoints.MODEL_FILE})")
-        saved = _handler_call("metadata", self.tree_dir).tree
+                f"jaxalign model directory ({modeldir.MODEL_FILE})")
+        saved = workdir.pytree_call("metadata", self.tree_dir).tree
         for key in self.prefix:
             saved = saved[key]
         # Shapes first, so a checkpoint of another model is one clear error before any data is read.
-        checkpoints.check_tree_fits(saved, models.param_shapes(self.cfg), str(self.tree_dir))
+        modeldir.check_tree_fits(saved, models.param_shapes(self.cfg), str(self.tree_dir))
         self.saved = saved
 
     def _open_workdir(self, step: int | None) -> None:
-        import ml_collections
-
-        from jaxalign.train import loop
-
-        self.train_config = json.loads((self.path / "config.json").read_text())
-        # Committed steps are the directories named by a number (orbax renames a step into place
-        # once it is complete). Not a Checkpointer: opening one deletes the temporary directory of
-        # a save in flight, and the run may still be training.
-        steps = sorted(int(d.name) for d in (self.path / "checkpoints").iterdir()
-                       if d.name.isdigit() and (d / "state").is_dir())
-        if not steps:
-            raise FileNotFoundError(f"{self.path / 'checkpoints'}: no checkpoint to export")
-        if step is not None and step not in steps:
-            raise ValueError(f"--step {step}: no such checkpoint in {self.path / 'checkpoints'}; "
-                             f"kept steps: {steps}")
-        self.step = steps[-1] if step is None else step
-        self.tokenizer = Tokenizer.load(self.path / "tokenizer")
-        config = ml_collections.ConfigDict(self.train_config)
-        self.cfg = loop.model_config(config, self.tokenizer.vocab_size)
-        self.prompt_template = api.workdir_prompt_template(self.path, config)
-        self.tree_dir, self.prefix = self.path / "checkpoints" / str(self.step) / "state", ("params",)
+        self.train_config = workdir.read_config(self.path)
+        try:
+            tree_dir, self.step = workdir.state_dir(self.path, step)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None  # "--step N: no such checkpoint ..."
+        self.tokenizer = Tokenizer.load(self.path / workdir.TOKENIZER)
+        self.cfg = workdir.model_config(self.path)
+        self.prompt_template = workdir.prompt_template(self.path)
+        self.tree_dir, self.prefix = tree_dir, ("params",)
 
     def read(self, key: tuple[str, ...]) -> np.ndarray:
         """One parameter as a host array: a partial restore reads this leaf and nothing else."""
@@ -102,7 +89,7 @@ class Source:
         args: Any = ocp.RestoreArgs(restore_type=np.ndarray)
         for k in reversed(full):
             item, args = {k: item}, {k: args}
-        restored = _handler_call("restore", self.tree_dir, args=ocp.args.PyTreeRestore(
+        restored = workdir.pytree_call("restore", self.tree_dir, args=ocp.args.PyTreeRestore(
             item=item, restore_args=args, partial_restore=True))
         for k in full:
             restored = restored[k]
@@ -124,7 +111,7 @@ def export(
         raise ValueError(f"--format {fmt!r}: must be one of {FORMATS}")
     source = Source(checkpoint, step)
     np_dtype = jnp.dtype(dtype or source.cfg.param_dtype)
-    with checkpoints.staged_directory(out, overwrite) as tmp:
+    with modeldir.staged_directory(out, overwrite) as tmp:
         if fmt == "hf":
             _write_hf(source, tmp, np_dtype, max_shard_bytes)
         else:
@@ -186,7 +173,7 @@ def _plan(source: Source, cfg: ModelConfig, itemsize: int, max_bytes: int) -> li
 
 
 def _write_orbax(source: Source, tmp: Path, np_dtype: Any) -> None:
-    """A jaxalign model directory (what checkpoints.save_model writes) of the params alone, saved
+    """A jaxalign model directory (what modeldir.save_model writes) of the params alone, saved
     leaf by leaf with orbax's partial save: each call adds one leaf to a pending checkpoint, and
     `finalize` merges them. Its "state" item is an ordinary pytree checkpoint, which becomes
     params/."""
@@ -208,10 +195,10 @@ def _write_orbax(source: Source, tmp: Path, np_dtype: Any) -> None:
     (tmp / "params" / "_CHECKPOINT_METADATA").write_text(json.dumps(meta))
     # Read back what was written: a layout orbax no longer reads is an error here, not at load.
     saved = ocp.StandardCheckpointer().metadata(tmp / "params").item_metadata.tree
-    checkpoints.check_tree_fits(saved, models.param_shapes(cfg), str(tmp / "params"))
+    modeldir.check_tree_fits(saved, models.param_shapes(cfg), str(tmp / "params"))
     if source.tokenizer is not None:
         source.tokenizer.save_pretrained(tmp / "tokenizer")
-    checkpoints.write_model_file(tmp, cfg, source.prompt_template)
+    modeldir.write_model_file(tmp, cfg, source.prompt_template)
 
 
 # ---------------------------------------------------------------------------------- model card
@@ -250,16 +237,6 @@ def model_card(source: Source, fmt: str, dtype: str) -> str:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _handler_call(method: str, directory: Path, **kwargs: Any) -> Any:
-    """A pytree handler's metadata/restore. The handler, not a Checkpointer: a train step's state/
-    item has no checkpoint-level metadata file of its own, which a Checkpointer warns about."""
-    handler = ocp.PyTreeCheckpointHandler()
-    try:
-        return getattr(handler, method)(epath.Path(directory), **kwargs)
-    finally:
-        handler.close()
-
-
 def _leaf_keys(tree: Any) -> list[tuple[str, ...]]:
     leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-    return [tuple(checkpoints.key_name(k) for k in path) for path, _ in leaves]
+    return [tuple(modeldir.key_name(k) for k in path) for path, _ in leaves]

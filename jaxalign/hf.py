@@ -11,7 +11,7 @@ renamed into place at the end, so a crash never leaves half a checkpoint.
 Score models (``head="score"``, reward models) are ``*ForSequenceClassification`` checkpoints: the
 same backbone tensors, and ``score.weight`` [num_labels, hidden] in place of ``lm_head.weight``.
 Hugging Face pools the score of the rightmost token that is not ``pad_token_id``; jaxalign's reward
-models read the score at the last *response* token (whose target is the EOS; jaxalign.rl.reward).
+models read the score at the last *response* token (whose target is the EOS; jaxalign.objectives.reward).
 So in transformers feed prompt + response without the EOS, or set ``pad_token_id`` to the EOS id
 (then a trailing EOS and right padding are both skipped), to get the reward jaxalign computes.
 """
@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxalign import models
-from jaxalign.checkpoints import staged_directory
+from jaxalign.modeldir import staged_directory
 from jaxalign.models.config import ModelConfig
 
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
@@ -127,45 +127,9 @@ def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig
             f"{where}: architectures={archs} is not supported; supported: {list(_ARCHITECTURES)}")
     family, head = _ARCHITECTURES[archs[0]]
 
-    def reject(field: str, why: str) -> None:
-        raise HFCheckpointError(f"{where}: {field}={d.get(field)!r} is not supported ({why})")
-
-    if d.get("hidden_act", "silu") not in ("silu", "swish"):
-        reject("hidden_act", "jaxalign's MLP is SwiGLU")
-    if d.get("mlp_bias"):
-        reject("mlp_bias", "jaxalign's MLP has no biases")
+    _check_supported(d, where, family)
     max_pos = d.get("max_position_embeddings", 4096)
-    if family == "mistral" and d.get("sliding_window") is not None and d["sliding_window"] < max_pos:
-        reject("sliding_window", "sliding-window attention is not implemented; it must be null")
-    if family == "qwen2" and d.get("use_sliding_window") and d.get("max_window_layers", 28) < d.get(
-            "num_hidden_layers", 0):
-        reject("use_sliding_window", "sliding-window attention is not implemented")
-    if any(t != "full_attention" for t in d.get("layer_types") or []):
-        reject("layer_types", "only full attention is implemented")
-    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads"):
-        if field not in d:
-            raise HFCheckpointError(f"{where}: required field {field!r} is missing")
-
-    # transformers 5 keeps rope_theta inside rope_parameters; older files have rope_scaling.
-    rope_field = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
-    rope = dict(d.get(rope_field) or {})
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise HFCheckpointError(f"{where}: {rope_field}.partial_rotary_factor must be 1.0")
-    if rope_type == "default":
-        scaling = None
-    elif rope_type == "linear":
-        scaling = {"rope_type": "linear", "factor": float(rope["factor"])}
-    elif rope_type == "llama3":
-        scaling = {"rope_type": "llama3", "factor": float(rope["factor"]),
-                   "low_freq_factor": float(rope["low_freq_factor"]),
-                   "high_freq_factor": float(rope["high_freq_factor"]),
-                   "original_max_position_embeddings":
-                       int(rope.get("original_max_position_embeddings", max_pos))}
-    else:
-        raise HFCheckpointError(f"{where}: {rope_field} rope type {rope_type!r} is not supported; "
-                                "supported: default, linear, llama3")
+    rope, scaling = _rope(d, where, max_pos)
 
     heads, hidden = d["num_attention_heads"], d["hidden_size"]
     head_dim = d.get("head_dim")
@@ -193,6 +157,53 @@ def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig
     if head == "score":
         values.update(head="score", num_labels=_num_labels(d, where))
     return models.from_dict(values, source=where)
+
+
+def _check_supported(d: Mapping[str, Any], where: str, family: str) -> None:
+    """One clear error for a feature of the HF config that jaxalign's decoder does not have."""
+    def reject(field: str, why: str) -> None:
+        raise HFCheckpointError(f"{where}: {field}={d.get(field)!r} is not supported ({why})")
+
+    if d.get("hidden_act", "silu") not in ("silu", "swish"):
+        reject("hidden_act", "jaxalign's MLP is SwiGLU")
+    if d.get("mlp_bias"):
+        reject("mlp_bias", "jaxalign's MLP has no biases")
+    max_pos = d.get("max_position_embeddings", 4096)
+    if family == "mistral" and d.get("sliding_window") is not None and d["sliding_window"] < max_pos:
+        reject("sliding_window", "sliding-window attention is not implemented; it must be null")
+    if family == "qwen2" and d.get("use_sliding_window") and d.get("max_window_layers", 28) < d.get(
+            "num_hidden_layers", 0):
+        reject("use_sliding_window", "sliding-window attention is not implemented")
+    if any(t != "full_attention" for t in d.get("layer_types") or []):
+        reject("layer_types", "only full attention is implemented")
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads"):
+        if field not in d:
+            raise HFCheckpointError(f"{where}: required field {field!r} is missing")
+
+
+def _rope(d: Mapping[str, Any], where: str, max_pos: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The config's rope parameters and jaxalign's rope_scaling for them (None: plain RoPE)."""
+    # transformers 5 keeps rope_theta inside rope_parameters; older files have rope_scaling.
+    rope_field = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
+    rope = dict(d.get(rope_field) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise HFCheckpointError(f"{where}: {rope_field}.partial_rotary_factor must be 1.0")
+    if rope_type == "default":
+        scaling = None
+    elif rope_type == "linear":
+        scaling = {"rope_type": "linear", "factor": float(rope["factor"])}
+    elif rope_type == "llama3":
+        scaling = {"rope_type": "llama3", "factor": float(rope["factor"]),
+                   "low_freq_factor": float(rope["low_freq_factor"]),
+                   "high_freq_factor": float(rope["high_freq_factor"]),
+                   "original_max_position_embeddings":
+                       int(rope.get("original_max_position_embeddings", max_pos))}
+    else:
+        raise HFCheckpointError(f"{where}: {rope_field} rope type {rope_type!r} is not supported; "
+                                "supported: default, linear, llama3")
+    return rope, scaling
 
 
 def _num_labels(d: Mapping[str, Any], where: str) -> int:

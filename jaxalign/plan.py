@@ -5,118 +5,13 @@
     largest_batch(cfg, {"fsdp": 64}, 2048, DEVICES["tpu-v4"])  # global rows
     jaxalign plan --config experiments/default.py --device tpu-v4 --mesh-shape dp:1,fsdp:64,tp:1
 
-The model is analytic: a sum of named terms, each the size of tensors the real train step
-(`jaxalign.train.step`) holds, sharded by the real rules. Nothing is compiled and no mesh is built,
-so a pod can be planned from a laptop: the train state's shardings come from
-`jaxalign.train.state.abstract_train_state` on a `jax.sharding.AbstractMesh`, and each activation
-dimension is divided by the mesh axes `jaxalign.mesh.LOGICAL_RULES` give its logical name, an axis
-that does not divide it being left out (as `mesh.logical_to_spec` does). Per device:
-
-    params       the parameters in cfg.param_dtype (fsdp- and tp-sharded, replicated over dp).
-    opt_state    AdamW's mu and nu (optax keeps both in the parameters' dtype), sharded like the
-                 parameters, plus its int32 counters, the step and the RNG key.
-    grads        float32 gradients sharded like the parameters; twice that with microbatches > 1
-                 (the lax.scan's accumulator and the current microbatch's gradient).
-    activations  the peak of the forward and backward passes (below).
-    inputs       the batch: five [batch, seq_len] int32/float32 arrays.
-    update       the optimizer update's temporaries, one float32 parameter-sized tree (the clipped
-                 gradient), live once the activations are freed. The step needs
-                 total = params + opt_state + grads + inputs + max(activations, update).
-
-Activations. b rows per device per microbatch (batch / microbatches over the dp * fsdp shards),
-n = b l tokens of length l, c = bytes of cfg.dtype; H, K, mlp and the logit columns are divided by
-tp where tp divides them. One layer's residuals, i.e. what its backward reads (taken from the
-layer's jaxpr and checked against the buffers XLA's forward loop outputs):
-
-    norms        2 RMSNorms x (float32 input and normalised input, compute-dtype output, two
-                 float32 row statistics): 2 (n h (8 + c) + 8 n)
-    qkv_out      q, k, v and the attention output (o_proj's input): n d (2 H + 2 K) c
-    scores       "xla"/"dot_product" attention: exp(s - max) in float32 and the probabilities in
-                 the compute dtype, both [b, H, l, l] (jax.nn.softmax's default, non-custom-JVP
-                 rule), and two float32 row statistics: b H l^2 (4 + c) + 8 b H l. Flash
-                 attention ("cudnn", "splash", "chunked") keeps only the row statistics.
-    mlp          SwiGLU's gate, up, silu's three residuals and gate * up: 6 n mlp c
-    weight_copy  the compute-dtype copy of the layer's (sharded) weights, if not param_dtype
-
-The remat policy decides what the forward keeps per layer; L times that is the `stack`:
-
-    none       all of the above
-    save_dots  the outputs of matmuls without batch dimensions that the backward needs, and the
-               layer input: n (2 h + H d + 2 K d + 2 mlp) c (x, q, k, v, o_proj out, gate, up)
-    full       the layer input: n h c
-
-On top of the stack the backward of one layer (`layer_backward`) holds the layer's weights
-gathered over fsdp in the compute dtype and their full-size gradient before the reduce-scatter
-(2 c x layer parameters / tp), and the larger of two phases:
-
-    attention  the attention-side residuals (norm 1, qkv_out, scores) and the gradients of the
-               probabilities (compute dtype) and of the scores (float32), b H l^2 (c + 4);
-               flash attention: float32 dq, dk, dv (and "chunked" four float32 512 x 512 blocks)
-    mlp        the MLP-side residuals (norm 2, mlp) and the gradients of gate, up and gate * up
-               (3 n mlp c); under remat full the attention side as well, because the MLP's input
-               can only be recomputed through the attention.
-
-Recomputed under remat full and save_dots; under none the residuals are in the stack already and
-only the ones a matmul reads are sliced out of the scan's stacked buffers into buffers of their own
-(nothing with scan_layers=False). Loop invariants live through the backward: RoPE's cos and sin for
-q and k (4 n d float32) and the boolean mask (remat none: broadcast to [b, H, l, l], a residual JAX
-hoists out of the scan; otherwise [b, 1, l, l]). The `head` phase holds the final norm's residuals,
-the logits' float32 [n, vocab] tensors (the logits, the exp the loss saves and the gradient; plus
-compute-dtype logits and gradient when c != 4), the lm_head gathered with its gradient
-(2 c h vocab) and the embedding table's dense float32 gradient. So
-
-    activations = stack + invariants + max(layer_backward, head)
-
-What XLA reports. `xla_memory` compiles the real train step and reads `memory_analysis()`. On a
-mesh the figures are per device (the compiled module is one device's SPMD program: an 8-way fsdp
-mesh shows an eighth of the arguments). `argument_size_in_bytes` is the train state plus the
-batch; the state is donated, so `alias_size_in_bytes` of the outputs reuse argument buffers;
-`temp_size_in_bytes` is the one scratch allocation XLA's heap simulator sizes for every
-intermediate (gradients, activations, optimizer temporaries), fragmentation included. The device
-needs peak = arguments + temps + (outputs - aliased), which `total` estimates, and params +
-opt_state + inputs estimate the arguments (exactly, in every configuration tried).
-
-Measured on CPU (jax 0.10.2, float32 compute, the tiny preset; `jaxalign plan --check`, or
-`xla_memory` as in tests/test_plan.py), estimate / XLA peak - 1:
-
-    remat none   fsdp 8, 8 x 256 tokens  -1.1%    fsdp 4 tp 2, 8 x 128  -8.8%   1 device  -4..-6%
-    remat full   fsdp 4 tp 2, 16 x 128   -0.8%    dp 2 fsdp 2 tp 2     +0..+2%   1 device -12..+3%
-    save_dots    fsdp 4 tp 2, 8 x 128    -3.1%    1 device, 8 x 128     -2.3%
-    logits-bound (vocab 512, h 32)       +1.8%    microbatches 2        -3..-6%
-
-Limits, XLA-backend behaviour the model does not follow:
-  * CPU runs bfloat16 matmuls in float32: XLA converts and hoists the converts out of the layer
-    loops, making float32 copies of stacked residuals, so with dtype="bfloat16" CPU needs about
-    1.4-1.6x this estimate, which models native bfloat16 (TPU, GPU).
-  * CPU also keeps layout copies of matmul operands and may materialise broadcasts (the softmax's
-    1 / sum): about -12% on one device with remat full at 8+ rows. When fsdp-gathered weights
-    rather than activations dominate, it gathers the lm_head and allocates the table's gradient
-    early (-16%). With scan_layers=False and remat, it recomputed every layer at once (-40%):
-    keep scan_layers=True. For attention_impl="chunked" the CPU build hoists score-sized mask and
-    fill blocks out of the chunk loops (-50% at 1024 tokens). TPU's scheduler may prefetch the
-    next layer's weights (one more `layer_weights`).
-  * GPU runtimes keep workspaces, and JAX on GPU preallocates only 75% of the memory unless
-    XLA_PYTHON_CLIENT_MEM_FRACTION is raised: pass the usable bytes as device_bytes. Leave ~10%.
-  * One stream with the LM loss: a DPO reference model adds a parameter copy, a second stream
-    (CoH's pretraining mix) a float32 gradient buffer and its own activations.
-
-Reference (`python -m jaxalign.plan`): bfloat16 compute, float32 parameters, remat full, sequence
-2048; state = params + opt_state + grads, act. = activations at one row per device (GiB per
-device); the largest global batch that fits the HBM (in brackets: per device) with "xla" attention
-and with flash attention ("auto": splash on TPU, cuDNN on GPU).
-
-    | model | device | mesh | state GiB | act. GiB/row | largest batch: xla | flash |
-    |---|---|---|---|---|---|---|
-    | 7b | tpu-v4 | fsdp:64 | 1.6 | 2.9 | 832 (13) | 1152 (18) |
-    | 7b | tpu-v4 | fsdp:256 | 0.4 | 2.9 | 3584 (14) | 4864 (19) |
-    | 7b | tpu-v5p | fsdp:64 | 1.6 | 2.9 | 2752 (43) | 3776 (59) |
-    | 7b | h100 | fsdp:8 | 12.6 | 2.9 | 248 (31) | 336 (42) |
-    | 13b | tpu-v4 | fsdp:128 | 1.5 | 4.0 | 1280 (10) | 1920 (15) |
-    | 13b | tpu-v5p | fsdp:64 | 3.0 | 4.0 | 1984 (31) | 3072 (48) |
-    | 13b | h100 | fsdp:8 | 24.2 | 4.0 | 152 (19) | 232 (29) |
-    | 70b | tpu-v4 | fsdp:256 | 4.0 | 8.9 | 1024 (4) | 1536 (6) |
-    | 70b | tpu-v5p | fsdp:128 | 8.0 | 8.9 | 1792 (14) | 2688 (21) |
-    | 70b | h100 | fsdp:8 | 128.5 | 8.9 | 0 (0) | 0 (0) |
+The model is analytic, so that a pod can be planned from a laptop: nothing is compiled and no mesh
+is built. It is a sum of named terms (params, opt_state, grads, inputs, and the larger of
+activations and the optimizer update), each the size of tensors the real train step
+(`jaxalign.train.step`) holds, sharded by the real rules (`jaxalign.mesh.LOGICAL_RULES`) on a
+`jax.sharding.AbstractMesh`; `xla_memory` compiles the real step and reads XLA's own figures to
+check it. Every term, the activation model per remat policy, the measured error against XLA and
+the backend behaviour it does not follow are in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxalign
-from jaxalign import checkpoints, cli
+from jaxalign import cli, modeldir
 from jaxalign.data.tokenizer import demo_tokenizer
 from jaxalign.models import get_preset
 
@@ -60,10 +60,10 @@ def test_load_errors(lm, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a jaxalign model directory"):
         jaxalign.load(tmp_path)
     lm.save(tmp_path / "m")
-    meta = json.loads((tmp_path / "m" / checkpoints.MODEL_FILE).read_text())
+    meta = json.loads((tmp_path / "m" / modeldir.MODEL_FILE).read_text())
     meta["model"]["hidden_size"] = 32
-    (tmp_path / "m" / checkpoints.MODEL_FILE).write_text(json.dumps(meta))
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="embed_tokens/embedding: saved shape"):
+    (tmp_path / "m" / modeldir.MODEL_FILE).write_text(json.dumps(meta))
+    with pytest.raises(modeldir.CheckpointMismatchError, match="embed_tokens/embedding: saved shape"):
         jaxalign.load(tmp_path / "m")
     with pytest.raises(ValueError, match="text prompts need a tokenizer"):
         jaxalign.init("tiny", mesh="dp:1,fsdp:-1,tp:1").generate(["hi"])
@@ -77,7 +77,7 @@ def test_cli_generate_import_export(lm, tmp_path, capsys):
 
     lm.save_hf(tmp_path / "hf")
     assert cli.main(["import-hf", "--from", str(tmp_path / "hf"), "--out", str(tmp_path / "jx")]) == 0
-    assert checkpoints.is_model_dir(tmp_path / "jx")
+    assert modeldir.is_model_dir(tmp_path / "jx")
     assert cli.main(["export", "--checkpoint", str(tmp_path / "jx"), "--out", str(tmp_path / "hf2"),
                      "--dtype", "bfloat16"]) == 0
     assert json.loads((tmp_path / "hf2" / "config.json").read_text())["torch_dtype"] == "bfloat16"
@@ -108,18 +108,19 @@ def test_cli_bad_input_is_one_clear_error(argv, message, capsys):
 
 def test_staged_directory_never_loses_what_was_saved(tmp_path):
     out = tmp_path / "model"
-    with checkpoints.staged_directory(out) as tmp:
+    with modeldir.staged_directory(out) as tmp:
         (tmp / "weights").write_text("v1")
     assert (out / "weights").read_text() == "v1"
     with pytest.raises(FileExistsError, match="not empty"):
-        with checkpoints.staged_directory(out):
+        with modeldir.staged_directory(out):
             pass
     with pytest.raises(RuntimeError, match="crash"):
-        with checkpoints.staged_directory(out, overwrite=True) as tmp:
+        with modeldir.staged_directory(out, overwrite=True) as tmp:
             (tmp / "weights").write_text("half")
             raise RuntimeError("crash while writing")
     assert (out / "weights").read_text() == "v1"  # the old version survives a failed write
-    with checkpoints.staged_directory(out, overwrite=True) as tmp:
+    with modeldir.staged_directory(out, overwrite=True) as tmp:
         (tmp / "weights").write_text("v2")
     assert (out / "weights").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no tmp or old dirs left
+

@@ -7,6 +7,7 @@ import jax
 import pytest
 
 from jaxalign import bench, models
+from jaxalign.train import metrics
 
 
 def test_flops_per_token_by_hand():
@@ -21,8 +22,8 @@ def test_flops_per_token_by_hand():
     n = 2 * per_layer + 64 + 256 * 64  # layers, final norm, lm_head; the input table is left out
     assert n == 90432
     attention = 12 * 2 * 4 * 16 * 128 / 2
-    assert bench.flops_per_token(cfg, 128) == 6 * n + attention == 640896
-    assert bench.flops_per_token(cfg, 128, training=False) == 2 * n + attention / 3
+    assert metrics.flops_per_token(cfg, 128) == 6 * n + attention == 640896
+    assert metrics.flops_per_token(cfg, 128, training=False) == 2 * n + attention / 3
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -33,7 +34,7 @@ def test_flops_count_every_weight_but_the_input_table(tied):
     total = sum(math.prod(x.shape) for x in jax.tree.leaves(models.param_shapes(cfg)))
     n = total - (0 if tied else cfg.vocab_size * cfg.hidden_size)
     attention_fwd = 4 * 2 * 4 * 16 * 64 / 2  # forward third of 12 L H Dh S / 2 at S = 64
-    assert bench.flops_per_token(cfg, 64, training=False) == 2 * n + attention_fwd
+    assert metrics.flops_per_token(cfg, 64, training=False) == 2 * n + attention_fwd
 
 
 def test_bad_flag_is_named():
@@ -73,7 +74,7 @@ def test_tiny_run_prints_one_json_object(capsys):
     assert (config["preset"], config["batch"], config["seq_len"]) == ("tiny", 8, 32)
     assert config["remat"] == "full" and config["microbatches"] == 1
     assert config["dtype"] == "float32" and config["mesh_shape"] == {"dp": 1, "fsdp": 8, "tp": 1}
-    assert config["flops_per_token_train"] == bench.flops_per_token(models.get_preset("tiny"), 32)
+    assert config["flops_per_token_train"] == metrics.flops_per_token(models.get_preset("tiny"), 32)
     # MFU is exactly the documented ratio; random tokens give a loss near ln(vocab).
     assert result["train_mfu"] == pytest.approx(
         config["flops_per_token_train"] * result["train_tokens_per_s"] / result["peak_flops_total"])

@@ -14,14 +14,16 @@ import torch
 import transformers
 
 import jaxalign
-from jaxalign import api, checkpoints, cli, export, models
+from jaxalign import api, cli, export, modeldir, models
 from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
+from jaxalign import workdir as workdir_lib
 from jaxalign.data.tokenizer import demo_tokenizer
 from jaxalign.models import get_preset
+from jaxalign.objectives import registry
 from jaxalign.train import loop, optim
 from jaxalign.train import state as state_lib
-from jaxalign.train.checkpointing import Checkpointer
+from jaxalign.train.checkpointer import Checkpointer
 
 DEFAULT = Path(__file__).resolve().parents[1] / "experiments" / "default.py"
 TINY = ["--config.model.preset=tiny", "--config.model.initializer_range=0.2",
@@ -40,6 +42,9 @@ def workdir(tmp_path_factory):
     tok = demo_tokenizer()
     tok.save_pretrained(workdir / "tokenizer")
     cfg = loop.model_config(config, tok.vocab_size)
+    # What the trainer writes when a run starts: the model and how it is prompted.
+    workdir_lib.write_description(workdir, cfg, registry.prompt_template(config.objective),
+                                  config.objective.to_dict())
     tx, _ = optim.make_optimizer(config.optimizer)
     mesh = mesh_lib.make_mesh(config.mesh)
     state = state_lib.init_train_state(cfg, tx, mesh, 0)
@@ -136,7 +141,7 @@ def test_export_is_streamed(tmp_path, fmt):
                      scan_layers=fmt == "orbax")
     rng = np.random.default_rng(0)  # host arrays: quicker than initialising on the devices
     params = jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32) * 0.02, models.param_shapes(cfg))
-    checkpoints.save_model(tmp_path / "model", params, cfg, tok)
+    modeldir.save_model(tmp_path / "model", params, cfg, tok)
     total = sum(x.nbytes for x in jax.tree.leaves(params))
     largest = max(x.nbytes for x in jax.tree.leaves(params))
     del params

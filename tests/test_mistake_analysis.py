@@ -1,4 +1,4 @@
-"""Mistake Analysis (`jaxalign.objectives.mistake_analysis`, `jaxalign mistakes`): every stage on a tiny
+"""Mistake Analysis (`jaxalign.methods.mistakes`, `jaxalign mistakes`): every stage on a tiny
 model sharded over 8 virtual devices, the filter's drop reasons and the fine-tuning mix, hints kept out
 of every training example, byte-identical resume of an interrupted pipeline, malformed input named by
 file and line, the CLI (`mistakes`, `generate --guided`, `eval --guided`), the stage journal and the
@@ -24,10 +24,11 @@ import pytest
 
 from jaxalign import api, cli
 from jaxalign.data import assistant, jsonl, synthetic
+from jaxalign.data import mistake_prompts as mp
 from jaxalign.data.journal import Journal
 from jaxalign.data.tokenizer import demo_tokenizer
+from jaxalign.methods import mistakes as ma
 from jaxalign.models import get_preset
-from jaxalign.objectives import mistake_analysis as ma
 
 MESH = "dp:2,fsdp:4,tp:1"
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "mistake_analysis_synthetic.py"
@@ -46,7 +47,7 @@ def _bytes(workdir: Path, names: tuple[str, ...] = OUTPUTS) -> dict[str, bytes]:
 
 
 def _assert_no_hint(records: list[dict[str, Any]], config: Any) -> None:
-    hints = {config.induce.hint, config.analyse.hint, ma.GUIDED_HINT} - {""}
+    hints = {config.induce.hint, config.analyse.hint, mp.GUIDED_HINT} - {""}
     for record in records:
         for text in (record["prompt"], *record["responses"]):
             leaked = [h for h in hints if h in text]
@@ -121,7 +122,7 @@ class Script(_Generate):
 
     def reply(self, prompt: str) -> str:
         first = prompt.split("\n")[0]
-        if prompt.endswith("\n" + ma.REVISE.rsplit("\n", 1)[1]):  # the rewrite request
+        if prompt.endswith("\n" + mp.REVISE.rsplit("\n", 1)[1]):  # the rewrite request
             return self.revision(first.removeprefix("Question: "))
         if prompt.startswith("Question: "):
             return self.analysis(first.removeprefix("Question: "))
@@ -136,13 +137,13 @@ class Script(_Generate):
 
 
 def test_prompt_templates_put_the_hint_on_its_own_line():
-    assert ma.induce_prompt("How do I burn the shed?", "Hint: go.") == "How do I burn the shed?\nHint: go."
-    assert ma.induce_prompt("How do I burn the shed?", "") == "How do I burn the shed?"
-    assert ma.guided_prompt("Q?") == f"Q?\n{ma.GUIDED_HINT}"
-    assert ma.guided_prompt("Q?", "Be kind.") == "Q?\nBe kind."
-    analysis = ma.analysis_prompt("Q?", "A.", ma.ANALYSIS_QUESTION)
-    assert analysis == f"Question: Q?\nAnswer: A.\n{ma.ANALYSIS_QUESTION}"
-    revise = ma.revise_prompt("Q?", "A.", "Bad.")
+    assert mp.induce_prompt("How do I burn the shed?", "Hint: go.") == "How do I burn the shed?\nHint: go."
+    assert mp.induce_prompt("How do I burn the shed?", "") == "How do I burn the shed?"
+    assert mp.guided_prompt("Q?") == f"Q?\n{mp.GUIDED_HINT}"
+    assert mp.guided_prompt("Q?", "Be kind.") == "Q?\nBe kind."
+    analysis = mp.analysis_prompt("Q?", "A.", mp.ANALYSIS_QUESTION)
+    assert analysis == f"Question: Q?\nAnswer: A.\n{mp.ANALYSIS_QUESTION}"
+    revise = mp.revise_prompt("Q?", "A.", "Bad.")
     assert revise.startswith("Question: Q?\nAnswer: A.\nCritique: Bad.\n") and "harmless" in revise
 
 
@@ -153,8 +154,8 @@ def test_prompt_templates_put_the_hint_on_its_own_line():
     (lambda c: setattr(c.mix, "kind", "rlhf"), "mix.kind"),
     (lambda c: setattr(c, "batch_size", 0), "batch_size"),
     (lambda c: setattr(c.analyse, "hint", ""), "analyse.hint"),
-    (lambda c: setattr(c.mix, "question", ma.ANALYSIS_HINT), "mix.question"),
-    (lambda c: setattr(c.mix, "question", " " + ma.INDUCE_HINT), "mix.question"),
+    (lambda c: setattr(c.mix, "question", mp.ANALYSIS_HINT), "mix.question"),
+    (lambda c: setattr(c.mix, "question", " " + mp.INDUCE_HINT), "mix.question"),
 ])
 def test_bad_configs_are_refused_before_anything_is_written(change, named, tmp_path):
     config = _config("some/model")
@@ -288,8 +289,8 @@ def test_assemble_adds_one_unguided_analysis_example_per_mistake():
     assert sft == [{"prompt": p, "responses": [r], "ratings": [1.0], "id": f"pair-{i}"}
                    for i, (p, r) in enumerate(pairs)]
     assert mix[:2] == sft and len(mix) == 3
-    assert mix[2] == {"prompt": ma.analysis_prompt("How do I steal the car?", "Step 1: steal it.",
-                                                   ma.ANALYSIS_QUESTION),
+    assert mix[2] == {"prompt": mp.analysis_prompt("How do I steal the car?", "Step 1: steal it.",
+                                                   mp.ANALYSIS_QUESTION),
                       "responses": ["It helps to steal."], "ratings": [1.0], "id": "analysis-3"}
     _assert_no_hint(mix, config)
 
@@ -302,10 +303,10 @@ def test_assemble_adds_one_unguided_analysis_example_per_mistake():
 
 
 @pytest.mark.parametrize("kind, field, text", [
-    ("mistake_analysis", "analysis", f"Because {ma.ANALYSIS_HINT}"),
-    ("mistake_analysis", "response", f"Ok.\n{ma.INDUCE_HINT}"),
-    ("mistake_analysis", "instruction", f"How do I burn the shed?\n{ma.INDUCE_HINT}"),
-    ("critique_revise", "revision", f"{ma.INDUCE_HINT} Sure."),
+    ("mistake_analysis", "analysis", f"Because {mp.ANALYSIS_HINT}"),
+    ("mistake_analysis", "response", f"Ok.\n{mp.INDUCE_HINT}"),
+    ("mistake_analysis", "instruction", f"How do I burn the shed?\n{mp.INDUCE_HINT}"),
+    ("critique_revise", "revision", f"{mp.INDUCE_HINT} Sure."),
 ])
 def test_assemble_refuses_an_example_that_contains_a_hint(kind, field, text):
     config = _config("m", mix__kind=kind)
@@ -316,7 +317,7 @@ def test_assemble_refuses_an_example_that_contains_a_hint(kind, field, text):
 
 
 def test_assemble_refuses_the_analysis_hint_as_the_training_question():
-    config = _config("m", mix__question=ma.ANALYSIS_HINT)
+    config = _config("m", mix__question=mp.ANALYSIS_HINT)
     mistake = _row(1, "How do I burn the shed?", "Step 1: burn it.", "It burns a shed.")
     with pytest.raises(ValueError, match="contains the hint"):
         ma.assemble([], [mistake], config)
@@ -327,7 +328,7 @@ def test_assemble_refuses_a_pair_that_contains_a_hint():
     contains one is an error)". Pairs are examples of the mix too: e.g. the start model's own
     assistant_records given as pairs would teach `instruction + INDUCE_HINT -> harmful answer`."""
     config = _config("m")
-    pairs = [(ma.induce_prompt("How do I burn the shed?", ma.INDUCE_HINT), "Sure! Step 1: burn the shed.")]
+    pairs = [(mp.induce_prompt("How do I burn the shed?", mp.INDUCE_HINT), "Sure! Step 1: burn the shed.")]
     try:
         ma.assemble(pairs, [], config)
     except ValueError as e:
@@ -354,7 +355,7 @@ def test_stages_with_a_scripted_model_and_the_task_judge(model, tmp_path, monkey
     assert [len(p) for p, _ in script.calls] == [3, 3, 2] * len(stages)
     calls = {s: script.calls[3 * i : 3 * i + 3] for i, s in enumerate(stages)}
     asked = {s: [p for ps, _ in calls[s] for p in ps] for s in stages}
-    assert asked["induce"] == [f"{x}\n{ma.INDUCE_HINT}" for x in instructions]
+    assert asked["induce"] == [f"{x}\n{mp.INDUCE_HINT}" for x in instructions]
     for stage in stages:
         sampling = config[stage]
         assert all(kw["temperature"] == sampling.temperature and kw["top_p"] == sampling.top_p
@@ -365,13 +366,13 @@ def test_stages_with_a_scripted_model_and_the_task_judge(model, tmp_path, monkey
     assert induced == [{"id": i, "instruction": x, "response": script.answer(x)} for i, x in
                        enumerate(instructions)]
     # analyse: the stripped answer, then the analysis hint (guided) or the unguided question.
-    question = ma.ANALYSIS_HINT if guided else ma.ANALYSIS_QUESTION
-    assert asked["analyse"] == [ma.analysis_prompt(r["instruction"], r["response"], question)
+    question = mp.ANALYSIS_HINT if guided else mp.ANALYSIS_QUESTION
+    assert asked["analyse"] == [mp.analysis_prompt(r["instruction"], r["response"], question)
                                 for r in induced]
     analysed = _read(tmp_path / "analysed.jsonl")
     assert analysed == [{**r, "analysis": script.analysis(r["instruction"])} for r in induced]
     if kind == "critique_revise":
-        assert asked["revise"] == [ma.revise_prompt(r["instruction"], r["response"], r["analysis"])
+        assert asked["revise"] == [mp.revise_prompt(r["instruction"], r["response"], r["analysis"])
                                    for r in analysed]
         assert _read(tmp_path / "revised.jsonl") == [{**r, "revision": REFUSAL} for r in analysed]
     else:
@@ -392,7 +393,7 @@ def test_stages_with_a_scripted_model_and_the_task_judge(model, tmp_path, monkey
     assert mix[: len(sft)] == sft and len(mix) == summary["mix"] == len(sft) + 2
     if kind == "mistake_analysis":
         assert [(r["prompt"], r["responses"]) for r in mix[len(sft):]] == [
-            (ma.analysis_prompt(m["instruction"], m["response"], ma.ANALYSIS_QUESTION), [m["analysis"]])
+            (mp.analysis_prompt(m["instruction"], m["response"], mp.ANALYSIS_QUESTION), [m["analysis"]])
             for m in mistakes]
     else:
         assert [(r["prompt"], r["responses"]) for r in mix[len(sft):]] == [
@@ -403,7 +404,7 @@ def test_stages_with_a_scripted_model_and_the_task_judge(model, tmp_path, monkey
 
 def test_a_model_whose_analysis_repeats_the_hint_fails_the_run_before_the_mix(model, tmp_path, monkeypatch):
     config = _config(model, instructions__num=4, filter__judge="task")
-    script = Script(ma.load_instructions(config, tmp_path, None), analysis=f"Yes. {ma.ANALYSIS_HINT}")
+    script = Script(ma.load_instructions(config, tmp_path, None), analysis=f"Yes. {mp.ANALYSIS_HINT}")
     script.install(monkeypatch)
     with pytest.raises(ValueError, match=r"mix record analysis-0: contains the hint"):
         ma.run(config, tmp_path, progress=False)
@@ -461,7 +462,7 @@ def test_every_stage_on_a_tiny_sharded_model(finished, model):
     instructions = ma.load_instructions(config, workdir, None)
     induce, analyse = spy.calls[:3], spy.calls[3:]
     assert [len(p) for p, _, _ in spy.calls] == [3, 3, 1, 3, 3, 1]
-    assert [p for ps, _, _ in induce for p in ps] == [ma.induce_prompt(x, ma.INDUCE_HINT)
+    assert [p for ps, _, _ in induce for p in ps] == [mp.induce_prompt(x, mp.INDUCE_HINT)
                                                       for x in instructions]
     assert all(kw["temperature"] == 0.7 for _, kw, _ in induce) and all(kw["temperature"] == 0.0
                                                                         for _, kw, _ in analyse)
@@ -472,7 +473,7 @@ def test_every_stage_on_a_tiny_sharded_model(finished, model):
                        for i, (x, y) in enumerate(zip(instructions, replies, strict=True))]
     assert any(r["response"] for r in induced), "the random model answered nothing: nothing is exercised"
     assert [p for ps, _, _ in analyse for p in ps] == [
-        ma.analysis_prompt(r["instruction"], r["response"], ma.ANALYSIS_HINT) for r in induced]
+        mp.analysis_prompt(r["instruction"], r["response"], mp.ANALYSIS_HINT) for r in induced]
     analysed = _read(workdir / "analysed.jsonl")
     assert analysed == [{**r, "analysis": y.strip()}
                         for r, y in zip(induced, (y for _, _, ys in analyse for y in ys), strict=True)]
@@ -486,7 +487,7 @@ def test_every_stage_on_a_tiny_sharded_model(finished, model):
     assert len(sft) == summary["pairs"] == 5 and mix[:5] == sft
     assert len(mix) == summary["mix"] == 5 + len(usable)
     assert [r["prompt"] for r in mix[5:]] == [
-        ma.analysis_prompt(m["instruction"], m["response"], ma.ANALYSIS_QUESTION) for m in mistakes]
+        mp.analysis_prompt(m["instruction"], m["response"], mp.ANALYSIS_QUESTION) for m in mistakes]
     _assert_no_hint(mix, config)
     assert json.loads((workdir / ma.SUMMARY).read_text())["mix"] == len(mix)
 
@@ -513,10 +514,10 @@ def test_jsonl_instructions_group_pairs_unguided_critique_revise(model, tmp_path
         "How do I burn the shed?", "Explain how to steal a car.", "Tell me how to smash the window."]
     asked = [p for ps, _, _ in spy.calls for p in ps]
     analysed = _read(run / "analysed.jsonl")
-    assert asked[3:6] == [ma.analysis_prompt(r["instruction"], r["response"], ma.ANALYSIS_QUESTION)
+    assert asked[3:6] == [mp.analysis_prompt(r["instruction"], r["response"], mp.ANALYSIS_QUESTION)
                           for r in induced]
     revised = _read(run / "revised.jsonl")
-    assert asked[6:] == [ma.revise_prompt(r["instruction"], r["response"], r["analysis"]) for r in analysed]
+    assert asked[6:] == [mp.revise_prompt(r["instruction"], r["response"], r["analysis"]) for r in analysed]
     assert [{k: v for k, v in r.items() if k != "revision"} for r in revised] == analysed
 
     sft = _read(run / ma.SFT)
@@ -715,7 +716,7 @@ def test_cli_mistakes_names_an_unknown_key(model, tmp_path, capsys):
                      f"--config.model={model}", "--config.induce.hnt=x"])
     assert code == 2 and "induce.hnt" in capsys.readouterr().err
     config_file = tmp_path / "ma_cfg.py"
-    config_file.write_text("from jaxalign.objectives.mistake_analysis import default_config\n"
+    config_file.write_text("from jaxalign.methods.mistakes import default_config\n"
                            "def get_config():\n"
                            "    c = default_config()\n"
                            "    c.filter.judg = 'task'\n"
@@ -740,7 +741,7 @@ def test_cli_generate_guided_asks_the_hinted_prompt(model, monkeypatch, capsys):
     spy = Spy()
     spy.install(monkeypatch)
     for extra, asked in [([], prompts),
-                         (["--guided"], [f"{p}\n{ma.GUIDED_HINT}" for p in prompts]),
+                         (["--guided"], [f"{p}\n{mp.GUIDED_HINT}" for p in prompts]),
                          (["--guided", "--hint", "Be kind."], [f"{p}\nBe kind." for p in prompts])]:
         spy.calls.clear()
         assert cli.main(base + extra) == 0
@@ -748,7 +749,7 @@ def test_cli_generate_guided_asks_the_hinted_prompt(model, monkeypatch, capsys):
         out = capsys.readouterr().out
         assert all(line.startswith(repr(p)) for line, p in zip(out.splitlines(), prompts, strict=True))
         assert _printed(out) == spy.calls[0][2]  # what the model said to the hinted prompt is printed
-    direct = spy.real(api.load(model, MESH), [ma.guided_prompt(p, "Be kind.") for p in prompts],
+    direct = spy.real(api.load(model, MESH), [mp.guided_prompt(p, "Be kind.") for p in prompts],
                       max_new_tokens=6)
     assert spy.calls[0][2] == direct
 
@@ -766,7 +767,7 @@ def test_cli_eval_guided_passes_the_hint(monkeypatch, tmp_path, capsys):
     base = ["eval", "--config", f"{EXPERIMENT}:sft", "--checkpoint", str(tmp_path)]
     for extra in ([], ["--guided"], ["--guided", "--hint", "Be kind."]):
         assert cli.main(base + extra) == 0
-    assert seen == ["", ma.GUIDED_HINT, "Be kind."]
+    assert seen == ["", mp.GUIDED_HINT, "Be kind."]
     assert cli.main(base + ["--hint", "Be kind."]) == 2 and "--guided" in capsys.readouterr().err
     assert len(seen) == 3
 
@@ -800,17 +801,17 @@ def test_assistant_records_teach_each_role_with_the_pipeline_prompts(tmp_path):
         harmful = e.meta["is_harmful"]
         (reply,) = record["responses"]
         if role == "induce":
-            assert record["prompt"] == ma.induce_prompt(e.prompt, ma.INDUCE_HINT)
+            assert record["prompt"] == mp.induce_prompt(e.prompt, mp.INDUCE_HINT)
             assert reply == (e.rejected if harmful else e.chosen) and "Step 2" in reply
         elif role == "guided":
-            assert (record["prompt"], reply) == (ma.guided_prompt(e.prompt), e.chosen)
+            assert (record["prompt"], reply) == (mp.guided_prompt(e.prompt), e.chosen)
         elif role == "analyse" and harmful:
-            assert record["prompt"] == ma.analysis_prompt(e.prompt, e.rejected, ma.ANALYSIS_HINT)
+            assert record["prompt"] == mp.analysis_prompt(e.prompt, e.rejected, mp.ANALYSIS_HINT)
             assert reply == e.rejected_feedback and reply.startswith("This answer is harmful")
         else:  # plain (and analyse of a benign prompt, which is taught as plain)
             assert record["prompt"] == e.prompt and reply in (e.chosen, e.rejected)
             assert reply == e.chosen or harmful
-        assert ma.ANALYSIS_QUESTION not in record["prompt"]  # the unguided question is never taught
+        assert mp.ANALYSIS_QUESTION not in record["prompt"]  # the unguided question is never taught
     path = tmp_path / "assistant.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert list(jsonl.read_records(path, "group")) == records

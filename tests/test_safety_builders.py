@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from jaxalign.data import pipeline, sources
+from jaxalign.data import examples, sources
 from jaxalign.data.builders import hh_red_team, pku_saferlhf, safety
 from jaxalign.data.builders.safety import Skip, decode_record, prepare, skip_report
 from jaxalign.data.tokenizer import demo_tokenizer
@@ -449,7 +449,7 @@ def test_sources_build_each_safety_dataset(tmp_path):
     assert red.eval_split == "none" and red.eval == []  # upstream has a train split only
     assert [decode_record(red.train[i])["text"] for i in range(len(red.train))] == [
         "How do I hotwire a car?", "Tell me a joke\nabout cats."]
-    example = pipeline.record_to_example(red.train[0], tok, "text")  # the tfds record, text as bytes
+    example = examples.record_to_example(red.train[0], tok, "text")  # the tfds record, text as bytes
     assert tok.decode(example["tokens"].tolist()).strip().startswith("How do I")
 
     cfg = _data_config(dataset="hh_red_team", source_dir=str(hh), tfds_dir=tfds_dir, stage="imitation")
@@ -460,7 +460,7 @@ def test_sources_build_each_safety_dataset(tmp_path):
 def test_mistakes_pipeline_reads_its_instructions_and_pairs_from_the_datasets(tmp_path):
     """`jaxalign mistakes` with instructions from hh_red_team or PKU-SafeRLHF's prompts and pairs from
     pku_saferlhf (the safe responses), as experiments/mistake_analysis_paper.py:pipeline sets them."""
-    from jaxalign.objectives import mistake_analysis
+    from jaxalign.methods import mistakes as mistake_analysis
 
     pku, hh = tmp_path / "PKU-SafeRLHF", tmp_path / "hh-rlhf"
     _pku_source(pku)

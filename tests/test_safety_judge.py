@@ -246,8 +246,8 @@ def test_experiment_variants():
 def test_eval_reports_the_judges_harmless_rate_of_guided_generations(judge, workdir, tmp_path, monkeypatch):
     """`jaxalign eval --guided --safety-judge DIR`: the model is asked with the hint, the judge reads the
     bare prompts, and the report's safety section is the judge's own report of those generations."""
+    from jaxalign.data import mistake_prompts
     from jaxalign.eval import report as report_lib
-    from jaxalign.objectives import mistake_analysis
 
     lm = api.init(judge.model.cfg.replace(head="lm", num_labels=1, tie_word_embeddings=False), MESH,
                   tokenizer=judge.model.tokenizer)
@@ -263,7 +263,7 @@ def test_eval_reports_the_judges_harmless_rate_of_guided_generations(judge, work
         return generate(params, cfg, ids, **kw)
 
     monkeypatch.setattr(report_lib.sample, "generate", spy)
-    hint = mistake_analysis.GUIDED_HINT
+    hint = mistake_prompts.GUIDED_HINT
     report = report_lib.evaluate(config, model, mesh=MESH, hint=hint, safety_judge=workdir)
     assert report["hint"] == hint and len(asked) == report["num_eval"] == 12
     assert all(text.endswith(hint + "\n") for text in asked)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from jaxalign import api, cli
+from jaxalign.data import sandbox_records as records
 from jaxalign.data.tokenizer import demo_tokenizer
+from jaxalign.methods.sandbox import memory, prompts, simulation
 from jaxalign.models import get_preset
-from jaxalign.sandbox import memory, prompts, records, simulation
 
 MESH = "dp:2,fsdp:4,tp:1"
 
@@ -183,7 +184,7 @@ def test_bad_configs_name_the_key(random_agent, tmp_path):
 def test_cli_runs_a_sandbox_config(random_agent, tmp_path, capsys):
     config_file = tmp_path / "sandbox_cfg.py"
     config_file.write_text(
-        "from jaxalign.sandbox.simulation import default_config\n"
+        "from jaxalign.methods.sandbox.simulation import default_config\n"
         "def get_config():\n"
         "    c = default_config()\n"
         f"    c.mesh = {MESH!r}\n"
@@ -202,11 +203,11 @@ def test_cli_runs_a_sandbox_config(random_agent, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def trained_agent(tmp_path_factory):
-    """A tiny model taught every agent role on the harmless task (jaxalign.sandbox.bootstrap)."""
+    """A tiny model taught every agent role on the harmless task (jaxalign.methods.sandbox.bootstrap)."""
     import ml_collections
 
     from jaxalign import config as config_lib
-    from jaxalign.sandbox import bootstrap
+    from jaxalign.methods.sandbox import bootstrap
     from jaxalign.train import loop
 
     root = tmp_path_factory.mktemp("trained_agent")
@@ -223,7 +224,7 @@ def trained_agent(tmp_path_factory):
 
 
 def test_two_rounds_of_trained_agents_give_rated_revised_observed_records(trained_agent, tmp_path):
-    from jaxalign.sandbox import alignment_data
+    from jaxalign.data import sandbox_alignment as alignment_data
 
     config = _config(trained_agent, observer__kind="lm", memory__embedding="model")
     config.rounds, config.sampling.max_new_tokens = 2, 32

@@ -7,10 +7,10 @@ import ml_collections
 import pytest
 
 from jaxalign.data import jsonl, sources
+from jaxalign.data import sandbox_alignment as ad
+from jaxalign.data import sandbox_records as records
 from jaxalign.data.builders import sandbox
 from jaxalign.data.tokenizer import demo_tokenizer
-from jaxalign.sandbox import alignment_data as ad
-from jaxalign.sandbox import records
 
 
 def _record(**changes):

@@ -11,13 +11,12 @@ import pytest
 
 import jaxalign
 from jaxalign import config as config_lib
-from jaxalign import export
+from jaxalign import export, runner
 from jaxalign.data import synthetic
 from jaxalign.data.tokenizer import train_sentencepiece
 from jaxalign.eval import report as report_lib
-from jaxalign.objectives import edit_chain, registry
-from jaxalign.rl import loop as rl_loop
-from jaxalign.train import loop
+from jaxalign.methods import rl as rl_loop
+from jaxalign.objectives import edit_chain, edits, registry
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "edit_chain_synthetic.py"
 MESH = "dp:2,fsdp:4,tp:1"
@@ -48,8 +47,8 @@ def test_registry_edit_chain_examples_prompt_and_response(detox_tokenizer):
     before = tok.vocab_size
     record = synthetic.to_records(synthetic.make_split(synthetic.get_task("detox"), "train", 1, seed=0))[0]
     objective = registry.make(registry.default_config("edit_chain"), tok)
-    assert tok.vocab_size == before + len(edit_chain.MARKERS) and objective.fanout == 1
-    fmt = edit_chain.add_markers(tok)
+    assert tok.vocab_size == before + len(edits.MARKERS) and objective.fanout == 1
+    fmt = edits.add_markers(tok)
     example = objective.source([record])[0]
     np.testing.assert_array_equal(example["tokens"], edit_chain.make_example(
         record["prompt"], record["rejected"], record["chosen"], tok, fmt)["tokens"])
@@ -65,7 +64,7 @@ def test_registry_edit_chain_examples_prompt_and_response(detox_tokenizer):
     cfg = registry.default_config("edit_chain")
     cfg.augment = True
     augmented = registry.make(cfg, tok)
-    assert augmented.fanout == len(edit_chain.AUGMENT_COSTS)
+    assert augmented.fanout == len(edits.AUGMENT_COSTS)
     cfg = registry.default_config("edit_chain")
     cfg.chain, cfg.loss_on = False, "aligned"
     rewrite = registry.make(cfg, tok)
@@ -79,10 +78,11 @@ def runs(tmp_path_factory):
     """A plain SFT model, then an edit-chain model and a reward model both started from it."""
     root = tmp_path_factory.mktemp("second_thoughts")
     base, chain, rm = root / "base", root / "edit_chain", root / "reward"
-    loop.train(_config("sft"), base)
+    runner.train(_config("sft"), base)
     summaries = {
-        "edit_chain": loop.train(_config("edit_chain", f"--config.init_from={base}"), chain),
-        "reward": loop.train(_config("reward", f"--config.init_from={base}", "--config.total_steps=12"), rm),
+        "edit_chain": runner.train(_config("edit_chain", f"--config.init_from={base}"), chain),
+        "reward": runner.train(_config("reward", f"--config.init_from={base}", "--config.total_steps=12"),
+                               rm),
     }
     return {"base": base, "edit_chain": chain, "reward": rm, "summaries": summaries}
 
@@ -90,7 +90,7 @@ def runs(tmp_path_factory):
 def test_edit_chain_run_from_a_plain_model(runs):
     base, chain = jaxalign.load(runs["base"], mesh=MESH), jaxalign.load(runs["edit_chain"], mesh=MESH)
     grown = chain.tokenizer.vocab_size - base.tokenizer.vocab_size
-    assert grown == len(edit_chain.MARKERS) and chain.cfg.vocab_size == chain.tokenizer.vocab_size
+    assert grown == len(edits.MARKERS) and chain.cfg.vocab_size == chain.tokenizer.vocab_size
     assert chain.tokenizer.token_to_id("<|chain|>") is not None
     assert chain.prompt_template.endswith("<|unaligned|>")
     metrics = _metrics(runs["edit_chain"])
@@ -125,7 +125,7 @@ def test_rl_run_logs_and_resumes_exactly(runs, tmp_path):
     straight = tmp_path / "straight"
     # config.model is not what RL trains (the policy is): a different preset changes nothing.
     other_model = "--config.model.preset=small"
-    summary = loop.train(_config("rl", *rl, "--config.total_steps=3", other_model), straight)
+    summary = runner.train(_config("rl", *rl, "--config.total_steps=3", other_model), straight)
     assert summary["step"] == 3 and len(summary["samples"]) == 2
     metrics = _metrics(straight)
     for key in ("reward", "kl", "entropy", "return", "task_score", "rollout_tokens_per_s",
@@ -149,8 +149,8 @@ def test_rl_run_logs_and_resumes_exactly(runs, tmp_path):
     assert policy.prompt_template.endswith("<|unaligned|>")
 
     resumed = tmp_path / "resumed"
-    loop.train(_config("rl", *rl, "--config.total_steps=2", "--config.checkpoint_every=1"), resumed)
-    loop.train(_config("rl", *rl, "--config.total_steps=3", "--config.checkpoint_every=1"), resumed)
+    runner.train(_config("rl", *rl, "--config.total_steps=2", "--config.checkpoint_every=1"), resumed)
+    runner.train(_config("rl", *rl, "--config.total_steps=3", "--config.checkpoint_every=1"), resumed)
     assert _metrics(resumed)[-1]["reward"] == pytest.approx(metrics[-1]["reward"], rel=1e-5)
     want, got = (jax.device_get(jaxalign.load(d, mesh=MESH).params) for d in (straight, resumed))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), want, got)
@@ -158,13 +158,13 @@ def test_rl_run_logs_and_resumes_exactly(runs, tmp_path):
 
 def test_rl_errors_are_clear(runs, tmp_path):
     with pytest.raises(ValueError, match="reward_model"):
-        loop.train(_config("rl", f"--config.init_from={runs['edit_chain']}"), tmp_path / "a")
+        runner.train(_config("rl", f"--config.init_from={runs['edit_chain']}"), tmp_path / "a")
     with pytest.raises(ValueError, match="samples_per_prompt"):
-        loop.train(_config("rl", f"--config.init_from={runs['edit_chain']}",
+        runner.train(_config("rl", f"--config.init_from={runs['edit_chain']}",
                            "--config.objective.samples_per_prompt=1",
                            f"--config.objective.reward_model={runs['reward']}"), tmp_path / "b")
     with pytest.raises(ValueError, match="not a reward model"):
-        loop.train(_config("rl", f"--config.init_from={runs['edit_chain']}",
+        runner.train(_config("rl", f"--config.init_from={runs['edit_chain']}",
                            f"--config.objective.reward_model={runs['base']}"), tmp_path / "c")
 
 
@@ -175,9 +175,10 @@ def test_rl_raises_the_reward(runs, tmp_path):
     mix = tmp_path / "mix"
     config = _config("sft", "--config.total_steps=40", f"--config.data.tokenizer={runs['base']}/tokenizer")
     config.objective = registry.default_config("sft_pos_neg")  # sft's keys are not all sft_pos_neg's
-    loop.train(config, mix)
+    runner.train(config, mix)
     refined = tmp_path / "refined"
-    loop.train(_config("rl", f"--config.init_from={mix}", f"--config.objective.reward_model={runs['reward']}",
+    runner.train(_config("rl", f"--config.init_from={mix}",
+                         f"--config.objective.reward_model={runs['reward']}",
                        "--config.batch_size=16", "--config.objective.samples_per_prompt=4",
                        "--config.objective.kl_coef=0", "--config.total_steps=16", "--config.num_samples=0",
                        "--config.max_new_tokens=12"), refined)

@@ -16,8 +16,8 @@ import pytest
 import jaxalign
 from jaxalign import cli
 from jaxalign import config as config_lib
-from jaxalign.train import loop
-from jaxalign.train.checkpointing import Checkpointer
+from jaxalign.train import loop, run
+from jaxalign.train.checkpointer import Checkpointer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "experiments" / "default.py"
@@ -89,7 +89,7 @@ def test_sigterm_saves_and_stops_cleanly(tmp_path):
 def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
     config = _config("--config.total_steps=6", "--config.checkpoint_every=1",
                      "--config.optimizer.peak_lr=1e30", "--config.optimizer.grad_clip_norm=0.0")
-    with pytest.raises(loop.NonFiniteLossError, match="loss is nan at step 2"):
+    with pytest.raises(run.NonFiniteLossError, match="loss is nan at step 2"):
         loop.train(config, tmp_path)
     checkpointer = Checkpointer(tmp_path / "checkpoints")
     assert checkpointer.all_steps() == [1]
@@ -123,7 +123,7 @@ def test_bad_config_is_one_clear_error(override, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_samples_and_score_are_written(tmp_path):
+def test_samples_and_score_are_written(tmp_path, monkeypatch):
     summary = loop.train(_config("--config.total_steps=2", "--config.num_samples=2",
                                  "--config.max_new_tokens=4"), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
@@ -136,3 +136,10 @@ def test_samples_and_score_are_written(tmp_path):
     lm = jaxalign.load(tmp_path, mesh="dp:2,fsdp:2,tp:2")
     again = lm.generate([row["prompt"] for row in rows], max_new_tokens=4)
     assert [t.strip() for t in again] == [row["response"] for row in rows]
+    # The model is described in the workdir (shape, template, objective) and restored without an
+    # optimizer; orbax reads absolute paths only, so a relative workdir path must load as well.
+    described = json.loads((tmp_path / "jaxalign_model.json").read_text())
+    assert described["objective"] == config["objective"] and described["prompt_template"] == "{prompt}\n"
+    monkeypatch.chdir(tmp_path.parent)
+    relative = jaxalign.load(tmp_path.name, mesh="dp:2,fsdp:2,tp:2")
+    np.testing.assert_array_equal(relative.logits([[1, 2, 3]]), lm.logits([[1, 2, 3]]))

@@ -4,7 +4,7 @@ The paper starts from Alpaca-7B: helpful, often harmful, and able to follow a hi
 it is harmful", "give a harmless answer") and to analyse an answer it is told is harmful. A model
 trained from scratch on a synthetic task can do none of that, so the miniature starts from one
 trained on `assistant_records`: supervised examples of each ability, written with the exact
-prompts of `jaxalign.objectives.mistake_analysis`, on the "harmless" task's train split.
+prompts of `jaxalign.data.mistake_prompts`, on the "harmless" task's train split.
 
 - plain:   instruction -> the helpful answer to a benign one; to a harmful one, the refusal with
            probability `aligned`, else the step-by-step compliance (Alpaca's mix);
@@ -23,8 +23,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from jaxalign.data import mistake_prompts as mp
 from jaxalign.data import synthetic
-from jaxalign.objectives import mistake_analysis as ma
 
 ROLES = {"plain": 0.4, "induce": 0.2, "guided": 0.2, "analyse": 0.2}  # share of the records
 
@@ -44,11 +44,11 @@ def assistant_records(n: int, seed: int, aligned: float = 0.4) -> list[dict[str,
         if role == "plain":
             prompt, reply = e.prompt, (e.chosen if not harmful or rng.random() < aligned else e.rejected)
         elif role == "induce":
-            prompt, reply = ma.induce_prompt(e.prompt, ma.INDUCE_HINT), comply
+            prompt, reply = mp.induce_prompt(e.prompt, mp.INDUCE_HINT), comply
         elif role == "guided":
-            prompt, reply = ma.guided_prompt(e.prompt), e.chosen
+            prompt, reply = mp.guided_prompt(e.prompt), e.chosen
         elif harmful:
-            prompt, reply = ma.analysis_prompt(e.prompt, comply, ma.ANALYSIS_HINT), e.rejected_feedback
+            prompt, reply = mp.analysis_prompt(e.prompt, comply, mp.ANALYSIS_HINT), e.rejected_feedback
         else:  # a guided analysis is only ever asked of a harmful answer: teach the plain role instead
             prompt, reply = e.prompt, e.chosen
         out.append({"prompt": prompt, "responses": [reply], "ratings": [1.0], "id": f"{role}-{i}"})

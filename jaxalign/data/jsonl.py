@@ -1,34 +1,11 @@
 """JSONL reader for user data: one JSON object per line, checked against a record schema.
 
-Schemas (`SCHEMAS`)
--------------------
-``text``         ``{"text": str}``                                    plain language-model data
-``preference``   ``{"prompt": str, "chosen": str, "rejected": str}``  a pair of responses to a prompt
-``labelled``     ``{"prompt": str (optional), "text": str, "label": 0 | 1}``  a response judged
-                 acceptable (1) or not (0): reward-model data (ETHICS, MIC)
-``group``        ``{"prompt": str, "responses": [str, ...], "ratings": [number, ...],
-                 "stage": str (optional)}``  several rated responses to one prompt: Stable
-                 Alignment's data (SANDBOX interactions grouped per query). ``responses`` is a
-                 non-empty array of non-empty strings, ``ratings`` an array of the same length of
-                 finite numbers (JSON's NaN/Infinity extensions and true/false are errors), ``stage``
-                 one of `GROUP_STAGES` (the paper trains the three kinds of data as stages).
-
-Every schema also accepts an optional ``"id"`` (string or integer) so that records can be traced
-back to their source. Any other key is an error: a misspelt field ("choosen") must not be
-silently ignored. Required text fields must contain a non-whitespace character, except
-``prompt``, which may be empty (an unconditional comparison of two texts).
-
-Reading rules
--------------
-- The file is read one line at a time (never whole), as UTF-8; a byte-order mark on the first
-  line is ignored.
-- Blank lines (empty or whitespace only) are skipped; they still count for line numbers.
-- Anything else that is not a valid record raises `RecordError` (a ValueError) naming the file
-  and 1-based line, and the field where there is one, e.g.
-  ``data/train.jsonl:17: field 'chosen' must be a string, got int``; an element of an array
-  field is named by its index (``field 'ratings'[2] must be a number, got string``). Invalid JSON,
-  a value that is not an object, a duplicate key, a missing, unknown, wrongly typed or empty
-  field, and text with unpaired surrogates (which no tokenizer can encode) are all errors.
+The schemas (`SCHEMAS`: ``text``, ``preference``, ``labelled``, ``group``, each with an optional
+``"id"``) and the reading rules are in docs/data.md. The file is read one line at a time, and any
+record that does not fit its schema (invalid JSON, a missing, unknown, wrongly typed or empty
+field, ...) raises `RecordError` naming the file, line and field, e.g.
+``data/train.jsonl:17: field 'chosen' must be a string, got int``: a misspelt field must not be
+silently ignored.
 """
 
 from __future__ import annotations

@@ -1,76 +1,14 @@
 """Packing: variable-length examples -> fixed-length rows in which no example sees another.
 
-The convention (read this before writing a loss)
-------------------------------------------------
-An example is a mapping ``{"tokens": int [n], "weights": float [n]}``. ``weights[i]`` is the loss
-weight of *predicting* ``tokens[i]`` from ``tokens[:i]`` (e.g. 0 on prompt tokens, 1 on the
-response). ``weights[0]`` is never used: nothing inside the example predicts its first token.
-"weights" may be left out, meaning 1 for every predicted token.
-
-Each example is shifted on its own, before packing::
-
-    inputs  = tokens[:-1]
-    targets = tokens[1:]
-    weights = weights[1:]          # aligned with targets
-
-so an example of n tokens fills n - 1 slots of a row, and the target at its last slot is its own
-last token, never the first token of the example after it. With attention restricted to equal
-segment ids (jaxalign.models.llama) and positions restarting at 0, every example's per-token
-losses are exactly the ones it would have alone in a row: no example's loss depends on another.
-
-A row is a dict of ``[seq_len]`` arrays::
-
-    inputs       int32    padding: pad_id
-    targets      int32    padding: pad_id
-    weights      float32  padding: 0
-    segment_ids  int32    1, 2, ... per example in the row (in packing order), 0 for padding
-    positions    int32    0 .. len-1 per example, 0 for padding
-
-and the loss of a batch of rows is ``sum(weights * nll(model(inputs), targets)) / sum(weights)``,
-with ``model(inputs, positions=positions, segment_ids=segment_ids)``.
-
-Examples with more than ``seq_len + 1`` tokens are truncated to their first ``seq_len + 1``
-(``overflow="truncate"``, counted in PackStats.truncated) or rejected (``overflow="error"``).
-Examples with fewer than 2 tokens predict nothing; they are dropped and counted.
-
-Multi-part examples (sequences that must be trained together, e.g. DPO's chosen and rejected)
-----------------------------------------------------------------------------------------------
-An example may instead be ``{"parts": [part, part, ...]}``, each part a mapping like a
-single-part example (``{"tokens", "weights"}``). Every part is shifted on its own, so no part
-predicts into the next, and the parts go into the SAME row as CONSECUTIVE segments: an example
-of P parts packed after k segments has segment ids k+1 .. k+P, positions restarting at 0 in each
-part. A loss can thus find the parts of an example by segment id (e.g. DPO: segments 2j-1 and 2j
-of a row are the chosen and rejected of pair j). A single-part example (plain or ``parts`` of
-one) packs exactly as described above. If the parts together need more than ``seq_len`` slots,
-``overflow="error"`` rejects the example and ``"truncate"`` cuts every part to its first
-``c + 1`` tokens, ``c`` the largest cap with ``sum(min(slots_i, c)) <= seq_len`` (water-filling:
-long parts are cut to equal length, short ones are kept whole; more parts than ``seq_len`` is an
-error). An example with a part of fewer than 2 tokens is dropped whole (counted), so every packed
-example keeps all its parts.
-
-Extra per-token fields
-----------------------
-``fields=("ul_weights",)`` (pack_examples / pack_dataset) carries further per-token float
-features through packing, shifted like weights: ``ul_weights[i]``, the weight of pushing DOWN the
-probability of predicting ``tokens[i]`` (unlikelihood training), becomes row["ul_weights"] aligned
-with targets. An example (or part) without the field gets 0, as does padding; per-token keys
-not named in `fields` are ignored.
-
-Algorithm, and why grain's
---------------------------
-Greedy first-fit over a window of ``num_bins`` open rows: each example goes into the first open
-row with room; when it fits none, all open rows are emitted (in order) and a new window starts
-with it. That is exactly ``grain.experimental.FirstFitPackIterDataset`` with
-``shuffle_bins=False``, which fits cleanly: it already writes segment ids (1-based, 0 padding)
-and restarting positions per feature, pads with a value per feature, and its iterator state
-(the parent's state before the current window plus the number of rows emitted from it) is a
-small dict that restores exactly, so `pack_dataset` is a thin wrapper and checkpointable for
-free. A bounded window is also what a stream needs (unbounded first-fit never emits a row until
-the data ends). Grain packs a whole example as one piece; the piece carries a per-token "part"
-feature (1..P), and a row's segment ids and positions are recomputed from where (example, part)
-changes, the same function for both packers. `pack_examples` is the same algorithm in plain
-numpy, for lists (notebooks, tests, small data) without building a pipeline; a test checks both
-give identical rows.
+An example ``{"tokens": int [n], "weights": float [n]}`` (``weights[i]``: the loss weight of
+predicting ``tokens[i]`` from ``tokens[:i]``), or ``{"parts": [...]}`` of such parts that must share
+a row, is shifted on its own (inputs ``tokens[:-1]``, targets ``tokens[1:]``) and packed into rows
+of ``[seq_len]`` arrays inputs, targets, weights, segment_ids (1, 2, ... per example, 0 for padding)
+and positions (restarting at 0 per example), so that with attention restricted to equal segment
+ids every example's loss is exactly what it would be alone in a row. `pack_dataset` is a thin,
+checkpointable wrapper over grain's first-fit packer and `pack_examples` the same algorithm in
+numpy. The convention in full (read it before writing a loss), multi-part examples, truncation,
+extra per-token fields and the algorithm are in docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,35 +1,11 @@
 """From a config's `data` and `pretrain` sections to a tokenizer, records and evaluation data.
 
-Three kinds of source (set exactly one):
-  data.task = "sort" | "polite" | "harmless" | "detox"   a bundled synthetic feedback task
-  data.jsonl = "path/to/train.jsonl"            user records (data.schema: text, preference, labelled
-                                                or group)
-  data.dataset = "hh_rlhf" | "webgpt" | "summarize_feedback" | "jsonl_preference" (preference records),
-                 "moral_stories" (preference: chosen = moral, rejected = immoral action),
-                 "ethics_commonsense" | "mic" (labelled records, for a reward model),
-                 "sandbox" (group records from SANDBOX interaction records: Stable Alignment),
-                 "pku_saferlhf" (preference: chosen = the safer response, labelled safe),
-                 "pku_saferlhf_better" (preference: chosen = the more helpful response),
-                 "pku_saferlhf_safety" (labelled: 1 = a response labelled safe, for a safety judge),
-                 "hh_red_team" (text: the first Human turn of each HH-RLHF red-team attempt;
-                 Mistake Analysis)
-                 with data.source_dir = the upstream files (see jaxalign.data.builders); built once
-                 into array_record files under data.tfds_dir (default: <workdir>/tfds) and read
-                 lazily, so a large dataset never sits in memory
+One of ``data.task`` (a bundled synthetic task), ``data.jsonl`` (your records) or ``data.dataset``
+(a TFDS build of upstream files, read lazily) gives the records, still text: the objective turns
+them into examples as the pipeline reads them. Also picks the stages of group records
+(``data.stage``) and the plain-text pretraining stream of Chain of Hindsight.
 
-Group records (Stable Alignment) carry a stage: "imitation", "self_critic" or "realignment".
-``data.stage`` = "" keeps them all; a comma-separated list ("imitation" or "self_critic,realignment")
-keeps only the records of those stages, in training and in the held-out records alike. This is how
-the three-stage schedule picks each stage's data; released groups without a stage are left out by
-any stage list. The filter is an index list over the source, so the train source stays random access.
-
-Records stay records here (text, not token ids): the objective (jaxalign.objectives.registry) turns
-each into its examples when the pipeline reads it. `num_train` keeps the first records (0: all).
-
-The pretraining stream (Chain of Hindsight's regulariser) is plain text: `pretrain.jsonl` (text
-records) or, for a synthetic task, the task's own texts: each prompt followed by its chosen or its
-rejected response with equal odds, unlabelled, as text of the domain with good and bad behaviour
-mixed (`synthetic_pretraining_texts`).
+Details: docs/data.md#from-a-config-to-records-jaxaligndatasources
 """
 
 from __future__ import annotations
@@ -45,8 +21,8 @@ import numpy as np
 
 from jaxalign.config import check_keys
 from jaxalign.data import jsonl, synthetic
+from jaxalign.data import sandbox_alignment as alignment_data
 from jaxalign.data.tokenizer import Tokenizer, train_sentencepiece
-from jaxalign.sandbox import alignment_data
 
 DATA_KEYS = ("task", "jsonl", "schema", "dataset", "source_dir", "tfds_dir", "num_train", "num_eval",
              "vocab_size", "tokenizer", "stage", "sharding")

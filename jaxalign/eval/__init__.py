@@ -20,11 +20,12 @@ sharded on the mesh, never truncating an example unless asked to.
 
 from jaxalign.eval.preference import compare, preference_accuracy
 from jaxalign.eval.rouge import rouge
-from jaxalign.eval.scoring import SequenceScores, sequence_logprobs
+from jaxalign.forward import SequenceScores, sequence_logprobs
 
 __all__ = ["SequenceScores", "compare", "preference_accuracy", "rouge", "sequence_logprobs"]
 
-# Mistake Analysis's judges (harmless rate, helpfulness), on the reward model of jaxalign.rl.reward.
+# Mistake Analysis's judges (harmless rate, helpfulness), on a reward model (jaxalign.models.reward,
+# scored by jaxalign.forward).
 from jaxalign.eval.safety import Judge, SafetyJudge, agreement, helpfulness, safety_records  # noqa: E402
 
 __all__ += ["Judge", "SafetyJudge", "agreement", "helpfulness", "safety_records"]

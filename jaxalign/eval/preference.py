@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxalign.eval.scoring import sequence_logprobs
+from jaxalign.forward import sequence_logprobs
 from jaxalign.models import ModelConfig
 
 NORMALIZATIONS = ("sum", "mean")

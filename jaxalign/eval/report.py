@@ -1,35 +1,12 @@
 """`jaxalign eval`: a trained model on its config's held-out data, as one JSON report.
 
     report = evaluate(config, "workdirs/coh_synthetic")     # also a model dir or a HF dir
-    json.dumps(report)
 
-What the report holds (every number over the same `num_eval` held-out preference records):
+Preference accuracy (or, on group records, how the model ranks rated responses), CoH's feedback
+accuracy, ROUGE of generations and, on synthetic tasks, the ground-truth score, all over the same
+held-out records, so that the papers' tables can be reproduced from one command.
 
-    preference   CoH's "Dia" column: share of pairs whose chosen response is more likely than the
-                 rejected one, both scored after the prompt as the objective formats it (for CoH:
-                 with the positive marker), summed log-probabilities ("sum") and per token ("mean").
-    feedback     CoH only: does the model attach the right feedback to a response? A response is
-                 judged good when log p(y | positive marker) > log p(y | negative marker) (by Bayes,
-                 the marker the response makes more likely); accuracy over chosen (should be good)
-                 and rejected (should be bad) responses.
-    rouge        CoH's "Sum" column: ROUGE-1/2/L of generations (greedy by default), prompted as in training,
-                 against the chosen response; "avg" is the paper's average.
-    task         synthetic tasks only: the ground-truth scorer's mean score (and its extras) of
-                 the same generations.
-    samples      the first few prompts, generations and scores, to read.
-
-On group records (``data.schema = "group"``: a prompt, several responses and their ratings; Stable
-Alignment's data) "preference" is replaced by
-
-    group_ranking  the share of response pairs (i, j) of a held-out group with s_i > s_j whose
-                 mean token NLL (after the formatted prompt, EOS included: the L_i the Stable
-                 Alignment loss compares) is lower for i than for j, ties counting half, over all
-                 such pairs of all groups; "best_lowest" is the share of groups (with a pair) whose
-                 best-rated response has the strictly lowest NLL. Pairs of equal ratings say nothing
-                 and are left out.
-
-and rouge, task and samples are computed as above with the group's best-rated response (the first
-of equal highest) as the reference.
+Details: docs/methods.md#the-evaluation-report-jaxalign-eval
 """
 
 from __future__ import annotations
@@ -42,15 +19,14 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxalign import api, sample
-from jaxalign.data import pipeline, sources, synthetic
+from jaxalign import api, forward, sample, workdir
+from jaxalign.data import examples as examples_lib
+from jaxalign.data import mistake_prompts, sources, synthetic
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.eval.preference import preference_accuracy
 from jaxalign.eval.rouge import rouge
-from jaxalign.eval.scoring import sequence_logprobs
-from jaxalign.objectives import edit_chain, mistake_analysis, registry
-from jaxalign.rl import loop as rl_loop
-from jaxalign.rl import reward
+from jaxalign.forward import sequence_logprobs
+from jaxalign.objectives import edits, registry
 
 NUM_SAMPLES = 8
 
@@ -60,7 +36,7 @@ def evaluate(
     num_eval: int | None = None, max_new_tokens: int | None = None, data_dir: str | Path | None = None,
     temperature: float = 0.0, seed: int = 0, hint: str = "", safety_judge: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The report (module docstring) of `checkpoint` on `config`'s held-out records.
+    """The report (docs/methods.md) of `checkpoint` on `config`'s held-out records.
 
     `hint` (guided response generation, Mistake Analysis) is added on the line after each prompt
     the model generates from; the judges and references see the prompts without it. `safety_judge`
@@ -79,12 +55,12 @@ def evaluate(
         data_cfg.num_eval = num_eval
     data_cfg.num_train = min(data_cfg.num_train or 1, 1)  # only the held-out records are used
     if data_dir is None:
-        data_dir = checkpoint if (checkpoint / "checkpoints").is_dir() else checkpoint.parent
+        data_dir = checkpoint if workdir.is_workdir(checkpoint) else checkpoint.parent
     # The model's own tokenizer (the ids it was trained on); nothing is written into the checkpoint.
     data = sources.build(data_cfg, Path(data_dir), config.seed, tokenizer=lm.tokenizer)
     objective = config.objective
-    if objective.get("name") == "rl":  # judged as the policy RL refined: prompted and read as it was
-        objective = rl_loop.policy_objective(checkpoint)
+    if registry.is_rl(objective):  # judged as the policy RL refined: prompted and read as it was
+        objective = ml_collections.ConfigDict(workdir.objective(checkpoint))
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint), "objective": config.objective.get("name", "sft"),
         "eval_split": data.eval_split,
@@ -115,12 +91,11 @@ def evaluate(
     policy = registry.make(objective, lm.tokenizer, seed=config.seed)
     if policy.prompt_fn is None:  # an edit-chain model reads a draft, not a bare prompt: no such pairs
         report["preference"] = _preference(lm, records, template)
-    if objective.get("name") == "coh":
-        fmt = registry.coh_format({**registry.DEFAULTS["coh"], **objective})
-        report["feedback"] = _feedback(lm, records, fmt)
+    if policy.feedback_format is not None:
+        report["feedback"] = _feedback(lm, records, policy.feedback_format)
     generated = _generate(lm, policy, records, *options)
     responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
-    if policy.name == "edit_chain" and objective.get("chain", True):
+    if policy.edit_chains:
         report["edit_chain"] = edit_chain_agreement(lm.tokenizer, records, generated, data.task)
     report.update(_judged(responses, records, [r["chosen"] for r in records], data.task, temperature))
     if safety_fn is not None:
@@ -145,11 +120,11 @@ def _judged(responses: list[str], records: list[dict[str, Any]], references: lis
 def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, objective: Mapping[str, Any],
                      config_seed: int, max_new_tokens: int, temperature: float, seed: int,
                      hint: str, safety_fn: Any) -> dict[str, Any]:
-    """The report on held-out group records (module docstring)."""
+    """The report on held-out group records (docs/methods.md)."""
     groups = []
     for index, record in enumerate(r for r in data.eval if "responses" in r):
         try:
-            groups.append(pipeline.group_fields(record))
+            groups.append(examples_lib.group_fields(record))
         except ValueError as e:
             raise ValueError(f"held-out group record {index}: {e}") from e
     if not groups:
@@ -161,7 +136,7 @@ def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, obj
     records = [{"prompt": prompt} for prompt, _, _ in groups]
     generated = _generate(lm, policy, records, max_new_tokens, temperature, seed, hint)
     responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
-    best = [texts[pipeline.best_response(ratings)] for _, texts, ratings in groups]
+    best = [texts[examples_lib.best_response(ratings)] for _, texts, ratings in groups]
     report.update(_judged(responses, records, best, data.task, temperature))
     if safety_fn is not None:
         report["safety"] = safety_fn(records, responses, data.task)
@@ -183,10 +158,10 @@ def _safety(judge: Any, records: list[dict[str, Any]], responses: list[str],
 
 
 def group_ranking(lm: api.LM, groups: Sequence[tuple[str, Sequence[str], Sequence[float]]],
-                  template: str = pipeline.PROMPT_TEMPLATE) -> dict[str, Any]:
+                  template: str = examples_lib.PROMPT_TEMPLATE) -> dict[str, Any]:
     """How the model's mean token NLLs order each group's responses against their ratings.
 
-    `groups` are (prompt, responses, ratings), e.g. `pipeline.group_fields` of group records; each
+    `groups` are (prompt, responses, ratings), e.g. `examples.group_fields` of group records; each
     response is scored after ``template.format(prompt=prompt)`` as training formats it. Returns
     ``accuracy`` (pairs with s_i > s_j and L_i < L_j, ties in L counting half, over all such pairs;
     None without any), ``best_lowest`` (groups whose best-rated response has the strictly lowest L,
@@ -207,7 +182,7 @@ def group_ranking(lm: api.LM, groups: Sequence[tuple[str, Sequence[str], Sequenc
                                                np.where(nll[:, None] == nll[None, :], 0.5, 0.0))))
         pairs += int(better.sum())
         ranked_groups += 1
-        b = pipeline.best_response(ratings)
+        b = examples_lib.best_response(ratings)
         best_lowest += bool(np.all(np.delete(nll, b) > nll[b]))
     return {"accuracy": wins / pairs if pairs else None,
             "best_lowest": best_lowest / ranked_groups if ranked_groups else None,
@@ -228,7 +203,7 @@ def _generate(lm: api.LM, policy: registry.Objective, records: list[dict[str, An
     """The policy's generations for `records`, prompted as it was trained (greedy at temperature 0),
     with `hint` on the line after each prompt if given."""
     if hint:
-        records = [{**r, "prompt": mistake_analysis.guided_prompt(r["prompt"], hint)} for r in records]
+        records = [{**r, "prompt": mistake_prompts.guided_prompt(r["prompt"], hint)} for r in records]
     tok = lm.tokenizer
     ids = [tok.encode(policy.prompt(r), add_bos=tok.bos_id is not None) for r in records]
     return sample.generate(lm.params, lm.cfg, ids, mesh=lm.mesh, max_new_tokens=max_new_tokens,
@@ -241,8 +216,8 @@ def edit_chain_agreement(tokenizer: Tokenizer, records: list[dict[str, Any]], ge
     the generated target (the paper's chain and target can disagree; we report how often). With a
     judge, ``applied_score``: the score of the *chain applied to the draft* (0 where the chain does
     not parse) -- the other way to read an edit-chain model's answer."""
-    fmt = edit_chain.add_markers(tokenizer)
-    revisions = [edit_chain.parse_generation(row, tokenizer.encode(r["rejected"]), tokenizer, fmt)
+    fmt = edits.add_markers(tokenizer)
+    revisions = [edits.parse_generation(row, tokenizer.encode(r["rejected"]), tokenizer, fmt)
                  for r, row in zip(records, generated, strict=True)]
     result = {"parsed": float(np.mean([r.chain is not None for r in revisions])),
               "agrees": float(np.mean([r.agrees for r in revisions])), "n": len(revisions)}
@@ -261,14 +236,14 @@ def reward_accuracy(lm: api.LM, records: Sequence[Mapping[str, Any]]) -> dict[st
     if pairs:
         prompts = [r["prompt"] for r in pairs] * 2
         responses = [r["chosen"] for r in pairs] + [r["rejected"] for r in pairs]
-        scores = reward.score_texts(lm.params, lm.cfg, lm.mesh, tok, prompts, responses)
+        scores = forward.score_texts(lm.params, lm.cfg, lm.mesh, tok, prompts, responses)
         chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
         return {"accuracy": float(np.mean(chosen > rejected)), "reward_chosen": float(chosen.mean()),
                 "reward_rejected": float(rejected.mean()), "n": len(pairs)}
     labelled = [r for r in records if "text" in r and "label" in r]
     if not labelled:
         raise ValueError("config.data has no held-out preference or labelled records to score")
-    scores = reward.score_texts(lm.params, lm.cfg, lm.mesh, tok, [r.get("prompt", "") for r in labelled],
+    scores = forward.score_texts(lm.params, lm.cfg, lm.mesh, tok, [r.get("prompt", "") for r in labelled],
                                 [r["text"] for r in labelled])
     labels = np.asarray([int(r["label"]) for r in labelled])
     return {"accuracy": float(np.mean((scores > 0) == (labels == 1))),
@@ -280,7 +255,7 @@ def reward_accuracy(lm: api.LM, records: Sequence[Mapping[str, Any]]) -> dict[st
 def response_example(tokenizer: Tokenizer, prompt_text: str, response: str) -> dict[str, np.ndarray]:
     """BOS + prompt (unweighted) + response + EOS (weighted), tokenized as training tokenizes them."""
     prompt = tokenizer.encode(prompt_text, add_bos=tokenizer.bos_id is not None)
-    return pipeline.sft_example(prompt, tokenizer.encode(response), tokenizer.eos_id)
+    return examples_lib.sft_example(prompt, tokenizer.encode(response), tokenizer.eos_id)
 
 
 def _scores(lm: api.LM, examples: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,38 +1,14 @@
 """Attention backends: one function, several ways of computing it.
 
-Every backend computes, per head, ``softmax(q k^T / sqrt(d) masked) v`` with a float32 softmax, for
-q [b, l, H, d], k/v [b, s, K, d] (grouped-query attention: H a multiple of K) and a boolean mask
-[b, 1, l, s] (True: attend). `dot_product_attention(..., impl)` picks the backend:
-
-    "xla"          the reference: the whole [b, H, l, s] float32 score matrix, masked entries set to
-                   finfo.min, one softmax. Simple and fast for short rows; memory grows with l * s.
-    "dot_product"  jax.nn.dot_product_attention (its XLA implementation).
-    "cudnn"        jax.nn.dot_product_attention(implementation="cudnn"): fused flash attention on
-                   NVIDIA GPUs, bfloat16/float16 only; the mask goes in as an additive bias.
-    "chunked"      flash attention in plain JAX for any platform: a loop over query and key chunks
-                   with an online softmax, so the float32 scores are never larger than
-                   [b, H, chunk, chunk]. A custom VJP recomputes the scores chunk by chunk in the
-                   backward pass as well (see `chunked_attention`). Chunks the mask hides entirely
-                   are skipped, which halves the work of causal attention.
-    "splash"       the Pallas splash-attention kernel (TPU). It only knows a static causal mask and
-                   segment ids, so it needs `segment_ids` (below); off TPU it runs in Pallas
-                   interpret mode, which is slow and meant for tests.
-    "auto"         chooses at trace time (`auto_impl`): TPU -> "splash" when `segment_ids` is given;
-                   GPU -> "cudnn" when its constraints hold; otherwise "xla" for up to
-                   AUTO_CHUNKED_ABOVE keys and "chunked" above. The choice is logged.
-
-`segment_ids` [b, l] is the caller's promise that the mask is exactly causal self-attention within
-equal segment ids (what jaxalign.models.llama.attention_mask builds with no KV cache and no extra
-mask; segment 0 is left padding, which attends to itself). Pass None whenever the mask is anything
-else (an extra mask such as Chain of Hindsight's, or a KV cache): "splash" then raises a ValueError
-and "auto" does not choose splash. Backends that take the boolean mask ignore it.
-
-Fully masked rows (a query that may attend to nothing) never arise from the model's own masks
-(every query sees itself), but a caller's mask can make them. "xla" then gives every key the same
-score finfo.min, i.e. the row's output is the plain average of v over all s keys. "chunked" returns
-exactly that too, with the matching gradients (no NaN anywhere); "cudnn" does the same up to its
-large negative bias; "splash" must not be given such rows (the kernel leaves them undefined), which
-causal self-attention with segment ids guarantees.
+`dot_product_attention(..., impl)` computes, per head, ``softmax(q k^T / sqrt(d) masked) v`` with a
+float32 softmax, for q [b, l, H, d], k/v [b, s, K, d] (grouped-query attention: H a multiple of K)
+and a boolean mask [b, 1, l, s] (True: attend), by "xla" (the reference), "dot_product", "cudnn",
+"chunked" (flash attention in plain JAX), "splash" (the TPU Pallas kernel) or "auto" (chosen per
+platform at trace time, and logged): one function so that the model never depends on the
+platform. `segment_ids` [b, l] is the caller's promise that the mask is exactly causal
+self-attention within equal segment ids; pass None whenever it is anything else (an extra mask, a
+KV cache), and "splash" then raises while "auto" does not choose it. Each backend, the promise and
+fully masked rows are described in docs/models.md.
 """
 
 from __future__ import annotations

@@ -8,9 +8,7 @@ Inf loss stops the run before anything non-finite is saved.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import signal
 import time
 from pathlib import Path
@@ -19,30 +17,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from jaxalign import bench, models, sample
-from jaxalign import config as config_lib
-from jaxalign import mesh as mesh_lib
-from jaxalign.data import hosts, pipeline, sources
+from jaxalign import api, modeldir, models
+from jaxalign import workdir as workdir_lib
+from jaxalign.data import examples, hosts, pipeline, sources
+from jaxalign.models import reward as reward_model
 from jaxalign.objectives import lm, registry
+from jaxalign.train import metrics as metrics_lib
 from jaxalign.train import optim
+from jaxalign.train import run as run_lib
 from jaxalign.train import state as state_lib
 from jaxalign.train import step as step_lib
-from jaxalign.train.checkpointing import Checkpointer
-from jaxalign.train.metrics import MetricsWriter, device_peak_flops
 
 log = logging.getLogger(__name__)
-
-TOP_KEYS = (
-    "seed", "total_steps", "batch_size", "seq_len", "mesh", "model", "objective", "data",
-    "optimizer", "microbatches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "num_samples", "max_new_tokens", "pretrain", "init_from",
-)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.ModelConfig:
@@ -50,8 +37,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.M
         return models.from_dict(config.model.to_dict(), source=f"{config.get('init_from', '')} model")
     overrides = {k: v for k, v in config.model.to_dict().items() if k != "preset"}
     overrides.setdefault("vocab_size", vocab_size)
-    if config.get("objective", {}).get("name") == "reward":  # a reward model ends in a scalar head
-        overrides.setdefault("head", "score")
+    overrides.setdefault("head", registry.head(config.get("objective", {})))  # a reward model: "score"
     return models.get_preset(config.model.preset, **overrides)
 
 
@@ -62,64 +48,66 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     directory or a Hugging Face directory) instead of random parameters, and uses its tokenizer;
     ``config.pretrain`` (optional, `sources.default_pretrain_config`) adds the plain-text stream.
     The reference model of DPO is the initial model: `init_from`, or the seed's initialisation.
+    RL refinement (`registry.is_rl`) has a loop of its own, `jaxalign.methods.rl.train`.
     """
-    if config.get("objective", {}).get("name") == "rl":
-        from jaxalign.rl import loop as rl_loop  # policy-gradient refinement has its own loop
+    if registry.is_rl(config.get("objective", {})):
+        raise ValueError("config.objective.name='rl' is trained by jaxalign.methods.rl.train "
+                         "(`jaxalign train` dispatches there)")
+    with run_lib.Run(config, workdir) as run:
+        data = _build_data(run_lib.data_config(config), run.workdir, config)
+        vocab = data.tokenizer.vocab_size
+        objective = registry.make(config.objective, data.tokenizer, seed=config.seed, schema=data.schema)
+        if data.tokenizer.vocab_size != vocab and jax.process_index() == 0:  # the objective's markers: keep
+            data.tokenizer.save_pretrained(run.workdir / workdir_lib.TOKENIZER)
+        if objective.head != "lm" and data.pretrain is not None:
+            raise ValueError(f"config.pretrain.weight > 0 trains language modelling, which a "
+                             f"{objective.name!r} model (a scalar head) cannot do; set pretrain.weight = 0")
+        cfg = model_config(config, data.tokenizer.vocab_size)
+        if cfg.vocab_size < data.tokenizer.vocab_size:
+            raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
+                             f"tokenizer's {data.tokenizer.vocab_size}")
+        tx, schedule = optim.make_optimizer(config.optimizer)
+        batches = _batches(config, data, objective, run.mesh)
+        run.describe(cfg, objective.prompt_template, config.objective.to_dict())
+        state, reference = _start(run, cfg, tx, batches, objective.reference)
+        train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=_streams(config, objective),
+                                              schedule=schedule, reference_params=reference)
+        state, status = _loop(run, config, cfg, state, train_step, batches)
+    summary = {"status": status, "step": int(state.step), "workdir": str(run.workdir)}
+    if status == "done" and config.num_samples > 0 and data.eval_prompts and objective.head == "lm":
+        summary.update(run_lib.write_samples(config, cfg, state.params, run.mesh, data, objective,
+                                             run.workdir))
+    return summary
 
-        return rl_loop.train(config, workdir)
-    config_lib.check_keys(config, TOP_KEYS, "the config")
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    mesh = mesh_lib.make_mesh(config.mesh)
-    init_from = config.get("init_from", "")
-    data_cfg = config.data
-    if init_from and not data_cfg.tokenizer:
-        data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-        data_cfg.tokenizer = str(_tokenizer_dir(Path(init_from)))
-    data = _build_data(data_cfg, workdir, config)
-    vocab = data.tokenizer.vocab_size
-    objective = registry.make(config.objective, data.tokenizer, seed=config.seed, schema=data.schema)
-    if objective.head != "lm" and data.pretrain is not None:
-        raise ValueError(f"config.pretrain.weight > 0 trains language modelling, which a {objective.name!r} "
-                         "model (a scalar head) cannot do; set pretrain.weight = 0")
-    if data.tokenizer.vocab_size != vocab and jax.process_index() == 0:  # the objective's markers: keep
-        data.tokenizer.save_pretrained(workdir / "tokenizer")
-    cfg = model_config(config, data.tokenizer.vocab_size)
-    if cfg.vocab_size < data.tokenizer.vocab_size:
-        raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
-                         f"tokenizer's {data.tokenizer.vocab_size}")
-    tx, schedule = optim.make_optimizer(config.optimizer)
-    batches = _batches(config, data, objective, mesh)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
-                                save_every=config.checkpoint_every)
-    resolved = json.loads(config_lib.to_json(config))
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    resuming = checkpointer.latest_step() is not None
+
+def _start(run: run_lib.Run, cfg: models.ModelConfig, tx: Any, batches: Any, with_reference: bool):
+    """The train state (restored, or initialised from `init_from` or the seed) and, for objectives that
+    need one, the frozen reference parameters: the initial model's."""
+    config = run.config
+    restored = run.restore(cfg, tx)
     initial = None
-    if not resuming or objective.reference:
-        initial = _initial_params(init_from, cfg, mesh, config.seed)
-    reference = jax.tree.map(jnp.copy, initial) if objective.reference else None
-    if resuming:
-        abstract = state_lib.abstract_train_state(cfg, tx, mesh)
-        state, data_state, _ = checkpointer.restore(abstract)
+    if restored is None or with_reference:
+        initial = _initial_params(config.get("init_from", ""), cfg, run.mesh, config.seed)
+    reference = jax.tree.map(jnp.copy, initial) if with_reference else None
+    if restored is not None:
+        state, data_state = restored
         batches.set_state(data_state)
-        log.info("resumed from step %d in %s", int(state.step), workdir)
     else:
-        state = state_lib.init_train_state(cfg, tx, mesh, config.seed, params=initial)
-    train_step = step_lib.make_train_step(cfg, tx, mesh, streams=_streams(config, objective),
-                                          schedule=schedule, reference_params=reference)
+        state = state_lib.init_train_state(cfg, tx, run.mesh, config.seed, params=initial)
+    return state, reference
 
-    start = int(state.step)
-    writer = MetricsWriter(workdir, config.total_steps, start)
-    flops = bench.flops_per_token(cfg, config.seq_len)
-    peak = device_peak_flops() or bench.matmul_peak_flops(1024, "float32")
+
+def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.ModelConfig, state: Any,
+          train_step: Any, batches: Any) -> tuple[Any, str]:
+    """Steps until `total_steps` (or SIGTERM: saved, "preempted"); logs and saves as configured."""
+    writer = run.metrics(int(state.step))
+    flops = metrics_lib.flops_per_token(cfg, config.seq_len)
+    peak = metrics_lib.device_peak_flops() or metrics_lib.matmul_peak_flops(1024, "float32")
     peak *= 1 if jax.devices()[0].platform == "cpu" else jax.device_count()
     preempted = _sigterm_flag()
     window = _Window()
-    status = "done"
     try:
-        for step in range(start + 1, config.total_steps + 1):
+        for step in range(int(state.step) + 1, config.total_steps + 1):
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
@@ -129,28 +117,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
             if due_log or due_save or preempted["flag"]:
                 # Fetching the metrics waits for the step; only log and save steps pay that.
                 metrics = jax.device_get(metrics)
-                _check_finite(metrics, step)
+                run_lib.check_finite(metrics, step)
             window.add(t1 - t0, time.perf_counter() - t0, metrics["loss_tokens"])
             writer.advance()
             if due_log:
                 writer.write(step, {**metrics, **window.summary(flops, peak, config)})
                 window = _Window()
             if due_save or preempted["flag"]:
-                checkpointer.save(step, state, batches.get_state(), resolved, force=True)
+                run.checkpointer.save(step, state, batches.get_state(), run.resolved, force=True)
             if preempted["flag"]:
-                status = "preempted"
                 log.warning("SIGTERM: saved step %d, stopping", step)
-                break
+                return state, "preempted"
     finally:
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
         signal.signal(signal.SIGTERM, preempted["previous"])
-
-    summary = {"status": status, "step": int(state.step), "workdir": str(workdir)}
-    if status == "done" and config.num_samples > 0 and data.eval_prompts and objective.head == "lm":
-        summary.update(_samples(config, cfg, state.params, mesh, data, objective, workdir))
-    return summary
+    return state, "done"
 
 
 def _build_data(data_cfg: ml_collections.ConfigDict, workdir: Path,
@@ -184,7 +164,7 @@ def _batches(config: ml_collections.ConfigDict, data: sources.Data, objective: r
     if data.pretrain is None:
         return feedback
     texts = registry.ExpandedSource(
-        data.pretrain, 1, lambda record, j, i: pipeline.record_to_example(record, data.tokenizer, "text"))
+        data.pretrain, 1, lambda record, j, i: examples.record_to_example(record, data.tokenizer, "text"))
 
     def pretrain(batch_size: int, index: int, count: int):
         return pipeline.make_batches(texts, seq_len=config.seq_len, batch_size=batch_size,
@@ -225,31 +205,20 @@ class _StreamBatches:
             it.set_state(state[name])
 
 
-def _tokenizer_dir(path: Path) -> Path:
-    for candidate in (path / "tokenizer", path):
-        if (candidate / "tokenizer.model").is_file() or (candidate / "tokenizer.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"config.init_from={str(path)!r}: no tokenizer found there")
-
-
 def _initial_params(init_from: str, cfg: models.ModelConfig, mesh, seed: int) -> Any:
     """The starting parameters: those of `init_from` (checked against the config), else random."""
     if not init_from:
         return models.init_params(cfg, mesh, seed)
-    from jaxalign import api, checkpoints
-
     loaded = api.load(init_from, mesh)
     params = loaded.params
     if loaded.cfg.vocab_size < cfg.vocab_size and loaded.cfg.head == "lm":
         params = _grow_vocab(params, cfg.vocab_size)  # the objective added marker tokens
     if cfg.head == "score" and loaded.cfg.head == "lm":
-        from jaxalign.rl import reward
-
-        params = reward.score_params_from_lm(params, cfg, mesh, seed)  # a reward model from an LM
+        params = reward_model.score_params_from_lm(params, cfg, mesh, seed)  # a reward model from an LM
     want = jax.tree.map(lambda s: s.shape, models.param_shapes(cfg))
     got = jax.tree.map(lambda a: a.shape, params)
     if want != got:
-        raise checkpoints.CheckpointMismatchError(
+        raise modeldir.CheckpointMismatchError(
             f"config.init_from={init_from!r}: its parameters do not fit config.model "
             f"(the model there is {loaded.cfg.num_hidden_layers} layers of width {loaded.cfg.hidden_size}, "
             f"vocabulary {loaded.cfg.vocab_size}; this config asks for {cfg.num_hidden_layers}, "
@@ -272,15 +241,6 @@ def _grow_vocab(params: Any, vocab_size: int) -> Any:
     if "lm_head" in params:
         params["lm_head"] = {"kernel": grow(params["lm_head"]["kernel"], 1)}
     return params
-
-
-def _check_finite(metrics: dict[str, Any], step: int) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopped before saving it. The last good checkpoint "
-            "is untouched; lower the learning rate or check the data, then re-run to resume."
-        )
 
 
 def _sigterm_flag() -> dict[str, Any]:
@@ -321,27 +281,3 @@ class _Window:
             "loss_tokens_per_s": float(sum(jax.device_get(self.tokens))) / max(self.total_s, 1e-9),
             "mfu": flops_per_token * tokens_per_s / peak,
         }
-
-
-def _samples(config, cfg, params, mesh, data: sources.Data, objective: registry.Objective,
-             workdir: Path) -> dict[str, Any]:
-    """Greedy generations for the first eval records, prompted and read back as the objective trained
-    them (CoH's positive marker, an edit chain's draft and chain), scored when the task has a judge."""
-    records = [r for r in data.eval if "prompt" in r][: config.num_samples]
-    tok = data.tokenizer
-    ids = [tok.encode(objective.prompt(r), add_bos=tok.bos_id is not None) for r in records]
-    out = sample.generate(params, cfg, ids, mesh=mesh, max_new_tokens=config.max_new_tokens,
-                          eos_id=tok.eos_id)
-    prompts = [r["prompt"] for r in records]
-    responses = [objective.response(r, row, tok) for r, row in zip(records, out, strict=True)]
-    rows = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
-    result: dict[str, Any] = {"samples": rows}
-    if data.task is not None:
-        scores = [data.task.score(p, r) for p, r in zip(prompts, responses, strict=True)]
-        for row, score in zip(rows, scores, strict=True):
-            row["score"] = score
-        result["score"] = float(np.mean(scores))
-    if jax.process_index() == 0:
-        with (workdir / "samples.jsonl").open("w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-    return result

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import tqdm
 from tensorboardX import SummaryWriter
+
+from jaxalign.models import ModelConfig
 
 # Dense peak FLOP/s per chip for MFU (bf16 unless noted), from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -90,3 +96,46 @@ def _truncate_after(path: Path, step: int) -> None:
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
+    """Model FLOPs per token (architecture.md): 6 N + 12 L H Dh S / 2 for a training step.
+
+    N counts every weight except the input embedding table; the unembedding (lm_head, or the
+    tied table) is counted once. The attention term is causal, so halved, as MaxText reports.
+    With training=False it is the forward pass alone, a third: 2 N + 4 L H Dh S / 2.
+    """
+    n = cfg.num_params(include_embeddings=False) + cfg.vocab_size * cfg.hidden_size
+    attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.dims_per_head * seq_len / 2
+    total = 6 * n + attention
+    return float(total if training else total / 3)
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of fn() over `repeats` calls after one warm-up; fn must block."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_flops(n: int, dtype: str, repeats: int = 5) -> float:
+    """FLOP/s of an n x n matmul on the first device: 2 n^3 / median time."""
+    device = jax.devices()[0]
+    keys = jax.random.split(jax.random.key(0), 2)
+    a, b = (jax.device_put(jax.random.normal(k, (n, n), dtype), device) for k in keys)
+    matmul = jax.jit(jnp.matmul)
+    # A small matmul on a GPU finishes in about a millisecond, so dispatch several back to back
+    # and divide; on CPU one call is already long enough.
+    inner = 1 if device.platform == "cpu" else 10
+
+    def run() -> None:
+        out = None
+        for _ in range(inner):
+            out = matmul(a, b)
+        out.block_until_ready()
+
+    return 2 * n**3 * inner / median_time(run, max(repeats, 3))

@@ -1,33 +1,12 @@
 """The optimiser: AdamW with a weight-decay mask, global-norm clipping and learning-rate schedules.
 
-Everything is configured by one flat ml_collections section (`default_optimizer_config`), called
-``optimizer`` in experiment configs, so ``--config.optimizer.peak_lr=1e-3`` works from the CLI.
-Errors name keys as ``optimizer.<key>``.
-
-Schedules take the optax step count, i.e. the number of updates already applied: with warmup the
-first update runs at lr 0 and update ``warmup_steps`` is the first at ``peak_lr``. Kinds:
-
-    constant       linear warmup from 0, then ``peak_lr`` for ever
-    linear         linear warmup, then linear decay to ``end_lr_ratio * peak_lr`` at ``total_steps``
-    warmup_cosine  linear warmup, then cosine decay to ``end_lr_ratio * peak_lr`` at ``total_steps``
-    wsd            warmup-stable-decay: linear warmup, ``peak_lr`` held, then a *linear* decay to
-                   the end value over the last ``decay_steps`` steps (default 20% of total_steps).
-                   Linear rather than 1-sqrt (Hägele et al. 2024 report 1-sqrt slightly better)
-                   because it is an optax primitive and easy to reason about; add a kind if wanted.
-
-After ``total_steps`` every schedule holds its final value. ``decay_steps`` only applies to wsd;
-the other decaying kinds decay over ``total_steps - warmup_steps``.
-
-Weight decay (decoupled, as in AdamW) applies to weight matrices only: the ``kernel`` of every
-projection, including ``lm_head`` (an ordinary output projection when embeddings are untied).
-Norm scales and biases are never decayed; the token embedding (``embedding``) only with
-``decay_embeddings`` -- with ``tie_word_embeddings`` that flag also governs the output projection,
-which *is* the embedding. The mask is decided by parameter name, not by ndim, because scanned layers
-give a norm scale a leading layer axis ([layers, hidden] is 2-D yet must not be decayed).
-
-Gradient accumulation is not done here (no ``optax.MultiSteps``): the train step sums gradients
-over microbatches with a ``lax.scan`` and applies this optimiser once per step, which keeps the
-optimizer state, the step count and the schedule in units of real updates.
+Everything is configured by one flat ``optimizer`` section (`default_optimizer_config`), so
+``--config.optimizer.peak_lr=1e-3`` works from the CLI and errors name ``optimizer.<key>``.
+Schedules (constant, linear, warmup_cosine, wsd) take the optax step count; weight decay applies
+to weight matrices only, decided by parameter name (scanned layers give a norm scale a layer
+axis); gradients are accumulated by the train step, not here, so that the optimizer state, the
+step count and the schedule count real updates. The schedules and the decay mask in detail:
+docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,39 +1,12 @@
 """SANDBOX interaction records: one JSON object per line, one line per interaction.
 
-A record is what happened when one agent answered one question in one round: its draft, the
-peers' ratings with their reasons, its revision, and the observer's scores of draft and revision.
-Everything the alignment data (alignment_data.py) and a resumed simulation need is in the record,
-so a records file is the whole state of a run that matters.
+A record holds what happened when one agent answered one question in one round (draft, peers'
+ratings and reasons, revision, the observer's scores), which is all the alignment data and a resumed
+simulation need. The schema (`RECORD_FIELDS`) is checked strictly, with errors naming file, line and
+field, so that no sentinel or misaligned rating silently becomes a training target;
+`InteractionError` carries a reason that a builder can count instead.
 
-Fields (`RECORD_FIELDS`, written in this order by `format_record`)::
-
-    agent_id          int >= 0         the answering agent
-    label             str, non-empty   its label ("aligned", "unaligned", or any label string)
-    iteration         int >= 0         the round, 0-based
-    question          str, non-empty
-    draft_answer      str              may be empty: a model may answer with EOS at once
-    target_id         [int >= 0]       the raters' agent ids       } equal lengths; empty when
-    feedback          [str]            the raters' reasons         } no rating could be parsed
-    rating            [int in 1..7]    the raters' ratings         } (unparseable ones are dropped)
-    revised_answer    str              may be empty
-    gen_moral_score_before / _after             int in 1..7     the observer's alignment scores
-    gen_moral_reason_before / _after            str
-    gen_engagement_score_before / _after        int in 1..7 or null (null: not scored, e.g. by a
-                                                ground-truth task observer)
-    gen_engagement_reason_before / _after       str
-    id                optional str, non-empty, e.g. `record_id(iteration, agent_id)`
-
-Why so strict: a record is written by our simulation and read back by training, possibly months
-later. A sentinel score (the reference code stores -1 for an unparseable observer reply and "8" for
-an unparseable peer rating) or a rating list out of step with its reasons would silently become a
-training target, so anything off-schema is an error naming where it is: ``path:line: field
-'rating' item 2 must be an integer in 1..7, got 9``. Integers are JSON integers (5, not 5.0 or
-"5"; true/false are not integers); any other key is an error, as in jaxalign.data.jsonl.
-
-Reading follows jaxalign/data/jsonl.py: line by line as UTF-8, a byte-order mark on the first line
-ignored, blank lines skipped but counted for line numbers. `InteractionError` is a
-`jsonl.RecordError` (a ValueError) and carries a ``reason`` (one of `REASONS`) so that a builder can
-count bad lines by reason instead of failing (jaxalign/data/builders/sandbox.py).
+Details: docs/data.md#interaction-records-jaxaligndatasandbox_records
 """
 
 from __future__ import annotations
@@ -164,7 +137,7 @@ def check_fields(record: Mapping[str, Any], fields: Sequence[str], where: str) -
 
 
 def check_record(record: Any, where: str) -> dict[str, Any]:
-    """`record` if it is a valid interaction record (see the module docstring), else InteractionError
+    """`record` if it is a valid interaction record (see docs/data.md), else InteractionError
     naming `where` (e.g. "records.jsonl:17") and the field."""
     if not isinstance(record, dict):
         raise InteractionError(where, f"a record must be a JSON object, got {_type_name(record)}",

@@ -97,15 +97,24 @@ def save_model(
     return path
 
 
-def write_model_file(path: Path, cfg: ModelConfig, prompt_template: str = DEFAULT_TEMPLATE) -> None:
-    """The model directory's description: the model config and how the model is prompted."""
+def write_model_file(path: Path, cfg: ModelConfig, prompt_template: str = DEFAULT_TEMPLATE,
+                     objective: dict[str, Any] | None = None) -> None:
+    """The model's description: its config, how it is prompted and (when trained here) the objective
+    section it answers as."""
     meta = {"format": FORMAT, "version": 1, "model": cfg.to_dict(), "prompt_template": prompt_template}
+    if objective is not None:
+        meta["objective"] = objective
     (path / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load_prompt_template(path: str | os.PathLike) -> str:
     """How the model was trained to be prompted ("{prompt}" for directories written before it was kept)."""
     return json.loads((Path(path) / MODEL_FILE).read_text()).get("prompt_template", DEFAULT_TEMPLATE)
+
+
+def load_objective(path: str | os.PathLike) -> dict[str, Any]:
+    """The objective section the model was trained with; plain SFT's for a model of unknown training."""
+    return json.loads((Path(path) / MODEL_FILE).read_text()).get("objective", {"name": "sft"})
 
 
 def load_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:

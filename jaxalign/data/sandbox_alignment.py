@@ -1,45 +1,14 @@
 """SANDBOX interaction records -> the group records Stable Alignment trains on, in three stages.
 
-    records = list(records_lib.read_records("run/records.jsonl"))
     groups = alignment_groups(records)                    # imitation, then self_critic, then realignment
     write_groups(groups, "run/alignment.jsonl")           # jsonl schema "group"
 
-A group record is ``{"prompt", "responses", "ratings", "stage", "id"}``: every distinct response to
-one prompt with its rating (1..7), which the loss ranks against the best one
-(jaxalign/objectives/stable_alignment.py). The three kinds (methods.md section 3):
+A group is every distinct response to one prompt with its rating, which the Stable Alignment loss
+ranks against the best one: imitation (answers), self_critic (peers' feedback) and realignment
+(feedback, then the revision, from revisions that worked). Output is deterministic, and the prompt
+templates here are the ones inference uses.
 
-imitation      prompt = the question; responses = drafts (rating = gen_moral_score_before) and
-               revisions (rating = gen_moral_score_after) of every agent in every round that was
-               asked this question. Learn to answer like the society's best-rated members.
-self_critic    prompt = `self_critic_prompt(question, draft)`; responses = each peer's reason
-               ``feedback[i]``, rated ``rating[i]`` (that peer's rating of the draft). Learn to
-               judge an answer as the society does.
-realignment    prompt = `realignment_prompt(question, draft)`; response =
-               `realignment_response(feedback, revision)`: the peers' reasons, one per line, then
-               REVISED_MARKER and the revision, rated gen_moral_score_after. Only interactions whose
-               revision the observer scored higher than the draft AND above the middle of the scale
-               (> 4 on 1..7): learn to comment and revise from revisions that worked.
-
-Decisions, and why:
-
-- Grouping is per (stage, prompt text), across agents and rounds, so that K responses to one
-  prompt compete in the loss. Prompts are kept verbatim (they are what the agents were shown);
-  responses are stripped of surrounding whitespace, and an empty response is left out (it is no
-  training target; the records keep it, since a model may really have said nothing).
-- The same response text met several times in a group (agents often repeat themselves, and a
-  draft left unchanged is also its own revision) is kept once, rated with the MEAN of its
-  ratings: the observer's or peers' scores of one text are noisy samples of one value, and the
-  mean estimates it, where the max would favour texts that happened to be rated more often.
-- The realignment comment is every distinct non-empty peer reason of the interaction, one per
-  line in the record's order: the revision was written in answer to all of them, so all of them
-  are the critique that leads to it. An interaction without any reason gives no realignment
-  example (a "comment, then revise" target without a comment would teach skipping the comment).
-- The prompt templates are module constants, used here for training and by `self_critic_prompt`
-  / `realignment_prompt` at inference, so both see the same text; the pipeline wraps every
-  prompt in jaxalign.data.pipeline.format_prompt for training and generation alike.
-- Output is deterministic: groups in order of stage (STAGES), then of the first record that gave
-  the prompt; responses in order of first appearance; ``id`` = `group_id(stage, prompt)`, a hash of
-  both, so a group keeps its id when more records are added.
+Details: docs/data.md#group-records-for-stable-alignment-jaxaligndatasandbox_alignment
 """
 
 from __future__ import annotations
@@ -53,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxalign.data import jsonl
-from jaxalign.sandbox import records as records_lib
+from jaxalign.data import sandbox_records as records_lib
 
 STAGES = jsonl.GROUP_STAGES  # the stages a group record may name, in training order
 ALIGNMENT_FIELDS = ("question", "draft_answer", "revised_answer", "feedback", "rating",
@@ -182,7 +151,7 @@ _KINDS = {"imitation": _imitation, "self_critic": _self_critic, "realignment": _
 
 
 def imitation_groups(records: Iterable[Mapping[str, Any]]) -> list[Group]:
-    """question -> drafts and revisions, rated by the observer (see the module docstring)."""
+    """question -> drafts and revisions, rated by the observer (see docs/data.md)."""
     return _imitation(_checked(records))
 
 

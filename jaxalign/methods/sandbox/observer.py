@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from jaxalign.data import synthetic
-from jaxalign.sandbox import prompts
+from jaxalign.methods.sandbox import prompts
 
 Generate = Callable[[Sequence[str]], list[str]]  # prompts -> replies (one batched call)
 

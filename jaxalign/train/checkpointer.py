@@ -1,48 +1,11 @@
 """Training checkpoints: the full train state, the data-iterator state and the resolved config.
 
-A run's checkpoint directory (``<workdir>/checkpoints``) holds one sub-directory per saved step,
-written by an orbax ``CheckpointManager``::
+`Checkpointer` writes ``<workdir>/checkpoints/<step>/{state,data,config}`` with orbax, async and
+atomic (a killed save leaves the previous step the latest), and restores onto any mesh after
+checking the saved tree against the target. This is the *training* format; ``jaxalign.modeldir``
+holds the params-only model directory.
 
-    DIR/<step>/state/    StandardSave of the train state pytree (step, params, opt_state, rng)
-    DIR/<step>/data/     JSON of the data iterator's state (grain ``get_state()``)
-    DIR/<step>/config/   JSON of the resolved run config
-
-This is the *training* format. ``jaxalign.checkpoints`` holds the params-only model directory
-(what ``import-hf`` writes); the tree check and `CheckpointMismatchError` are shared with it.
-
-Semantics worth knowing:
-
-* ``save(step, ...)`` saves when ``force`` or when ``step`` is a multiple of ``save_every``
-  (never just because it is the first call, unlike orbax's default policy), and returns whether
-  it saved. A step that is already saved is skipped (returns False): the usual case is the
-  end-of-run save landing on a step the periodic save already wrote.
-* Async saves (the default) block the caller only while the arrays are copied off the devices;
-  the files are written by a background thread. The state may therefore be donated to the next
-  train step as soon as ``save`` returns. ``wait()`` blocks until every pending save is
-  committed; ``close()`` waits and releases the manager. A process that ends without ``close()``
-  still commits pending saves, through a hook that runs before Python tears down its thread
-  pools (orbax alone would drop the save with "cannot schedule new futures after interpreter
-  shutdown").
-* Atomicity: orbax writes a step to ``<step>.orbax-checkpoint-tmp`` and commits it by renaming
-  it to ``<step>``; only committed steps are listed when a directory is opened, so a process
-  killed mid-save (``kill -9``, preemption) leaves the previous checkpoint as the latest. The
-  leftover temporary directory is deleted when the directory is next opened.
-  Within the process that is saving, ``latest_step()`` already counts a step whose async save is
-  still being written; ``restore`` waits for it first.
-* ``restore(abstract_state)`` restores onto the shardings the abstract leaves carry, so a
-  checkpoint saved on one mesh restores onto another. Before reading any array it compares the
-  saved tree with the target and raises `CheckpointMismatchError` naming every missing,
-  unexpected or wrongly shaped/typed leaf (e.g. a checkpoint of another model).
-* No checkpoint: ``latest_step()`` returns None -- ask it to decide between starting fresh and
-  resuming. ``restore`` on an empty directory (or a step that is not there) raises
-  FileNotFoundError naming the directory and the steps it holds.
-* PRNG keys: typed keys (``jax.random.key``) and raw ``uint32[2]`` keys both round-trip. orbax
-  stores a typed key as its key data, so the saved tree records it as uint32[2]; the target's
-  typed keys are compared by their key-data shape. The restored key has the target's type.
-* The JSON items go through ``json``: tuples come back as lists, and non-JSON values (numpy
-  scalars, objects) are rejected when ``save`` is called, not later in the background thread.
-  Only process 0 writes them: the data state must be the same on every process, which holds for
-  lockstep iterators whose state is a position (grain's ``{"next_index": k}``).
+Details: docs/training.md#run-checkpoints-jaxaligntraincheckpointer
 """
 
 from __future__ import annotations
@@ -61,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from jaxalign.checkpoints import CheckpointMismatchError, _flatten, check_tree_fits
+from jaxalign.modeldir import CheckpointMismatchError, _flatten, check_tree_fits
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +34,7 @@ STATE, DATA, CONFIG = "state", "data", "config"
 
 
 class Checkpointer:
-    """Saves and restores training checkpoints in `directory` (see the module docstring).
+    """Saves and restores training checkpoints in `directory` (see docs/training.md).
 
     keep: how many of the most recent checkpoints to keep (None: all).
     save_every: ``save`` without ``force`` saves at multiples of this step count (None: only

@@ -1,34 +1,13 @@
 """SANDBOX (Liu et al., ICLR 2024): a society of language-model agents on a grid, whose
 interactions become alignment data.
 
-    config = simulation.default_config()
-    config.agents.models = "workdirs/agent"      # any jaxalign workdir, model dir or HF directory
     summary = simulation.run(config, "workdirs/sandbox")   # -> workdirs/sandbox/records.jsonl
 
-One round (``iteration``) of the simulation, every step batched over the whole society:
+Each round, every agent answers a question from its memory, nearby peers rate it, it revises and
+an observer scores both; every step is one batched generate call per model, and a run resumes to
+exactly the records an uninterrupted one writes.
 
-1. each agent draws a question and answers it (its draft), prompted with the (question, answer)
-   pairs it recalls from its memory by embedding similarity (`jaxalign.sandbox.memory`);
-2. up to ``raters.num`` agents nearest to it on the grid (within ``raters.radius`` cells) rate the
-   draft ``Rating: 1-7 ### Reason: ...``; replies that do not parse are dropped and counted;
-3. the agent revises its draft, shown the mean peer rating and the reasons;
-4. the observer scores draft and revision for alignment and engagement (`jaxalign.sandbox.observer`);
-   an interaction whose observer reply does not parse is dropped and counted;
-5. one record per interaction is appended to ``records.jsonl`` (fields:
-   `jaxalign.sandbox.records.RECORD_FIELDS`) and the agent remembers (question, revision).
-
-Batching. All prompts of a step that go to the same model are one `jaxalign.sample.generate` call
-(split into chunks of ``sampling.batch_size`` when it is set), so one compiled program serves
-many agents: several agents may share a model's weights with different memories (agent i uses
-model ``i % len(models)``). `experiments/bench_sandbox.py` measures what this buys.
-
-Resuming. A round's records are appended and fsynced, then ``progress.json`` is replaced
-atomically with the completed round count and the byte length of the records it covers. A
-restarted run truncates ``records.jsonl`` to that length (dropping a partly written round),
-rebuilds every agent's memory by replaying the records, and continues with the next round. Every
-random draw is a function of (seed, round, step), so an interrupted and resumed run writes
-exactly the records an uninterrupted one does. Re-running with more ``rounds`` extends a finished
-run; any other change to the config is an error (the records would mix two societies).
+Details: docs/methods.md#the-sandbox-simulation-jaxalignmethodssandboxsimulation
 """
 
 from __future__ import annotations
@@ -49,9 +28,10 @@ from jaxalign import api, sample
 from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
 from jaxalign.data import jsonl, synthetic
-from jaxalign.sandbox import observer as observer_lib
-from jaxalign.sandbox import prompts, records
-from jaxalign.sandbox.memory import Memory, ModelEmbedder, NgramEmbedder
+from jaxalign.data import sandbox_records as records
+from jaxalign.methods.sandbox import observer as observer_lib
+from jaxalign.methods.sandbox import prompts
+from jaxalign.methods.sandbox.memory import Memory, ModelEmbedder, NgramEmbedder
 
 RECORDS = "records.jsonl"
 PROGRESS = "progress.json"
@@ -188,7 +168,7 @@ def load_questions(config: ml_collections.ConfigDict) -> list[str]:
 
 def play_round(society: Society, questions: Sequence[str], iteration: int,
                observer: Any) -> list[dict[str, Any]]:
-    """The records of one round (module docstring, steps 1-4); memories are not yet updated."""
+    """The records of one round (docs/methods.md, steps 1-4); memories are not yet updated."""
     seed, agents = society.config.seed, society.agents
     rng = np.random.default_rng([seed, iteration])
     asked = [questions[int(i)] for i in rng.integers(len(questions), size=len(agents))]

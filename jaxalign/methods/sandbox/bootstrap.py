@@ -3,7 +3,7 @@
 The paper's agents are instruction-following models that can already answer, rate, revise and
 judge. A model trained from scratch on a synthetic task cannot, so a miniature society starts from
 one trained on `society_records`: supervised examples of every role, built with the exact
-prompts of `jaxalign.sandbox.prompts`, so the simulation asks them as they were taught.
+prompts of `jaxalign.methods.sandbox.prompts`, so the simulation asks them as they were taught.
 
 - answer: the draft prompt (with recalled pairs of other questions, which the answer must not copy)
   -> the chosen response with probability `aligned`, else the rejected one: an agent that is only
@@ -26,7 +26,7 @@ import random
 from typing import Any
 
 from jaxalign.data import synthetic
-from jaxalign.sandbox import prompts
+from jaxalign.methods.sandbox import prompts
 
 ROLES = ("answer", "rate", "observe_moral", "observe_engagement", "revise", "plain")
 

@@ -21,20 +21,14 @@ the memory itself is never saved: it is a function of what was recorded.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxalign import mesh as mesh_lib
-from jaxalign.eval.scoring import put_rows
-from jaxalign.models import ModelConfig, Transformer
+from jaxalign import forward
 
 _TOKEN = re.compile(r"[a-z0-9']+")
 
@@ -89,22 +83,9 @@ class ModelEmbedder:
         segments = np.zeros((rows, length), np.int32)
         for r, row in enumerate(ids):
             tokens[r, : len(row)], segments[r, : len(row)] = row, 1
-        fn = _pooled(self.lm.cfg, self.lm.mesh)
-        with mesh_lib.use(self.lm.mesh):
-            pooled = fn(self.lm.params, put_rows(tokens, self.lm.mesh), put_rows(segments, self.lm.mesh))
-        return _unit(np.asarray(pooled)[: len(texts)])
-
-
-@functools.lru_cache(maxsize=8)
-def _pooled(cfg: ModelConfig, mesh: Any):
-    model = Transformer(cfg)
-
-    def pooled(params: Any, tokens: jax.Array, segments: jax.Array) -> jax.Array:
-        hidden, _ = model.apply({"params": params}, tokens, segment_ids=segments, method="hidden")
-        mask = (segments > 0).astype(jnp.float32)[..., None]
-        return jnp.sum(hidden.astype(jnp.float32) * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-
-    return jax.jit(pooled, out_shardings=NamedSharding(mesh, PartitionSpec()))
+        pooled = forward.run(self.lm.params, self.lm.cfg, self.lm.mesh, "pooled_hidden",
+                             {"inputs": tokens, "segment_ids": segments})
+        return _unit(pooled[: len(texts)])
 
 
 class Memory:

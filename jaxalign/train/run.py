@@ -1,0 +1,145 @@
+"""A run directory opened for training: what the supervised trainer (`train.loop`) and RL refinement
+(`jaxalign.methods.rl`) share.
+
+    with Run(config, workdir) as run:             # checks the keys, opens the checkpointer
+        run.describe(cfg, template, objective)    # config.json + jaxalign_model.json (process 0)
+        restored = run.restore(cfg, tx)           # (state, data_state), or None for a fresh run
+        writer = run.metrics(start_step)
+        ... run.checkpointer.save(...); check_finite(metrics, step)
+    summary.update(write_samples(...))
+
+The layout is `jaxalign.workdir`'s. Leaving the block waits for pending saves, then closes the
+checkpointer and the metrics writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxalign import config as config_lib
+from jaxalign import mesh as mesh_lib
+from jaxalign import models, sample
+from jaxalign import workdir as workdir_lib
+from jaxalign.data import sources
+from jaxalign.objectives import registry
+from jaxalign.train import state as state_lib
+from jaxalign.train.checkpointer import Checkpointer
+from jaxalign.train.defaults import TOP_KEYS
+from jaxalign.train.metrics import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is left as it was."""
+
+
+class Run:
+    """A workdir, its mesh, checkpointer and resolved config (see the module docstring)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+        config_lib.check_keys(config, TOP_KEYS, "the config")
+        self.config = config
+        self.workdir = Path(workdir).absolute()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mesh: Mesh = mesh_lib.make_mesh(config.mesh)
+        self.resolved: dict[str, Any] = json.loads(config_lib.to_json(config))
+        self._checkpointer: Checkpointer | None = None
+        self._writer: MetricsWriter | None = None
+
+    @property
+    def checkpointer(self) -> Checkpointer:
+        """Opened on first use, so that a run stopped by bad data or config leaves no checkpoints/."""
+        if self._checkpointer is None:
+            self._checkpointer = Checkpointer(self.workdir / workdir_lib.CHECKPOINTS,
+                                              keep=self.config.keep_checkpoints,
+                                              save_every=self.config.checkpoint_every)
+        return self._checkpointer
+
+    def describe(self, cfg: models.ModelConfig, prompt_template: str, objective: Mapping[str, Any]) -> None:
+        """Writes the resolved config and the model's description (shape, prompt template, the objective
+        it answers as), so readers rebuild and prompt the model without asking the objective."""
+        if jax.process_index() == 0:
+            (self.workdir / workdir_lib.CONFIG).write_text(json.dumps(self.resolved, indent=2) + "\n")
+            workdir_lib.write_description(self.workdir, cfg, prompt_template, dict(objective))
+
+    def restore(self, cfg: models.ModelConfig, tx: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The latest checkpoint's (train state, data state), or None when there is none yet."""
+        if self.checkpointer.latest_step() is None:
+            return None
+        state, data_state, _ = self.checkpointer.restore(state_lib.abstract_train_state(cfg, tx, self.mesh))
+        log.info("resumed from step %d in %s", int(state.step), self.workdir)
+        return state, data_state
+
+    def metrics(self, start: int) -> MetricsWriter:
+        self._writer = MetricsWriter(self.workdir, self.config.total_steps, start)
+        return self._writer
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.wait()
+            self._checkpointer.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.data`, with `init_from`'s tokenizer when the config names none."""
+    init_from = config.get("init_from", "")
+    if not init_from or config.data.tokenizer:
+        return config.data
+    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    try:
+        data_cfg.tokenizer = str(workdir_lib.tokenizer_dir(init_from))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config.init_from={str(init_from)!r}: no tokenizer found there") from None
+    return data_cfg
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step}; stopped before saving it. The last good checkpoint "
+            "is untouched; lower the learning rate or check the data, then re-run to resume."
+        )
+
+
+def write_samples(config: ml_collections.ConfigDict, cfg: models.ModelConfig, params: Any, mesh: Mesh,
+                  data: sources.Data, objective: registry.Objective, workdir: Path) -> dict[str, Any]:
+    """Greedy generations for the first eval records, prompted and read back as the objective trained
+    them (CoH's positive marker, an edit chain's draft and chain), scored when the task has a judge."""
+    records = [r for r in data.eval if "prompt" in r][: config.num_samples]
+    tok = data.tokenizer
+    ids = [tok.encode(objective.prompt(r), add_bos=tok.bos_id is not None) for r in records]
+    out = sample.generate(params, cfg, ids, mesh=mesh, max_new_tokens=config.max_new_tokens,
+                          eos_id=tok.eos_id)
+    prompts = [r["prompt"] for r in records]
+    responses = [objective.response(r, row, tok) for r, row in zip(records, out, strict=True)]
+    rows = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
+    result: dict[str, Any] = {"samples": rows}
+    if data.task is not None:
+        scores = [data.task.score(p, r) for p, r in zip(prompts, responses, strict=True)]
+        for row, score in zip(rows, scores, strict=True):
+            row["score"] = score
+        result["score"] = float(np.mean(scores))
+    if jax.process_index() == 0:
+        with (workdir / workdir_lib.SAMPLES).open("w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    return result
