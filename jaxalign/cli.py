@@ -21,6 +21,12 @@ def _add_mesh(parser: argparse.ArgumentParser) -> None:
                         help='device mesh, e.g. "dp:2,fsdp:-1,tp:1" or "2,-1,1"')
 
 
+def _add_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                        help="JAX's persistent compilation cache, so reruns do not compile again; 'off' "
+                             "to disable (default: $JAXALIGN_COMPILATION_CACHE or ~/.cache/jaxalign/xla)")
+
+
 def _add_guided(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guided", action="store_true",
                         help="guided response generation (Mistake Analysis): add a harmlessness hint "
@@ -56,6 +62,7 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--coordinator", help="host:port of process 0 (multi-host GPU/CPU)")
     train.add_argument("--num-processes", type=int)
     train.add_argument("--process-id", type=int)
+    _add_cache(train)
 
 
 def _add_eval(commands: Any) -> None:
@@ -71,6 +78,7 @@ def _add_eval(commands: Any) -> None:
                                            "harmless rate of the generations")
     _add_guided(ev)
     _add_mesh(ev)
+    _add_cache(ev)
 
 
 def _add_generate(commands: Any) -> None:
@@ -86,6 +94,7 @@ def _add_generate(commands: Any) -> None:
     gen.add_argument("--seed", type=int, default=0)
     _add_guided(gen)
     _add_mesh(gen)
+    _add_cache(gen)
 
 
 def _add_import_hf(commands: Any) -> None:
@@ -116,6 +125,7 @@ def _add_pipeline(commands: Any, name: str, help: str, default_config: str, writ
                          help=f"a config whose get_config() is a {name} config ({default_config})")
     command.add_argument("--workdir", default=None,
                          help=f"{writes}; re-running resumes (default: workdirs/<config name>)")
+    _add_cache(command)
 
 
 def _add_plan(commands: Any) -> None:
@@ -156,8 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     # Imported here so `jaxalign --help` answers without initialising JAX.
     from jaxalign import api
+    from jaxalign import mesh as mesh_lib
     from jaxalign.data.tokenizer import demo_tokenizer
     from jaxalign.models import get_preset
+
+    if hasattr(args, "compilation_cache"):
+        cache = args.compilation_cache
+        mesh_lib.use_compilation_cache(mesh_lib.default_compilation_cache() if cache is None else cache)
 
     if args.command == "train":
         return _train(args)

@@ -191,9 +191,10 @@ def initialize_distributed(
 ) -> None:
     """Starts JAX's multi-host runtime when more than one process takes part.
 
-    TPU pods (and SLURM/Open MPI jobs) are detected by ``jax.distributed.initialize()`` itself;
-    elsewhere pass an explicit coordinator ``host:port``, process count and id (also read from
-    JAXALIGN_COORDINATOR / JAXALIGN_NUM_PROCESSES / JAXALIGN_PROCESS_ID).
+    Clusters JAX detects itself (`detected_cluster`: Cloud TPU VMs and GKE, SLURM, Open MPI,
+    Kubernetes) start with ``jax.distributed.initialize()`` and no arguments, so JAX reads their
+    coordinator, process count and id; elsewhere pass an explicit coordinator ``host:port``, process
+    count and id (also read from JAXALIGN_COORDINATOR / JAXALIGN_NUM_PROCESSES / JAXALIGN_PROCESS_ID).
     """
     coordinator = coordinator or os.environ.get("JAXALIGN_COORDINATOR")
     if num_processes is None and "JAXALIGN_NUM_PROCESSES" in os.environ:
@@ -204,7 +205,7 @@ def initialize_distributed(
         if num_processes is None or process_id is None:
             raise ValueError("an explicit coordinator needs num_processes and process_id as well")
         jax.distributed.initialize(coordinator, num_processes, process_id)
-    elif _on_tpu_pod() or "SLURM_JOB_ID" in os.environ:
+    elif detected_cluster() is not None:
         jax.distributed.initialize()
     else:
         return
@@ -214,10 +215,41 @@ def initialize_distributed(
     )
 
 
-def _on_tpu_pod() -> bool:
-    # Cloud TPU VMs set these; a single-host TPU VM has one worker and needs no coordinator.
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return len([h for h in hosts.split(",") if h]) > 1
+def default_compilation_cache() -> str:
+    """$JAXALIGN_COMPILATION_CACHE, else JAX's own $JAX_COMPILATION_CACHE_DIR, else the user's cache
+    directory ($XDG_CACHE_HOME or ~/.cache)."""
+    for name in ("JAXALIGN_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR"):
+        if name in os.environ:
+            return os.environ[name]
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "jaxalign", "xla")
+
+
+def use_compilation_cache(directory: str | None) -> str | None:
+    """Keeps every compiled program in JAX's persistent cache at `directory`, so a rerun or a resumed
+    run loads its train step and sampler instead of compiling them again. "" or "off": no cache.
+    Returns the directory in use (None when off)."""
+    if not directory or directory == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    # Cache everything: on CPU a tiny model's programs compile in well under JAX's 1 s default.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+def detected_cluster() -> str | None:
+    """The name of the cluster environment JAX's own detection recognises here, or None.
+
+    JAX offers no public way to ask: ``jax.distributed.initialize()`` with nothing detected raises the
+    same ValueError as a broken set-up. So its detectors are asked directly, as
+    ``ClusterEnv.auto_detect_unset_distributed_params`` does (opt-in ones, e.g. mpi4py, excluded)."""
+    from jax._src import clusters
+
+    for env in clusters.ClusterEnv._cluster_types:
+        if not env.opt_in_only_method and env.is_env_present():
+            return env.__name__
+    return None
 
 
 def tree_shardings(boxed_tree, mesh: Mesh):

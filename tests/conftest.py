@@ -7,6 +7,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The CLI keeps a persistent compilation cache by default; in-process CLI calls in the tests would
+# switch it on for the whole worker. tests/test_compilation_cache.py turns it on where it is tested.
+os.environ.setdefault("JAXALIGN_COMPILATION_CACHE", "off")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -212,3 +214,30 @@ def test_sharded_pair_checkpoint_resumes_alone_resharded(runs):
     assert "saved by 2 input shard(s), this run has 1" in runs["sharded_alone_output"]
     alone = _metric(runs["sharded_alone"])
     assert sorted(alone) == list(range(1, RESUMED_STEPS + 1)) and all(np.isfinite(list(alone.values())))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(tmp_path):
+    """Preemption reaches one host only: JAX's preemption sync point makes both save the same step and
+    exit 0; the pair then resumes there and ends as an uninterrupted pair does."""
+    config = tmp_path / "tiny.py"
+    config.write_text(CONFIG)
+    stopped, reference = tmp_path / "stopped", tmp_path / "reference"
+    procs = _pair(config, stopped, "--config.total_steps=400")
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), _wait(procs)
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # process 1 only
+    outputs = _wait(procs)  # both exit 0
+    saved = [re.findall(r"SIGTERM: saved step (\d+)", out) for out in outputs]
+    assert len(saved[0]) == len(saved[1]) == 1 and saved[0] == saved[1], outputs
+    step = int(saved[0][0])
+    assert 2 <= step < 400
+    assert max(int(d.name) for d in (stopped / "checkpoints").iterdir() if d.name.isdigit()) == step
+    longer = f"--config.total_steps={step + 2}"
+    _wait(_pair(config, stopped, longer) + _pair(config, reference, longer))
+    ours, theirs = _metric(stopped), _metric(reference)
+    assert sorted(ours) == sorted(theirs) == list(range(1, step + 3))
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)], [theirs[s] for s in sorted(ours)], rtol=1e-5)
+    _assert_close(_params(stopped, step + 2), _params(reference, step + 2))

@@ -104,7 +104,7 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
     flops = metrics_lib.flops_per_token(cfg, config.seq_len)
     peak = metrics_lib.device_peak_flops() or metrics_lib.matmul_peak_flops(1024, "float32")
     peak *= 1 if jax.devices()[0].platform == "cpu" else jax.device_count()
-    preempted = _sigterm_flag()
+    preemption = _Preemption()
     window = _Window()
     try:
         for step in range(int(state.step) + 1, config.total_steps + 1):
@@ -112,9 +112,10 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
             batch = next(batches)
             t1 = time.perf_counter()
             state, metrics = train_step(state, batch)
+            preempted = preemption.reached(step)  # every process asks at every step
             due_log = step % config.log_every == 0 or step == config.total_steps
             due_save = step % config.checkpoint_every == 0 or step == config.total_steps
-            if due_log or due_save or preempted["flag"]:
+            if due_log or due_save or preempted:
                 # Fetching the metrics waits for the step; only log and save steps pay that.
                 metrics = jax.device_get(metrics)
                 run_lib.check_finite(metrics, step)
@@ -123,13 +124,13 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
             if due_log:
                 writer.write(step, {**metrics, **window.summary(flops, peak, config)})
                 window = _Window()
-            if due_save or preempted["flag"]:
+            if due_save or preempted:
                 run.checkpointer.save(step, state, batches.get_state(), run.resolved, force=True)
-            if preempted["flag"]:
+            if preempted:
                 log.warning("SIGTERM: saved step %d, stopping", step)
                 return state, "preempted"
     finally:
-        signal.signal(signal.SIGTERM, preempted["previous"])
+        preemption.close()
     return state, "done"
 
 
@@ -243,14 +244,30 @@ def _grow_vocab(params: Any, vocab_size: int) -> Any:
     return params
 
 
-def _sigterm_flag() -> dict[str, Any]:
-    flag: dict[str, Any] = {"flag": False}
+class _Preemption:
+    """Whether to save and stop at a step. One process: SIGTERM reached it. Several: the step JAX's
+    preemption sync point picked for all of them once SIGTERM reached any one (a local flag would
+    stop one host at one step and leave the others waiting for it in a collective)."""
 
-    def handler(signum, frame):
-        flag["flag"] = True
+    def __init__(self) -> None:
+        self.shared = jax.process_count() > 1
+        self.flag = False
+        # With several processes JAX's own SIGTERM notifier must keep the signal: no handler here.
+        self.previous = None if self.shared else signal.signal(signal.SIGTERM, self._handle)
 
-    flag["previous"] = signal.signal(signal.SIGTERM, handler)
-    return flag
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def reached(self, step: int) -> bool:
+        if self.shared:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.flag
+
+    def close(self) -> None:
+        if not self.shared:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 class _Window:

@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import tqdm
-from tensorboardX import SummaryWriter
 
 from jaxalign.models import ModelConfig
 
@@ -56,7 +55,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         _truncate_after(self.path, start_step)
-        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.tb = _summary_writer(Path(workdir) / "tensorboard")
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                              dynamic_ncols=True)
 
@@ -96,6 +95,23 @@ def _truncate_after(path: Path, step: int) -> None:
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _summary_writer(directory: Path) -> Any:
+    """tensorboardX's SummaryWriter. tensorboardX imports torch whenever it is installed, only to
+    accept torch tensors (about 1.7 s of every start); the import is hidden from it unless torch is
+    loaded already, so a run of jaxalign never pays for PyTorch."""
+    import sys
+
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter(str(directory))
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
