@@ -196,6 +196,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{prompt!r} -> {text!r}")
         return 0
     if args.command == "import-hf":
+        from jaxalign import modeldir
+
+        modeldir.check_apart(args.out, [args.source])
         lm = api.load(args.source, mesh=args.mesh)
         out = lm.save(args.out, overwrite=args.overwrite)
         print(f"wrote {out} ({lm.cfg.num_params():,} parameters)")

@@ -109,7 +109,8 @@ def export(
     """Writes `out` from a train workdir (step `step`, default the latest) or a model directory."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: must be one of {FORMATS}")
-    source = Source(checkpoint, step)
+    source = Source(checkpoint, step)  # reads metadata only
+    modeldir.check_apart(out, [checkpoint])
     np_dtype = jnp.dtype(dtype or source.cfg.param_dtype)
     with modeldir.staged_directory(out, overwrite) as tmp:
         if fmt == "hf":

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,19 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MODEL_FILE).is_file()
 
 
+def check_apart(out: str | os.PathLike, sources: Sequence[str | os.PathLike]) -> None:
+    """Refuses an output directory that is, contains or lies inside a source, whatever `overwrite`
+    says: replacing it would delete what is being read (a run's checkpoints, an HF model)."""
+    target = Path(out).resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        relation = ("is" if target == src else "contains" if target in src.parents
+                    else "lies inside" if src in target.parents else None)
+        if relation:
+            raise ValueError(f"--out {out}: {relation} the source {source}; write to a directory apart "
+                             "from it (nothing was changed)")
+
+
 @contextlib.contextmanager
 def staged_directory(
     out: str | os.PathLike, overwrite: bool = False, *, writer: bool = True, tmp_name: str | None = None
@@ -55,7 +68,8 @@ def staged_directory(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to "
+                              "replace it")
     tmp = out.with_name(tmp_name or f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     if writer:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ to a params-only jaxalign model directory (reloads and generates), streamed leaf
 from __future__ import annotations
 
 import json
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -159,3 +160,22 @@ def test_export_is_streamed(tmp_path, fmt):
         assert model.config.vocab_size == 8192
     else:
         assert jaxalign.load(out).cfg == cfg
+
+
+def test_an_output_that_is_contains_or_lies_in_the_source_is_refused(workdir, tmp_path, capsys):
+    """--overwrite or not: writing there would delete what is being read."""
+    runs = tmp_path / "runs"
+    source = runs / "w"
+    shutil.copytree(workdir[0], source)
+    before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
+    for out, relation in ((source, "is"), (runs, "contains"), (source / "hf", "lies inside")):
+        argv = ["export", "--checkpoint", str(source), "--out", str(out), "--overwrite"]
+        assert cli.main(argv) == 2
+        assert f"{relation} the source" in capsys.readouterr().err
+    assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before
+    # import-hf reading an HF directory and writing over it
+    hf_dir = export.export(source, tmp_path / "hf")
+    files = sorted(p.name for p in hf_dir.iterdir())
+    assert cli.main(["import-hf", "--from", str(hf_dir), "--out", str(hf_dir), "--overwrite"]) == 2
+    assert "is the source" in capsys.readouterr().err
+    assert sorted(p.name for p in hf_dir.iterdir()) == files

@@ -56,6 +56,26 @@ def test_resume_is_exact(reference, tmp_path):
     assert len(reference) == 6 and reference[6] < reference[1]
 
 
+def test_resume_drops_a_torn_metrics_line(reference, tmp_path, caplog):
+    """What a crash or a full disk leaves at the end of metrics.jsonl does not block the resume."""
+    loop.train(_config("--config.total_steps=3"), tmp_path)
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "loss": 1.')
+    loop.train(_config("--config.total_steps=6"), tmp_path)
+    assert _losses(tmp_path) == reference
+    assert "metrics.jsonl:4: dropping a torn last line" in caplog.text
+
+
+def test_a_corrupt_metrics_line_before_others_is_named(tmp_path):
+    loop.train(_config("--config.total_steps=3"), tmp_path)
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
+        loop.train(_config("--config.total_steps=6"), tmp_path)
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() == 3  # nothing lost
+
+
 def test_resume_after_kill_9_is_exact(reference, tmp_path):
     argv = [sys.executable, "-m", "jaxalign.cli", "train", "--config", str(DEFAULT),
             "--workdir", str(tmp_path), *TINY, "--config.total_steps=6"]
@@ -115,12 +135,16 @@ def test_malformed_record_is_exit_2_naming_file_and_line(tmp_path, capsys):
         ("--config.model.nonsense=3", "preset 'tiny': unknown key(s) ['nonsense']"),
         ("--config.data.task=chess", "unknown synthetic task 'chess'"),
         ("--config.mesh=3,-1,1", "does not divide"),
+        ("--config.log_every=0", "config.log_every=0 must be a positive integer"),
+        ("--config.checkpoint_every=-5", "config.checkpoint_every=-5 must be a positive integer"),
     ],
 )
 def test_bad_config_is_one_clear_error(override, message, tmp_path, capsys):
-    argv = ["train", "--config", str(DEFAULT), "--workdir", str(tmp_path), *TINY, override]
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(DEFAULT), "--workdir", str(run), *TINY, override]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not any(run.glob("*")), "a refused config wrote into the workdir"
 
 
 def test_samples_and_score_are_written(tmp_path, monkeypatch):

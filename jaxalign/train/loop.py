@@ -53,6 +53,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     if registry.is_rl(config.get("objective", {})):
         raise ValueError("config.objective.name='rl' is trained by jaxalign.methods.rl.train "
                          "(`jaxalign train` dispatches there)")
+    model_config(config, vocab_size=256)  # the model section's errors, before data writes a tokenizer
     with run_lib.Run(config, workdir) as run:
         data = _build_data(run_lib.data_config(config), run.workdir, config)
         vocab = data.tokenizer.vocab_size

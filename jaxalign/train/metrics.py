@@ -8,6 +8,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 import time
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 import tqdm
 
 from jaxalign.models import ModelConfig
+
+log = logging.getLogger(__name__)
 
 # Dense peak FLOP/s per chip for MFU (bf16 unless noted), from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -90,11 +93,28 @@ def _plain(value: Any) -> Any:
 
 
 def _truncate_after(path: Path, step: int) -> None:
+    """Keeps the lines of steps up to `step` (a resumed run rewrites what follows). A torn last line
+    (what a crash or a full disk leaves) is dropped with a warning; a bad line elsewhere is an error
+    naming file and line, since lines before it could not have been written after it."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = path.read_text().split("\n")
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if any(rest.strip() for rest in lines[number:]):
+                raise ValueError(f"{path}:{number}: not a JSON line ({e}); fix or delete the line") from None
+            log.warning("%s:%d: dropping a torn last line (%d bytes)", path, number, len(line))
+            continue
+        if row["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)  # atomic: a crash here leaves the old file or the new one, never half of one
 
 
 def _summary_writer(directory: Path) -> Any:

@@ -49,10 +49,11 @@ class Run:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
         config_lib.check_keys(config, TOP_KEYS, "the config")
+        check_counts(config)  # before anything is written
         self.config = config
+        self.mesh: Mesh = mesh_lib.make_mesh(config.mesh)
         self.workdir = Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.mesh: Mesh = mesh_lib.make_mesh(config.mesh)
         self.resolved: dict[str, Any] = json.loads(config_lib.to_json(config))
         self._checkpointer: Checkpointer | None = None
         self._writer: MetricsWriter | None = None
@@ -97,6 +98,19 @@ class Run:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Counts a run divides by or steps through: each must be a positive integer.
+POSITIVE_KEYS = ("total_steps", "batch_size", "seq_len", "microbatches", "checkpoint_every", "log_every",
+                 "keep_checkpoints")
+
+
+def check_counts(config: ml_collections.ConfigDict) -> None:
+    """One clear error for a count that would divide by zero or loop on nothing, naming the key."""
+    for key in POSITIVE_KEYS:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{key}={value!r} must be a positive integer")
 
 
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
