@@ -1,39 +1,12 @@
 """Chain of Hindsight (Liu, Sferrazza and Abbeel, "Chain of Hindsight aligns language models with
 feedback", ICLR 2024): feedback as sentences, chains of outputs, random past-token masking.
 
-One comparison record ``{"prompt", "chosen", "rejected"[, "task"]}`` becomes one training sequence per
-*variant* (every variant of every record is emitted, as the official v2 data code does)::
+A comparison record becomes one sequence per variant (``p``, ``n``, ``pn``, ``np``, ``compare``):
+outputs joined by feedback markers, weighted 1 only on the outputs and their EOS, and tokenized so
+that the generation prompt is exactly the prefix the ``p`` and ``pn`` sequences trained on.
+`fcm_mask` drops random attention to past tokens, in the train step only.
 
-    p        User: {prompt}\\nA helpful answer: {chosen}<eos>
-    n        User: {prompt}\\nAn unhelpful answer: {rejected}<eos>
-    pn       User: {prompt}\\nA helpful answer: {chosen}<eos>An unhelpful answer: {rejected}<eos>
-    np       User: {prompt}\\nAn unhelpful answer: {rejected}<eos>A helpful answer: {chosen}<eos>
-    compare  User: {prompt}\\nFor the following two answers:\\n{a}\\nand\\n{b}\\nwhich one is better?
-             The answer is the first one<eos>          (a, b in an order drawn from (seed, record))
-
-Loss weights: every model output and each end-of-sequence token after it weigh 1; the user context,
-the feedback markers, the comparison question and the auxiliary phrases weigh 0. In ``compare`` only
-the answer ("the first one" / "the second one") and its EOS weigh 1. An EOS ends *each* output, so
-generation stops after the answer that the positive marker asked for instead of running on into the
-next marker.
-
-Tokenisation. Each weighted output is tokenized on its own and each maximal run of unweighted text
-as one string, so the weight boundaries are exact, and the generation prompt -- BOS plus
-``prompt_template`` formatted with the prompt, tokenized as one string -- is token for token the
-prefix that the ``p`` and ``pn`` sequences were trained on (the official code prompted with a
-different prefix from the one it trained with; a test checks we do not).
-
-Options (`CoHFormat`): the three markers (``User:``, ``A helpful answer:``, ``An unhelpful answer:``
-by default, as in the official v2 code), which variants to emit, and ``aux_phrases``: a paired
-sentence before each marker ("The following is a better summary." / "... a worse summary."), with the
-noun taken from the record's ``task`` (summary, dialogue -> response, webgpt and default -> answer).
-
-Random past-token masking (`fcm_mask`): during training only, each example (packed segment) draws a
-rate r ~ U(fcm_min, fcm_max) and each (query, key) attention entry to a strictly earlier key is
-dropped with probability r, except keys that start their segment, so no query is left without a key
-and nothing can attend to the future. It enters the model as ``extra_mask`` through the train step's
-``batch_transform``; the eval step and the sampler never apply it. The decoder has no dropout, so
-"dropout off when FCM is on" holds by construction.
+Details: docs/methods.md#the-chain-of-hindsight-objective-jaxalignobjectivescoh
 """
 
 from __future__ import annotations
@@ -120,7 +93,7 @@ class CoHFormat:
 
 def assemble(pieces: Sequence[Piece], tokenizer: Tokenizer) -> Example:
     """(text or id, weight) pieces -> {"tokens", "weights"}: BOS, then unweighted text merged and
-    tokenized as one string, weighted text on its own (see the module docstring)."""
+    tokenized as one string, weighted text on its own (docs/methods.md)."""
     merged: list[Piece] = []
     for value, weight in pieces:
         mergeable = merged and weight == 0 and merged[-1][1] == 0
@@ -158,7 +131,7 @@ def make_example(
 
 def fcm_mask(key: jax.Array, segment_ids: jax.Array, positions: jax.Array, fcm_min: float,
              fcm_max: float) -> jax.Array:
-    """Boolean keep-mask [b, L, L] of random past-token masking (module docstring).
+    """Boolean keep-mask [b, L, L] of random past-token masking (docs/methods.md).
 
     Rates are drawn per (row, segment); the coin per entry is 16 random bits, which resolves rates
     to 1/65536 at a quarter of the memory of float32 uniforms ([b, L, L] is the big array here).

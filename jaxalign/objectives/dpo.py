@@ -1,29 +1,12 @@
-"""Direct Preference Optimization (Rafailov et al., 2023, arXiv 2305.18290).
+"""Direct Preference Optimization (Rafailov et al., 2023, arXiv 2305.18290), with conservative DPO's
+label smoothing.
 
-Data. Every example of a DPO stream is a pair ``{"parts": [chosen, rejected]}`` (`pair_example`):
-each part is prompt + response + EOS, weighted like `jaxalign.data.examples.sft_example` (0 on the
-prompt, 1 on the response and the EOS). Packing (`jaxalign.data.packing`) puts the two parts of
-an example in the same row as consecutive segments, so with exactly two parts per example,
-segment ``2j - 1`` of a row is the chosen and segment ``2j`` the rejected response of pair j.
+Each example is a pair ``{"parts": [chosen, rejected]}`` (`pair_example`) that packing puts in one
+row as consecutive segments; `loss` compares the policy's and the frozen reference's log-likelihoods
+of the two (the reference's in ``batch["ref_logps"]``, computed by the train step) and counts pairs
+in ``loss_weight``.
 
-Loss. With ``log pi(y) = sum over y's segment of weights * log p(target)`` under the policy and
-``log ref(y)`` the same under the frozen reference model, the implicit rewards are
-``r = beta * (log pi(y) - log ref(y))`` and each pair costs::
-
-    h = r_chosen - r_rejected
-    loss = -(1 - eps) * log sigmoid(h) - eps * log sigmoid(-h)
-
-``eps = label_smoothing`` is the "conservative DPO" variant (Mitchell, 2023, "A note on DPO with
-noisy preferences"): each label is taken to be flipped with probability eps, so the loss no longer
-rewards pushing h to infinity. The loss is the mean over pairs and ``loss_weight`` is the number of
-pairs, so accumulating microbatches (whole rows, hence whole pairs) is exact.
-
-A pair counts only if both its segments have weight > 0: padding (segment 0), segments past a
-row's last example and a lone odd segment contribute nothing, to the loss or to its gradient.
-
-Reference log-probabilities. ``batch["ref_logps"]`` [b, L] float32 is
-``logprobs.token_logps(reference_logits, targets)`` for the same packed rows; the train step computes it
-without gradient (`jaxalign.train.step`, a stream with ``reference=True``). `loss` only reads it.
+Details: docs/methods.md#dpo-jaxalignobjectivesdpo
 """
 
 from __future__ import annotations
@@ -72,7 +55,7 @@ def _check_options(beta: float, label_smoothing: float) -> None:
 def loss(
     logits: Array, batch: dict[str, Array], *, beta: float = 0.1, label_smoothing: float = 0.0
 ) -> tuple[Array, dict[str, Array]]:
-    """The DPO loss of `batch` (rows of pairs, with "ref_logps"; see the module docstring).
+    """The DPO loss of `batch` (rows of pairs, with "ref_logps"; see docs/methods.md).
 
     Metrics: ``loss_weight`` and ``num_pairs`` (pairs counted), and means over pairs of
     ``accuracy`` (r_chosen > r_rejected), ``reward_margin`` (r_chosen - r_rejected),

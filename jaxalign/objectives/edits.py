@@ -1,61 +1,13 @@
 """The edit-chain algorithm of Second Thoughts (Liu et al., "Second Thoughts are Best: Learning to
-Re-Align With Human Values from Text Edits", NeurIPS 2022, arXiv 2301.00355), apart from any model:
-minimum-cost chains of span edits between two token sequences, their serialisation as tokens with
-marker tokens, and parsing a generated continuation back into a chain and a text. It works on token
-ids alone (numpy and rapidfuzz, no model), so it can be used and tested on its own; the objective
-that trains on it is `jaxalign.objectives.edit_chain`.
+Re-Align With Human Values from Text Edits", NeurIPS 2022, arXiv 2301.00355), apart from any model.
 
-Edit chains. A chain is a list of span edits ``Edit(op, start, end, tokens)``, each replacing
-``src[start:end]`` by ``tokens`` (insert: ``start == end``; delete: ``tokens == ()``), in *source*
-coordinates, sorted and non-overlapping. Because every position refers to the source, any subset of
-a chain's edits applies on its own (`apply_chain`), which is what lets a person accept or reject
-single edits; `rebase` moves the remaining edits into the coordinates of the partly edited text.
+Minimum-cost chains of span edits between two token sequences (`compute_chain`; positions in source
+coordinates, so any subset of a chain applies on its own: `apply_chain`), their serialisation as
+tokens with marker tokens (`serialize`), and parsing a generated continuation back into a chain and
+a text (`parse_generation`). It works on token ids alone (numpy and rapidfuzz, no model), so it can
+be used and tested on its own; the objective that trains on it is `jaxalign.objectives.edit_chain`.
 
-`compute_chain` finds a minimum-cost alignment under `Costs` (per token: insert, delete, replace)
-and merges each maximal run of non-matching positions into one span edit. A span that replaces
-``a`` tokens by ``b`` costs ``min(a, b)`` replacements plus the rest as deletions or insertions when
-a replacement is cheaper than a deletion plus an insertion, else ``a`` deletions and ``b``
-insertions (`chain_cost`); with optimal runs this is exactly the minimum edit cost. rapidfuzz's C++
-code computes the alignment wherever it expresses the costs:
-- replace >= insert + delete (the default 1/1/2): substitution never helps, so the cheapest chain
-  keeps a longest common subsequence whatever the insert and delete costs are -> `Indel.opcodes`;
-- insert == delete == replace: plain Levenshtein -> `Levenshtein.opcodes`.
-rapidfuzz 3.14 takes ``weights`` only in ``Levenshtein.distance``, not in ``editops``/``opcodes``,
-so the remaining settings (e.g. 1/1/1.5) use a small numpy dynamic programme here (`_dp_chain`,
-row by row, the in-row insertion chain as a prefix minimum; ~1.5k chains/s at 128 tokens against
-~28k/s for the rapidfuzz paths, see experiments/bench_edit_chain.py). `edit_distance` uses rapidfuzz's
-weighted distance whenever the costs are small fractions, which it scales to integers.
-
-Augmented chains (`AUGMENT_COSTS`): the cost settings give different minimal chains of the same
-pair (e.g. 1/1/1 substitutes where 1/1/2 deletes and inserts). `augmented_chains` returns the
-distinct ones, the first setting's first. A training record fans out to
-``edit_chain.num_chains()`` examples (one per setting); where settings coincide, example i of a pair
-with fewer than i + 1 distinct chains repeats the first chain -- design choice: a constant fanout
-keeps the registry simple, and the repeat only up-weights pairs whose minimal chain is unambiguous.
-
-Serialisation (design choice). Marker tokens (`MARKERS`) are added to the tokenizer
-(`add_markers`); an edit is written as::
-
-    <|ins|> POS <|to|> NEW              insert NEW before source token POS
-    <|del|> POS END OLD                 delete src[POS:END] (OLD, copied as ids)
-    <|sub|> POS END OLD <|to|> NEW      replace src[POS:END] (OLD) by NEW
-
-Positions are decimal text (" 3 4": source token indices, END exclusive) tokenized by the
-tokenizer; OLD and NEW are token ids copied as they are, so a chain detokenises to readable text,
-``<|sub|> 3 4 idiot<|to|> friend<|del|> 7 8 very``. Parsing never re-tokenises decoded text: it
-splits at marker ids (OLD and NEW never contain one; `serialize` refuses them), and inside one edit
-the ids before ``<|to|>`` are position text followed by exactly ``END - POS`` old ids. That count
-fixes where the number text ends, uniquely: appending ids to the position text either breaks the
-"two numbers" pattern or makes END larger while fewer ids are left, so only one split fits, even
-when the old tokens are digits or spaces (this needs only that decoding more ids appends text, as
-sentencepiece's and tokenizers' decoders do; whitespace around the numbers is free, so a decoder
-that drops a leading space still parses). The copied OLD ids make a chain checkable against its
-source: a generated chain whose old tokens differ from the source is a `ChainParseError`, reported
-as a disagreement (`parse_generation`), never a wrong edit silently applied.
-
-Decoding (`parse_generation`): the continuation after the prompt is split at ``<|chain|>``,
-``<|aligned|>`` and EOS into the chain and the target; `Revision` holds both, the chain applied to
-the source, and whether they agree. Tokens between ``<|aligned|>`` and EOS are ignored.
+Details: docs/methods.md#edit-chains-jaxalignobjectivesedits
 """
 
 from __future__ import annotations
@@ -103,7 +55,7 @@ class Costs:
         return self.replace < self.insert + self.delete
 
     def span_cost(self, old: int, new: int) -> float:
-        """The cheapest way to turn `old` tokens into `new` different ones (module docstring)."""
+        """The cheapest way to turn `old` tokens into `new` different ones (docs/methods.md)."""
         pairs = min(old, new) if self.substitutes else 0
         return pairs * self.replace + (old - pairs) * self.delete + (new - pairs) * self.insert
 
@@ -171,7 +123,7 @@ def _merge_opcodes(opcodes: Iterable[tuple[str, int, int, int, int]], src_len: i
 
 
 def _dp_chain(src: list[int], tgt: list[int], costs: Costs) -> list[Edit]:
-    """Minimum-cost chain for costs rapidfuzz's opcodes cannot take (module docstring).
+    """Minimum-cost chain for costs rapidfuzz's opcodes cannot take (docs/methods.md).
 
     A common prefix and suffix are always matched in some optimal alignment (costs are positive
     and per token), so only the middle is aligned. Row i of the table is
@@ -425,7 +377,7 @@ _PARTIAL_NUMBERS = re.compile(r"\s*([0-9]+(\s+([0-9]+\s*)?)?)?", re.ASCII)
 
 
 def serialize(chain: Sequence[Edit], src: Sequence[int], tokenizer: Tokenizer, fmt: ChainFormat) -> list[int]:
-    """The token ids of `chain` (an edit chain of `src`), in the module docstring's grammar."""
+    """The token ids of `chain` (an edit chain of `src`), in the grammar of docs/methods.md."""
     src = _ids(src, "src")
     markers = set(fmt.ids)
     out: list[int] = []
@@ -457,7 +409,7 @@ def _parse_positions(head: list[int], tokenizer: Tokenizer, where: str) -> tuple
 
     Tries k = 1, 2, ...: once the text of head[:k] cannot begin position text, or END - START
     exceeds the ids left, no longer prefix can fit either (decoding more ids only appends text), so
-    the first fit is the only one (module docstring).
+    the first fit is the only one (docs/methods.md).
     """
     for k in range(1, len(head) + 1):
         text = tokenizer.decode(head[:k])

@@ -1,31 +1,12 @@
 """Policy-gradient refinement against a reward model: REINFORCE with a leave-one-out baseline
 (RLOO, Ahmadian et al. 2024, "Back to Basics"), optional PPO-style ratio clipping.
 
-Each prompt is answered ``k`` times by the current policy. Sample i of a prompt gets the return::
+Each prompt is answered k times; a sample's return is its reward, plus an optional coherence bonus,
+minus the sampled KL to the frozen reference, and its advantage is that return minus the mean of the
+prompt's other samples' returns (`leave_one_out`), so no value network is needed. `loss` is the
+per-sequence policy-gradient loss on packed rows; the rollouts are made by `jaxalign.methods.rl`.
 
-    R_i = reward_model(prompt, response_i) + coherence_coef * mean_t log ref(y_t)
-          - kl_coef * sum_t (log pi_old(y_t) - log ref(y_t))
-
-The KL term (the sampled estimate of KL(pi || ref) over the whole response) keeps the policy near
-the frozen reference, the fine-tuned model RL started from; the coherence term (off by default)
-rewards responses the reference finds fluent. The baseline of sample i is the mean return of the
-prompt's *other* ``k - 1`` samples, so the advantage ``A_i = R_i - mean_{j != i} R_j`` is unbiased
-and needs no value network (`leave_one_out`).
-
-Loss (`loss`), per response token t of sample i, with ``ratio = pi(y_t) / pi_old(y_t)``::
-
-    clip == 0:  -A_i * ratio                              (REINFORCE: grad = -A_i grad log pi)
-    clip > 0:   -min(A_i * ratio, A_i * clip(ratio, 1 - clip, 1 + clip))         (PPO's surrogate)
-
-summed over the response's tokens (the return belongs to the whole sequence) and averaged over
-sequences: ``loss_weight`` is the number of sequences. With one update per rollout the ratio is 1
-and both forms have the same gradient; clipping matters when a rollout is reused for several
-updates. ``pi_old`` is the policy that sampled, its per-token log-probabilities
-``batch["old_logps"]`` computed by a full forward pass (not taken from the sampler), so the ratio is
-exactly 1 on the first update.
-
-Rows are those of `jaxalign.data.packing`: one sample per segment, ``weights`` 1 on the generated
-tokens and 0 on the prompt, ``advantages`` and ``old_logps`` per token beside them.
+Details: docs/methods.md#the-policy-gradient-loss-jaxalignobjectivespolicy_gradient
 """
 
 from __future__ import annotations
@@ -65,7 +46,7 @@ def leave_one_out(returns: np.ndarray) -> np.ndarray:
 
 
 def loss(logits: Array, batch: dict[str, Array], *, clip: float = 0.0) -> tuple[Array, dict[str, Array]]:
-    """The policy-gradient loss of `batch` (see the module docstring) and its metrics.
+    """The policy-gradient loss of `batch` (see docs/methods.md) and its metrics.
 
     Metrics, means over sequences: ``loss_weight`` and ``num_sequences``, ``entropy`` (the policy's
     mean per-token entropy on the response), ``logp`` (sequence log-probability), ``advantage``,

@@ -2,56 +2,12 @@
 Interactions", ICLR 2024, arXiv 2305.16960): SFT on the best-rated response of a group, plus a
 rating-modulated penalty on any lower-rated response the model finds at least as likely.
 
-Loss. A group is K responses to one query with ratings s_i (scale maximum R, `rating_scale`);
-``L_i`` is the mean token NLL of response i (its EOS included), b the highest-rated response::
+A group is one multi-part example packed into one row, each part carrying its rating and its place
+in the group (``sa_rating``, ``sa_index``); `group_arrays` recovers ``[groups, K]`` arrays from the
+rows, `stable_alignment_loss` computes the loss on them, and ``loss_weight`` counts groups. Where
+the reference code is loose or wrong, the choices made here are listed in the docs.
 
-    delta_j = L_b - L_j + M * (s_b - s_j) / R          for the other responses j != b
-    loss    = L_b + lam * max(0, mean_j delta_j)         ("max": max_j instead of mean_j)
-
-A lower-rated response must be less likely than the best (L_j > L_b) by a margin that grows with
-its rating gap; the penalty is a hinge on the group's mean (or worst) violation. `stable_alignment_loss`
-computes it on a ``[groups, K]`` array with a ``valid`` mask, so groups of fewer than K responses
-and padding groups share one static shape: invalid entries are replaced (``jnp.where``) before any
-arithmetic, so NaN or Inf there changes neither the loss nor any gradient. A group with one valid
-response has no penalty: it is plain SFT on that response. The loss is the mean over groups with a
-valid response and ``loss_weight`` is their number, so microbatch accumulation
-(`jaxalign.train.step`) is exact.
-
-Choices where the reference code (github.com/agi-templar/Stable-Alignment, ``alignment.py``) is
-loose or wrong:
-- the best response of tied ratings is the first (the reference sorts with an unstable sort); a
-  tie with the best gives delta_j = L_b - L_j: no rating gap, the best is still preferred;
-- the reference indexes its *sorted* ratings with *unsorted* positions when it computes the margin;
-  we use the rating of response j itself, as the paper's formula says;
-- its collator keeps only the last query of a batch (batch size 1 in effect); here any number of
-  groups share rows and batches (below), so every group of a batch counts;
-- every response ends in EOS and is prompted with `jaxalign.data.examples.format_prompt`, the
-  template generation uses (the reference trains and samples with different templates, no EOS).
-
-Packed rows. A group is one multi-part example ``{"parts": [response_1, ..., response_k]}``
-(`group_example`), each part prompt + response + EOS weighted as `examples.sft_example` (0 on the
-prompt, 1 on the response and EOS) and carrying two per-token fields (pack with ``fields=FIELDS``):
-``sa_rating`` (the response's rating) and ``sa_index`` (its place in the group, 0 .. k-1).
-`jaxalign.data.packing` puts the parts of an example in one row as consecutive segments, so a group
-never spans rows and a group starts exactly at a segment whose ``sa_index`` is 0. `group_arrays`
-recovers the groups: per-segment sums give each response's mean NLL, a running count of group
-starts gives each segment its group, and a scatter-add fills ``[rows, seq_len + 1, K]`` grids
-(the column count bounds the groups a row can hold). A group's values therefore do not depend on
-what else shares its row or batch (tested).
-
-Truncation: a group longer than ``seq_len`` is cut by packing's water-filling (each part to a common
-cap); a part whose response is cut away entirely has no weighted token and becomes invalid, so the
-best remaining response leads the group. Choose seq_len to hold K prompts and responses.
-
-Groups larger than K (`select_responses`, design choice): the best response (first of the highest
-rating) is always kept and K - 1 of the others are drawn uniformly without replacement, from a
-generator seeded by (seed, record index), so a record trains on the same subset every epoch and on
-every resume. Keeping the best makes the SFT term train on the group's best response, not on
-whichever response a uniform sample (the reference's ``random.sample``, redrawn per batch) happens
-to rate highest. The kept responses stay in the record's order.
-
-Defaults (registry): K = 3, M = 1, lam = 0.5, R = 7 are the reference code's defaults; the paper's
-README recipe trains with M = 10 and lam = 0.2.
+Details: docs/methods.md#the-stable-alignment-loss-jaxalignobjectivesstable_alignment
 """
 
 from __future__ import annotations
@@ -97,7 +53,7 @@ def stable_alignment_loss(
     nll: Array, ratings: Array, valid: Array, margin: float = 1.0, lam: float = 0.5,
     rating_scale: float = 7.0, reduce: str = "mean",
 ) -> tuple[Array, dict[str, Array]]:
-    """The Stable Alignment loss of groups (module docstring) and its metrics.
+    """The Stable Alignment loss of groups (docs/methods.md) and its metrics.
 
     `nll` [G, K]: each response's mean token NLL; `ratings` [G, K]; `valid` [G, K] bool: which
     entries are responses (anything may stand in the others, NaN included).
@@ -170,7 +126,7 @@ def group_example(
     ratings: Sequence[float], eos_id: int,
 ) -> dict[str, list[Example]]:
     """One group -> ``{"parts": [...]}``: per response, prompt + response + EOS (weights as
-    `sft_example`) with ``sa_rating`` and ``sa_index`` on every token (module docstring)."""
+    `sft_example`) with ``sa_rating`` and ``sa_index`` on every token (docs/methods.md)."""
     if not len(responses_ids) or len(ratings) != len(responses_ids):
         raise ValueError(f"group_example: need one rating per response and at least one response, got "
                          f"{len(responses_ids)} responses and {len(ratings)} ratings")
@@ -238,7 +194,7 @@ def loss(
     logits: Array, batch: dict[str, Array], *, margin: float = 1.0, lam: float = 0.5,
     rating_scale: float = 7.0, reduce: str = "mean", group_size: int = 3,
 ) -> tuple[Array, dict[str, Array]]:
-    """`stable_alignment_loss` of the groups packed in `batch` (module docstring); same metrics."""
+    """`stable_alignment_loss` of the groups packed in `batch` (docs/methods.md); same metrics."""
     check_options(margin, lam, rating_scale, reduce, group_size)
     nll, ratings, valid = group_arrays(logits, batch, group_size)
     return stable_alignment_loss(nll, ratings, valid, margin, lam, rating_scale, reduce)

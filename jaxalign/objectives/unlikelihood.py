@@ -1,39 +1,11 @@
 """SFT + unlikelihood on negative responses (Welleck et al., 2019, arXiv 1908.04319).
 
-The baseline of the Chain of Hindsight paper (Liu et al., 2023, Table 4): maximise the likelihood
-of the preferred responses and minimise that of the dispreferred ones with the unlikelihood term
-``-log(1 - p(target))``, which, unlike adding +log p, is bounded below and stops pushing once a
-token has become unlikely.
+A baseline of the Chain of Hindsight paper (Table 4): likelihood on the preferred responses plus
+``alpha * -log(1 - p(target))`` on the dispreferred ones' tokens, a term that is bounded below and
+stops pushing once a token has become unlikely. Rows carry ``ul_weights`` beside ``weights``; with
+all of them 0 the loss is `lm.loss` exactly.
 
-Data. Two kinds of examples, packed together (`jaxalign.data.packing` with
-``fields=("ul_weights",)``, so rows carry ``ul_weights`` beside ``weights``):
-
-    positive_example(prompt, response, eos)   weights 1 on response + EOS, ul_weights 0
-    negative_example(prompt, response, eos)   weights 0, ul_weights 1 on the response tokens
-
-Design choice: the EOS after a negative response gets no unlikelihood weight by default
-(``ul_on_eos=False``). What makes the response bad is its content; pushing down "stop here" after
-it would only teach the model to ramble on after bad text, and push EOS down in general.
-
-Loss. Per token, ``nll = -log p(target)`` weighted by ``weights`` and ``ul = -log(1 - p(target))``
-weighted by ``ul_weights``; with ``alpha`` the weight of the unlikelihood term:
-
-    "token"     (sum(w * nll) + alpha * sum(u * ul)) / (sum(w) + sum(u)): every trained token,
-                pulled up or pushed down, counts the same. loss_weight = sum(w) + sum(u).
-    "sequence"  per sequence (packed segment) the same ratio over its own tokens, then the mean
-                over sequences with sum(w) + sum(u) > 0 (Chain of Hindsight's convention, as in
-                `lm`). loss_weight = the number of such sequences.
-
-Either way the loss is one numerator over one ``loss_weight``, so microbatch accumulation is
-exact (`jaxalign.objectives`), and with all ``ul_weights`` 0 it is `lm.loss` exactly. The metrics
-``nll`` and ``unlikelihood`` are the two terms with that same normaliser (``loss = nll + alpha *
-unlikelihood``), so they too combine exactly over microbatches; for "token", the mean NLL of the
-positive tokens is ``nll * loss_weight / tokens`` and the mean ul per negative token is
-``unlikelihood * loss_weight / num_ul_tokens``.
-
-``log(1 - p)`` is computed as logsumexp over the other tokens minus logsumexp over all, in float32:
-exact also when p rounds to 1 (where ``log1p(-exp(log p))`` is -inf), so the term never overflows,
-and its gradient with respect to the target's logit is p, bounded.
+Details: docs/methods.md#unlikelihood-jaxalignobjectivesunlikelihood
 """
 
 from __future__ import annotations
@@ -75,7 +47,7 @@ def negative_example(
     """prompt + response + EOS, trained down (unlikelihood) on the response tokens.
 
     ``weights`` are all 0; ``ul_weights`` are 1 on the response tokens, and on the EOS only with
-    `ul_on_eos` (see the module docstring).
+    `ul_on_eos` (see docs/methods.md).
     """
     example = examples.sft_example(prompt_ids, response_ids, eos_id)
     ul_weights = example["weights"].copy()
@@ -85,7 +57,7 @@ def negative_example(
 
 
 def log1m_prob(logits: Array, targets: Array) -> Array:
-    """``log(1 - p(target))`` [b, L] float32, stable for every p (see the module docstring)."""
+    """``log(1 - p(target))`` [b, L] float32, stable for every p (see docs/methods.md)."""
     logits = logits.astype(jnp.float32)
     is_target = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.bool_)
     others = jax.nn.logsumexp(jnp.where(is_target, -jnp.inf, logits), axis=-1)
@@ -104,7 +76,7 @@ def _check_options(alpha: float, normalization: str) -> None:
 def loss(
     logits: Array, batch: dict[str, Array], *, alpha: float = 1.0, normalization: str = "token"
 ) -> tuple[Array, dict[str, Array]]:
-    """NLL on ``weights`` + alpha * unlikelihood on ``ul_weights`` (see the module docstring).
+    """NLL on ``weights`` + alpha * unlikelihood on ``ul_weights`` (see docs/methods.md).
 
     Metrics: ``loss_weight``, ``nll`` and ``unlikelihood`` (the loss's two terms), ``num_ul_tokens``
     (sum of ul_weights) and, for "sequence", ``num_sequences``.

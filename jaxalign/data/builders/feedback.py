@@ -11,8 +11,9 @@ summarize_feedback   summarize-from-feedback's comparisons/   train, validation 
 
 Where to download each one: the builder's MANUAL_DOWNLOAD_INSTRUCTIONS (hh_rlhf.HhRlhf,
 webgpt.WebGpt, summarize_feedback.SummarizeFeedback); nothing is downloaded at run time. How each
-format is parsed: the docstrings of hh_rlhf.py, webgpt.py and summarize_feedback.py, whose
-``parse_line`` (one line -> record, or `Skip` raised with the reason) is public.
+format is parsed (each builder's ``parse_line``, public: one line -> record, or `Skip` raised with
+the reason): webgpt and summarize_feedback in docs/data.md#human-feedback-comparisons-chain-of-hindsight,
+hh_rlhf in hh_rlhf.py's docstring.
 
 Records are in the preference schema of jsonl.py plus ``task``; a data source returns bytes, and
 `decode_record` gives str. They feed ``pipeline.make_batches`` (``kind="preference"``) and the CoH
