@@ -146,6 +146,12 @@ def _check_args(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_toke
                              f"[0, {cfg.vocab_size})")
     if max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 0")
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    if len(prompts[longest]) + max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(f"generate: prompt {longest} has {len(prompts[longest])} tokens; with "
+                         f"max_new_tokens={max_new_tokens} that passes the model's context of "
+                         f"{cfg.max_position_embeddings} positions (max_position_embeddings); shorten the "
+                         "prompt or lower max_new_tokens")
     if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(f"generate: need temperature >= 0, top_k >= 0 and 0 < top_p <= 1; got "
                          f"temperature={temperature}, top_k={top_k}, top_p={top_p}")

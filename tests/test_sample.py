@@ -154,3 +154,7 @@ def test_bad_input_is_named(setup):
         _gen(setup, [[1, 256]])
     with pytest.raises(ValueError, match="top_p"):
         _gen(setup, top_p=0.0)
+    # The tiny preset has 512 positions: 510 prompt tokens + 3 new ones do not fit, + 2 do.
+    with pytest.raises(ValueError, match=r"prompt 1 has 510 tokens; with max_new_tokens=3 that passes the "
+                                         r"model's context of 512 positions"):
+        _gen(setup, [[1], [1] * 510], max_new_tokens=3)

@@ -137,6 +137,7 @@ def test_malformed_record_is_exit_2_naming_file_and_line(tmp_path, capsys):
         ("--config.mesh=3,-1,1", "does not divide"),
         ("--config.log_every=0", "config.log_every=0 must be a positive integer"),
         ("--config.checkpoint_every=-5", "config.checkpoint_every=-5 must be a positive integer"),
+        ("--config.seq_len=4096", "config.seq_len=4096 is longer than the model's context of 512 positions"),
     ],
 )
 def test_bad_config_is_one_clear_error(override, message, tmp_path, capsys):

@@ -60,6 +60,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
         cfg, reference = start.cfg, start.params
         if cfg.head != "lm":
             raise ValueError(f"config.init_from={config.init_from!r} is a reward model, not a policy")
+        run_lib.check_context(cfg, config.seq_len)
         rm = _reward_model(opts["reward_model"], run.mesh)
         tx, schedule = optim.make_optimizer(config.optimizer)
         # The model trained is the policy's, whatever config.model says: record it, so that loading or

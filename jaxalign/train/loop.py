@@ -53,7 +53,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     if registry.is_rl(config.get("objective", {})):
         raise ValueError("config.objective.name='rl' is trained by jaxalign.methods.rl.train "
                          "(`jaxalign train` dispatches there)")
-    model_config(config, vocab_size=256)  # the model section's errors, before data writes a tokenizer
+    # The model section's errors, before data writes a tokenizer (the vocabulary is not known yet).
+    run_lib.check_context(model_config(config, vocab_size=256), config.seq_len)
     with run_lib.Run(config, workdir) as run:
         data = _build_data(run_lib.data_config(config), run.workdir, config)
         vocab = data.tokenizer.vocab_size

@@ -113,6 +113,13 @@ def check_counts(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{key}={value!r} must be a positive integer")
 
 
+def check_context(cfg: models.ModelConfig, seq_len: int) -> None:
+    """A row longer than the model's context would train positions it was never meant to see."""
+    if seq_len > cfg.max_position_embeddings:
+        raise ValueError(f"config.seq_len={seq_len} is longer than the model's context of "
+                         f"{cfg.max_position_embeddings} positions (model.max_position_embeddings)")
+
+
 def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config.data`, with `init_from`'s tokenizer when the config names none."""
     init_from = config.get("init_from", "")
