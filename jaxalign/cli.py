@@ -258,16 +258,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from jaxalign import config as config_lib
+    from jaxalign import paths
     from jaxalign.eval import report as report_lib
 
     config = config_lib.load_config(args.config, args.overrides)
     report = report_lib.evaluate(config, args.checkpoint, mesh=args.mesh, num_eval=args.num_eval,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  seed=args.seed, hint=_hint(args), safety_judge=args.safety_judge)
-    out = report_lib.write(report, args.out or Path(args.checkpoint) / "eval.json")
+    out = report_lib.write(report, args.out or paths.path(args.checkpoint) / "eval.json")
     summary = {k: report[k] for k in ("preference", "feedback", "rouge", "task", "safety") if k in report}
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}")

@@ -3,7 +3,7 @@ refinement (`jaxalign.methods.rl`) when the objective is RL. The CLI's `train` a
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import ml_collections
@@ -11,7 +11,7 @@ import ml_collections
 from jaxalign.objectives import registry
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Trains (or resumes) `config` in `workdir`; returns the trainer's summary."""
     if registry.is_rl(config.get("objective", {})):
         from jaxalign.methods import rl

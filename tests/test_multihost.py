@@ -61,12 +61,13 @@ def _free_port() -> int:
 
 
 def _launch(config: Path, workdir: Path, devices: int, extra: list[str]) -> subprocess.Popen:
+    """`workdir` may be a bucket URL (an epath.Path); the compilation cache stays beside `config`."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # as conftest sets for the parent
     # The resumed run compiles what the single run did: share a compilation cache.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(workdir.parent / "jax_cache")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(config.parent / "jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "jaxalign.cli", "train", "--config", str(config),
@@ -168,6 +169,16 @@ def _assert_same_run(runs, name: str, steps: int) -> None:
 
 def test_two_processes_train_as_one(runs):
     _assert_same_run(runs, "pair", STEPS)
+
+
+def test_pair_with_a_bucket_workdir_trains_as_one(runs, bucket):
+    """Both processes share one run directory in a bucket (a real GCS server on localhost), as the
+    workers of a pod slice do: checkpoints, metrics and config land there, and nothing local."""
+    config = runs["single"].parent / "tiny.py"
+    _wait(_pair(config, bucket / "pair"))
+    _assert_same_run({**runs, "bucket": bucket / "pair"}, "bucket", STEPS)
+    assert (bucket / "pair" / "config.json").is_file()
+    assert not (Path(__file__).parents[1] / "gs:").exists()  # the processes run in the repository
 
 
 def test_pair_checkpoint_resumes_in_one_process(runs):

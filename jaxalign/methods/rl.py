@@ -14,13 +14,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from jaxalign import api, forward, modeldir, sample
@@ -46,7 +46,7 @@ class Rollout:
     responses: list[str]
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dict[str, Any]:
     """Refines ``config.init_from`` against ``config.objective.reward_model``; resumes like `loop.train`."""
     opts = _options(config)
     with run_lib.Run(config, workdir) as run:
@@ -119,6 +119,7 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, ctx: _Context, st
             writer.write(step, {**metrics, **out.stats, "train_tokens_per_s": rows / seconds})
         if step % config.checkpoint_every == 0 or step == config.total_steps:
             run.checkpointer.save(step, state, {"step": step}, run.resolved, force=True)
+            writer.flush()
     return state
 
 
@@ -153,7 +154,7 @@ def _options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return opts
 
 
-def policy_objective(path: str | Path) -> ml_collections.ConfigDict:
+def policy_objective(path: str | epath.PathLike) -> ml_collections.ConfigDict:
     """The objective section a policy was trained with (how it is prompted and read back), as its
     directory records it (an RL run records its policy's); plain SFT for a model of unknown training."""
     if workdir_lib.is_workdir(path):

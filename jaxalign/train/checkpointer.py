@@ -17,13 +17,13 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jaxalign import paths
 from jaxalign.modeldir import CheckpointMismatchError, _flatten, check_tree_fits
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Checkpointer:
             isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1
         ):
             raise ValueError(f"Checkpointer: save_every={save_every!r} must be a positive integer or None")
-        self.directory = Path(directory).expanduser().absolute()  # orbax needs absolute paths
+        self.directory = paths.path(directory)  # orbax needs absolute paths (or URLs)
         self.keep = keep
         self.save_every = save_every
         self.async_save = async_save

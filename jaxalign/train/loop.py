@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from jaxalign import api, modeldir, models
 from jaxalign import workdir as workdir_lib
@@ -41,7 +41,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> models.M
     return models.get_preset(config.model.preset, **overrides)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dict[str, Any]:
     """Trains (or resumes) and returns a summary: final step, last loss, samples and score.
 
     ``config.init_from`` (optional) starts from a trained model (a train workdir, a jaxalign model
@@ -128,6 +128,7 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
                 window = _Window()
             if due_save or preempted:
                 run.checkpointer.save(step, state, batches.get_state(), run.resolved, force=True)
+                writer.flush()
             if preempted:
                 log.warning("SIGTERM: saved step %d, stopping", step)
                 return state, "preempted"
@@ -136,7 +137,7 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
     return state, "done"
 
 
-def _build_data(data_cfg: ml_collections.ConfigDict, workdir: Path,
+def _build_data(data_cfg: ml_collections.ConfigDict, workdir: epath.Path,
                 config: ml_collections.ConfigDict) -> sources.Data:
     """`sources.build`, on process 0 first: it may train and save the workdir's tokenizer, which the
     other processes then load instead of racing to write the same files (a shared workdir)."""

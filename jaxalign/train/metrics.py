@@ -3,6 +3,13 @@
 metrics.jsonl holds one JSON object per logged step with at least `step` and `loss`. A resumed
 run first drops the lines past the step it resumes from, so the file always reads as one
 uninterrupted run.
+
+In a bucket an append rewrites the whole object, and one object takes about one write a second, so
+there lines are buffered and written every `BUCKET_FLUSH_SECONDS`, at each checkpoint (`flush`) and
+at the end; a crash loses at most the lines after the last checkpoint, which the resumed run
+writes again anyway. TensorBoard's event file is written in a local directory and copied to the
+bucket at the same moments (tensorboardX's own gs:// writer uploads again from its finaliser, at
+interpreter exit, with two minutes of retries when the bucket cannot be reached).
 """
 
 from __future__ import annotations
@@ -11,18 +18,21 @@ import json
 import logging
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import tqdm
+from etils import epath
 
+from jaxalign import paths
 from jaxalign.models import ModelConfig
 
 log = logging.getLogger(__name__)
+BUCKET_FLUSH_SECONDS = 30.0
 
 # Dense peak FLOP/s per chip for MFU (bf16 unless noted), from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -52,13 +62,18 @@ def device_peak_flops(device: jax.Device | None = None) -> float | None:
 class MetricsWriter:
     """Writes every logged step to JSONL and TensorBoard; only process 0 writes."""
 
-    def __init__(self, workdir: str | Path, total_steps: int, start_step: int = 0):
-        self.path = Path(workdir) / "metrics.jsonl"
+    def __init__(self, workdir: str | epath.PathLike, total_steps: int, start_step: int = 0):
+        self.path = paths.path(workdir) / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
+        self._pending: list[str] = []
+        self._flushed = time.monotonic()
+        self._buffered = paths.is_url(self.path)
         if not self.enabled:
             return
         _truncate_after(self.path, start_step)
-        self.tb = _summary_writer(Path(workdir) / "tensorboard")
+        self.tb_dir = paths.path(workdir) / "tensorboard"
+        self._tb_local = tempfile.TemporaryDirectory(prefix="jaxalign-tb-") if self._buffered else None
+        self.tb = _summary_writer(self._tb_local.name if self._tb_local else self.tb_dir)
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                              dynamic_ncols=True)
 
@@ -70,8 +85,9 @@ class MetricsWriter:
         if not self.enabled:
             return
         values = {f"{prefix}{k}": _plain(v) for k, v in metrics.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
+        self._pending.append(json.dumps({"step": step, **values}) + "\n")
+        if not self._buffered or time.monotonic() - self._flushed > BUCKET_FLUSH_SECONDS:
+            self.flush()
         for key, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(key, value, step)
@@ -79,9 +95,23 @@ class MetricsWriter:
             shown = {k: values[k] for k in ("loss", "lr", "tokens_per_s", "mfu") if k in values}
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
+    def flush(self) -> None:
+        """Writes the buffered lines (a checkpoint was saved: they must outlive a crash)."""
+        if self.enabled and self._pending:
+            paths.append(self.path, "".join(self._pending).encode("utf-8"))
+            self._pending.clear()
+        if self.enabled and self._tb_local is not None:
+            self.tb.flush()
+            for event_file in epath.Path(self._tb_local.name).glob("events.*"):
+                paths.write_atomic(self.tb_dir / event_file.name, event_file.read_bytes())
+        self._flushed = time.monotonic()
+
     def close(self) -> None:
         if self.enabled:
             self.tb.close()
+            self.flush()
+            if self._tb_local is not None:
+                self._tb_local.cleanup()
             self.bar.close()
 
 
@@ -92,7 +122,7 @@ def _plain(value: Any) -> Any:
         return value
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def _truncate_after(path: epath.Path, step: int) -> None:
     """Keeps the lines of steps up to `step` (a resumed run rewrites what follows). A torn last line
     (what a crash or a full disk leaves) is dropped with a warning; a bad line elsewhere is an error
     naming file and line, since lines before it could not have been written after it."""
@@ -112,12 +142,11 @@ def _truncate_after(path: Path, step: int) -> None:
             continue
         if row["step"] <= step:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)  # atomic: a crash here leaves the old file or the new one, never half of one
+    # Atomic: a crash here leaves the old file or the new one, never half of one.
+    paths.write_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def _summary_writer(directory: Path) -> Any:
+def _summary_writer(directory: str | epath.Path) -> Any:
     """tensorboardX's SummaryWriter. tensorboardX imports torch whenever it is installed, only to
     accept torch tensors (about 1.7 s of every start); the import is hidden from it unless torch is
     loaded already, so a run of jaxalign never pays for PyTorch."""

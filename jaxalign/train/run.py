@@ -18,17 +18,17 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
-from jaxalign import models, sample
+from jaxalign import models, paths, sample
 from jaxalign import workdir as workdir_lib
 from jaxalign.data import sources
 from jaxalign.objectives import registry
@@ -47,12 +47,12 @@ class NonFiniteLossError(RuntimeError):
 class Run:
     """A workdir, its mesh, checkpointer and resolved config (see the module docstring)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> None:
         config_lib.check_keys(config, TOP_KEYS, "the config")
         check_counts(config)  # before anything is written
         self.config = config
         self.mesh: Mesh = mesh_lib.make_mesh(config.mesh)
-        self.workdir = Path(workdir).absolute()
+        self.workdir = paths.path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.resolved: dict[str, Any] = json.loads(config_lib.to_json(config))
         self._checkpointer: Checkpointer | None = None
@@ -71,7 +71,7 @@ class Run:
         """Writes the resolved config and the model's description (shape, prompt template, the objective
         it answers as), so readers rebuild and prompt the model without asking the objective."""
         if jax.process_index() == 0:
-            (self.workdir / workdir_lib.CONFIG).write_text(json.dumps(self.resolved, indent=2) + "\n")
+            paths.write_atomic(self.workdir / workdir_lib.CONFIG, json.dumps(self.resolved, indent=2) + "\n")
             workdir_lib.write_description(self.workdir, cfg, prompt_template, dict(objective))
 
     def restore(self, cfg: models.ModelConfig, tx: Any) -> tuple[Any, dict[str, Any]] | None:
@@ -143,7 +143,7 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
 
 
 def write_samples(config: ml_collections.ConfigDict, cfg: models.ModelConfig, params: Any, mesh: Mesh,
-                  data: sources.Data, objective: registry.Objective, workdir: Path) -> dict[str, Any]:
+                  data: sources.Data, objective: registry.Objective, workdir: epath.Path) -> dict[str, Any]:
     """Greedy generations for the first eval records, prompted and read back as the objective trained
     them (CoH's positive marker, an edit chain's draft and chain), scored when the task has a judge."""
     records = [r for r in data.eval if "prompt" in r][: config.num_samples]
@@ -161,6 +161,5 @@ def write_samples(config: ml_collections.ConfigDict, cfg: models.ModelConfig, pa
             row["score"] = score
         result["score"] = float(np.mean(scores))
     if jax.process_index() == 0:
-        with (workdir / workdir_lib.SAMPLES).open("w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+        paths.write_atomic(workdir / workdir_lib.SAMPLES, "".join(json.dumps(row) + "\n" for row in rows))
     return result
