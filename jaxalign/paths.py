@@ -138,3 +138,41 @@ def local_copy(p: PathLike) -> Iterator[epath.Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(remote.read_bytes())
         yield local
+
+
+def copy_tree(src: PathLike, dst: PathLike, last: Sequence[str] = ()) -> None:
+    """Copies directory `src` into `dst`, each between a local disk and a bucket or within one,
+    file by file (streamed, not held in memory). The top-level files named in `last` go after every
+    other file, so a reader that looks for them never sees a partial copy as complete."""
+    src, dst = path(src), path(dst)
+    files = sorted(_files(src), key=lambda f: (f.parent == src and f.name in last, str(f)))
+    for f in files:
+        target = dst / os.path.relpath(str(f), str(src))
+        if not is_url(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with f.open("rb") as reader, target.open("wb") as writer:
+            while chunk := reader.read(1 << 24):
+                writer.write(chunk)
+
+
+def create_exclusive(p: PathLike, data: str | bytes) -> bool:
+    """Creates `p` holding `data` unless it exists; returns whether this call created it. Atomic
+    against other processes and hosts: O_EXCL locally; on a bucket the upload carries GCS's
+    ``ifGenerationMatch=0`` precondition (gcsfs's "xb" mode). fake-gcs-server ignores that
+    precondition, so the `exists` check before it is what the emulator tests see."""
+    target = path(p)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        if is_url(target):
+            if target.exists():
+                return False
+            with fsspec.open(str(target), "xb") as f:
+                f.write(payload)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+    except FileExistsError:
+        return False
+    return True

@@ -57,6 +57,8 @@ def gcs_emulator(tmp_path_factory):
         except OSError:
             time.sleep(0.1)
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+           # array_record's C++ reader (a TFDS build in a bucket) asks google-cloud-cpp, which reads this.
+           "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
            # gcsfs would ask the Storage Control API (not emulated) for each bucket's layout.
            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}

@@ -44,3 +44,10 @@ def test_move_tree_and_local_copy(root):
         assert (local / "sub" / "a.bin").read_bytes() == b"a" and (local / "marker.json").exists()
     paths.rmtree(root / "out")
     assert not (root / "out").exists()
+
+
+def test_create_exclusive(root):
+    f = root / "lock"
+    assert paths.create_exclusive(f, "first")
+    assert not paths.create_exclusive(f, "second")
+    assert f.read_text() == "first"

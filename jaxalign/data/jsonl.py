@@ -17,6 +17,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from jaxalign import paths
+
 
 class RecordError(ValueError):
     """A malformed record: the message starts with ``path:line:``."""
@@ -202,16 +204,16 @@ def parse_record(text: str, schema: Schema, path: str, line: int) -> dict[str, A
 def read_records(path: str | os.PathLike, schema: str | Schema) -> Iterator[dict[str, Any]]:
     """Yields the records of a JSONL file one by one, checked against `schema`.
 
-    `schema` is a name in SCHEMAS ("text", "preference", "labelled", "group") or a Schema. Blank
-    lines are skipped. The first malformed line raises RecordError ("path:line: ..."); records before it have
-    already been yielded.
+    `path` is local or a URL (``gs://...``). `schema` is a name in SCHEMAS ("text", "preference",
+    "labelled", "group") or a Schema. Blank lines are skipped. The first malformed line raises
+    RecordError ("path:line: ..."); records before it have already been yielded.
     """
     if isinstance(schema, str):
         if schema not in SCHEMAS:
             raise ValueError(f"unknown record schema {schema!r}; known: {', '.join(SCHEMAS)}")
         schema = SCHEMAS[schema]
     shown = os.fspath(path)
-    with open(path, "rb") as f:
+    with paths.path(path).open("rb") as f:
         for line_number, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")

@@ -18,9 +18,9 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from jaxalign import paths
 from jaxalign.data import jsonl
 from jaxalign.data import sandbox_records as records_lib
 
@@ -224,15 +224,12 @@ def check_group(group: Mapping[str, Any], where: str) -> None:
 
 
 def write_groups(groups: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> int:
-    """Writes group records as JSON lines (fields in GROUP_FIELDS order) to `path`, replacing it
-    whole (a temporary file renamed over it, so a reader never sees half a file); returns how many."""
+    """Writes group records as JSON lines (fields in GROUP_FIELDS order) to `path` (local or a URL),
+    replacing it whole (`paths.write_atomic`, so a reader never sees half a file); returns how many."""
     lines = []
     for index, group in enumerate(groups):
         check_group(group, f"group {index}")
         ordered = {field: group[field] for field in GROUP_FIELDS if field in group}
         lines.append(json.dumps(ordered, ensure_ascii=False) + "\n")
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(lines), encoding="utf-8", newline="\n")
-    os.replace(temporary, path)
+    paths.write_atomic(path, "".join(lines))
     return len(lines)

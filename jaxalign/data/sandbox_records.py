@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from jaxalign import paths
 from jaxalign.data import jsonl
 
 SCALE_MIN, SCALE_MAX = 1, 7  # every rating and score is an integer on this scale
@@ -172,7 +173,7 @@ def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | Interaction
     """(1-based line number, text without its line break) of each non-blank line, or an
     InteractionError for a line that is not UTF-8; a byte-order mark on line 1 is dropped."""
     shown = os.fspath(path)
-    with open(path, "rb") as f:
+    with paths.path(path).open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
@@ -211,16 +212,14 @@ def format_record(record: Mapping[str, Any], where: str = "record") -> str:
 
 
 def append_records(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:
-    """Appends `records` to the JSONL file `path` (created if missing); returns how many.
+    """Appends `records` to the JSONL file `path` (local or a URL; created if missing); returns how many.
 
     Every record is checked before anything is written, so a bad record leaves the file as it
-    was; the lines go out in one write and are flushed to disk (fsync) before returning, so a
-    round that `append_records` returned from survives a crash.
+    was; the lines go out in one write and are durable (`paths.append`: fsynced locally, one
+    object upload on a bucket) before returning, so a round that `append_records` returned from
+    survives a crash.
     """
     lines = [format_record(record, f"record {index}") for index, record in enumerate(records)]
     if lines:
-        with open(path, "a", encoding="utf-8", newline="\n") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        paths.append(path, "".join(lines).encode("utf-8"))
     return len(lines)

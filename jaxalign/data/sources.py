@@ -3,7 +3,9 @@
 One of ``data.task`` (a bundled synthetic task), ``data.jsonl`` (your records) or ``data.dataset``
 (a TFDS build of upstream files, read lazily) gives the records, still text: the objective turns
 them into examples as the pipeline reads them. Also picks the stages of group records
-(``data.stage``) and the plain-text pretraining stream of Chain of Hindsight.
+(``data.stage``) and the plain-text pretraining stream of Chain of Hindsight. Every path (the
+workdir, data.jsonl, data.source_dir, data.tfds_dir, data.tokenizer, pretrain.jsonl) may be local
+or a URL (``gs://...``).
 
 Details: docs/data.md#from-a-config-to-records-jaxaligndatasources
 """
@@ -11,14 +13,16 @@ Details: docs/data.md#from-a-config-to-records-jaxaligndatasources
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
+from jaxalign import paths
 from jaxalign.config import check_keys
 from jaxalign.data import jsonl, synthetic
 from jaxalign.data import sandbox_alignment as alignment_data
@@ -63,11 +67,12 @@ class Data:
         return [r["prompt"] for r in self.eval if "prompt" in r]
 
 
-def build(data_cfg: ml_collections.ConfigDict, workdir: Path, seed: int,
+def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed: int,
           pretrain_cfg: ml_collections.ConfigDict | None = None, tokenizer: Tokenizer | None = None) -> Data:
     """Records and a tokenizer: `tokenizer` if given, else the workdir's, data.tokenizer, or a new one
     trained on the data (saved in the workdir, so a resumed run keeps its ids)."""
     check_keys(data_cfg, DATA_KEYS, "config.data")
+    workdir = paths.path(workdir)
     chosen = [k for k in ("task", "jsonl", "dataset") if data_cfg.get(k)]
     if len(chosen) != 1:
         raise ValueError(
@@ -163,7 +168,7 @@ def _sandbox_splits(data_cfg: ml_collections.ConfigDict, tfds_dir: str, stages: 
     return train, evals, held_out, "group"
 
 
-def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: Path,
+def _tfds_splits(data_cfg: ml_collections.ConfigDict, workdir: epath.Path,
                  stages: tuple[str, ...] | None = None) -> tuple[Any, list[dict[str, Any]], str, str]:
     """(train source, held-out records, where they come from, the records' schema)."""
     from jaxalign.data import builders  # tensorflow_datasets is slow to import: only when needed
@@ -254,7 +259,7 @@ def _as_text(value: str | bytes) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def _tokenizer(data_cfg: ml_collections.ConfigDict, workdir: Path, corpus) -> Tokenizer:
+def _tokenizer(data_cfg: ml_collections.ConfigDict, workdir: epath.Path, corpus) -> Tokenizer:
     """The workdir's tokenizer when resuming (ids must not change), else a given or new one."""
     saved = workdir / "tokenizer"
     if saved.exists():

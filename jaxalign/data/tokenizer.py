@@ -6,6 +6,9 @@
     ids = tok.encode("Good: <|chain|> fine", add_bos=True)
     tok.save_pretrained("out/")             # transformers.AutoTokenizer loads the same ids
 
+Paths may be local or URLs (``gs://...``): files are read and written whole, as bytes or text,
+through `jaxalign.paths`, never handed to sentencepiece or tokenizers by name.
+
 Sentencepiece models trained here use LLaMA's special ids (unk=0, bos=1, eos=2) plus a real pad
 piece, pad=3, so batches can be filled with an id the model owns; `<pad>` is a control piece that
 encoding never produces and decoding drops. They also differ from LLaMA's own model in one way:
@@ -29,12 +32,14 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 import tokenizers
+from etils import epath
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from jaxalign import paths
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ class Tokenizer:
         A directory with both (most Hugging Face LLaMA repositories) loads tokenizer.json, since
         that is the file transformers itself uses.
         """
-        path = Path(path)
+        path = paths.path(path)
         if path.is_dir():
             if (path / JSON_FILE).is_file():
                 return HFTokenizer.from_file(path / JSON_FILE)
@@ -110,8 +115,9 @@ class Tokenizer:
         """
         raise NotImplementedError
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
-        """Writes files that `Tokenizer.load` and `transformers.AutoTokenizer` both read."""
+    def save_pretrained(self, out_dir: str | os.PathLike) -> epath.Path:
+        """Writes files that `Tokenizer.load` and `transformers.AutoTokenizer` both read into
+        `out_dir` (local or a URL); returns it."""
         raise NotImplementedError
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
@@ -172,7 +178,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
-        return cls(Path(path).read_bytes(), source=str(path))
+        return cls(paths.path(path).read_bytes(), source=str(path))
 
     def _reload(self) -> None:
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto.SerializeToString())
@@ -240,8 +246,8 @@ class SentencePieceTokenizer(Tokenizer):
     def _piece(self, i: int | None) -> str | None:
         return None if i is None else self._sp.id_to_piece(i)
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
-        out = Path(out_dir)
+    def save_pretrained(self, out_dir: str | os.PathLike) -> epath.Path:
+        out = paths.path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / SP_FILE).write_bytes(self.model_proto)
         prefix = self._proto.normalizer_spec.add_dummy_prefix
@@ -372,9 +378,9 @@ class HFTokenizer(Tokenizer):
     def from_file(cls, path: str | os.PathLike) -> HFTokenizer:
         """A tokenizer.json; special-token names come from tokenizer_config.json or
         special_tokens_map.json beside it, else from common spellings found in the vocabulary."""
-        path = Path(path)
-        try:
-            tok = tokenizers.Tokenizer.from_file(str(path))
+        path = paths.path(path)
+        try:  # from the text, not the file name: tokenizers reads local files only
+            tok = tokenizers.Tokenizer.from_str(path.read_text(encoding="utf-8"))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise ValueError(f"{path}: not a tokenizers tokenizer.json ({e})") from e
         config = _read_json(path.parent / CONFIG_FILE)
@@ -446,10 +452,10 @@ class HFTokenizer(Tokenizer):
         added = self._tok.get_added_tokens_decoder()
         return [t.content for _, t in sorted(added.items()) if t.special and t.content not in named]
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
-        out = Path(out_dir)
+    def save_pretrained(self, out_dir: str | os.PathLike) -> epath.Path:
+        out = paths.path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(out / JSON_FILE))
+        (out / JSON_FILE).write_text(self._tok.to_str(pretty=True), encoding="utf-8")  # what save() writes
         special = {f"{k}_token": v for k, v in self._names.items()}
         config = {k: v for k, v in self._hf_config.items() if k not in _STALE_CONFIG_KEYS}
         # transformers' generic backend loads tokenizer.json as it is. A model class such as
@@ -467,17 +473,17 @@ class HFTokenizer(Tokenizer):
 # --------------------------------------------------------------------------- helpers
 
 
-def _write_configs(out: Path, config: dict, special: dict, markers: list[str]) -> None:
+def _write_configs(out: epath.Path, config: dict, special: dict, markers: list[str]) -> None:
     _write_json(out / CONFIG_FILE, config)
     # transformers 5 reads tokenizer_config.json only; 4.x also reads this one.
     _write_json(out / SPECIAL_MAP_FILE, {**special, "additional_special_tokens": markers})
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _write_json(path: epath.Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: epath.Path) -> dict:
     if not path.is_file():
         return {}
     try:

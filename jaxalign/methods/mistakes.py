@@ -19,14 +19,14 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 
-from jaxalign import api, sample
+from jaxalign import api, paths, sample
 from jaxalign import config as config_lib
 from jaxalign.data import examples as examples_lib
 from jaxalign.data import sources, synthetic
@@ -84,14 +84,15 @@ def _data_config(section: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     return data
 
 
-def _records(section: ml_collections.ConfigDict, name: str, workdir: Path, seed: int, tokenizer: Any) -> list:
+def _records(section: ml_collections.ConfigDict, name: str, workdir: epath.Path, seed: int,
+             tokenizer: Any) -> list:
     if bool(section.task) + bool(section.jsonl) + bool(section.dataset) != 1:
         raise ValueError(f"config.{name}: set exactly one of {name}.task, {name}.jsonl and {name}.dataset")
     data = sources.build(_data_config(section), workdir, seed, tokenizer=tokenizer)
     return [data.train[i] for i in range(len(data.train))]
 
 
-def load_instructions(config: ml_collections.ConfigDict, workdir: Path, tokenizer: Any) -> list[str]:
+def load_instructions(config: ml_collections.ConfigDict, workdir: epath.Path, tokenizer: Any) -> list[str]:
     """The distinct red-team instructions (a task's harmful prompts, or a file's/dataset's prompts)."""
     section = config.instructions
     if section.task:
@@ -111,7 +112,8 @@ def load_instructions(config: ml_collections.ConfigDict, workdir: Path, tokenize
     return found
 
 
-def load_pairs(config: ml_collections.ConfigDict, workdir: Path, tokenizer: Any) -> list[tuple[str, str]]:
+def load_pairs(config: ml_collections.ConfigDict, workdir: epath.Path,
+               tokenizer: Any) -> list[tuple[str, str]]:
     """(prompt, response) pairs: a task's chosen answers, preference records' chosen, groups' best."""
     section = config.pairs
     if section.task:
@@ -265,9 +267,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         progress: bool = True) -> dict[str, Any]:
-    """Runs (or resumes) the pipeline in `workdir`; returns the summary also written to summary.json."""
+    """Runs (or resumes) the pipeline in `workdir` (local or a URL, e.g. ``gs://``); returns the
+    summary also written to summary.json."""
     check_config(config)
-    workdir = Path(workdir)
+    workdir = paths.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     resolved = _check_resume(config, workdir)
     t = time.perf_counter()
@@ -315,7 +318,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return summary
 
 
-def _check_resume(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+def _check_resume(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
     """The resolved config, after checking it is the one a run in `workdir` was started with."""
     resolved = json.loads(config_lib.to_json(config))
     saved = workdir / CONFIG
@@ -331,7 +334,5 @@ def _digest(instructions: list[str], pairs: list[tuple[str, str]]) -> str:
     return hashlib.sha256(json.dumps([instructions, pairs]).encode("utf-8")).hexdigest()
 
 
-def _write_atomic(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+def _write_atomic(path: epath.Path, records: Sequence[dict[str, Any]]) -> None:
+    paths.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -9,7 +9,7 @@ Details: docs/data.md#ethics-commonsense-morality-ethicspy
 
 from __future__ import annotations
 
-from pathlib import Path
+from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
@@ -31,7 +31,7 @@ def parse_row(row: dict[str, str]) -> Record:
     return reading.make_labelled("", row["input"], 1 - int(label))
 
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     """cm_train.csv and cm_test.csv (and cm_test_hard.csv if there) of the commonsense directory."""
     reading.require_dir(source_dir, "the ETHICS commonsense directory or the ETHICS release holding it")
     directory = source_dir / SUBDIR if (source_dir / SUBDIR).is_dir() else source_dir

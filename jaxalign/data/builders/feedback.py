@@ -25,12 +25,8 @@ files are checked before the old build is replaced.
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 from typing import Any
-
-import tensorflow_datasets as tfds
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders.feedback_common import FeedbackBuilder
@@ -38,8 +34,6 @@ from jaxalign.data.builders.hh_rlhf import HhRlhf
 from jaxalign.data.builders.reading import MALFORMED, SKIPPED, Skip
 from jaxalign.data.builders.summarize_feedback import SummarizeFeedback
 from jaxalign.data.builders.webgpt import WebGpt
-
-log = logging.getLogger(__name__)
 
 BUILDERS: dict[str, type[FeedbackBuilder]] = {
     "hh_rlhf": HhRlhf, "webgpt": WebGpt, "summarize_feedback": SummarizeFeedback,
@@ -60,7 +54,7 @@ def builder_class(name: str) -> type[FeedbackBuilder]:
 
 
 def _builder(name: str, data_dir: str | os.PathLike) -> FeedbackBuilder:
-    return builder_class(name)(data_dir=str(Path(data_dir).resolve()), file_format="array_record")
+    return common.open_builder(builder_class(name), data_dir)
 
 
 def prepare(name: str, source_dir: str | os.PathLike, data_dir: str | os.PathLike) -> dict[str, Any]:
@@ -69,25 +63,10 @@ def prepare(name: str, source_dir: str | os.PathLike, data_dir: str | os.PathLik
 
     Each data source has ``len`` and ``[i]`` (a dict of bytes, see `decode_record`) and is a grain
     source. A missing file or directory raises FileNotFoundError; a file without one usable
-    record raises ValueError, and leaves an earlier build in `data_dir` as it was.
+    record raises ValueError, and leaves an earlier build in `data_dir` as it was. Either directory
+    may be local or in a bucket (``gs://``; feedback_common.build).
     """
-    cls = builder_class(name)
-    source = Path(source_dir).resolve()
-    files = cls.source_files(source)
-    builder = _builder(name, data_dir)
-    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    if builder.is_prepared():
-        if builder.info.metadata.get(common.FINGERPRINT_KEY) == common.fingerprint(files):
-            return builder.as_data_source()
-        log.warning("%s: the source files changed since %s was built; rebuilding it",
-                    source, builder.data_dir)
-        # A forced rebuild deletes the old build first: check the new files before that happens.
-        common.scan(name, files, cls.parse_line, cls.TASK)
-        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(source), download_mode=mode)
-    )
-    return builder.as_data_source()
+    return common.prepare_builder(builder_class(name), source_dir, data_dir)
 
 
 def skip_report(name: str, data_dir: str | os.PathLike) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 `scan`), the fingerprint of the source files that says when to rebuild, `FeedbackBuilder`, and
 building and reading back (`prepare_builder`, `build_report`, `Registry`).
 
-How upstream files become records, and the reasons a line is skipped, are in reading.py.
+How upstream files become records, and the reasons a line is skipped, are in reading.py. The source
+directory and the build directory may each be local or in a bucket (``gs://``): see `build`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 from etils import epath
 
+from jaxalign import paths
 from jaxalign.data.builders.reading import (
     MALFORMED,
     SKIPPED,
@@ -160,7 +162,7 @@ def fingerprint(files: Sequence[SourceFile]) -> str:
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: f.name):
         digest.update(file.name.encode() + b"\0")
-        with open(file.path, "rb") as f:
+        with paths.path(file.path).open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
         digest.update(b"\0")
@@ -179,7 +181,8 @@ TEXT_FEATURES = {name: tfds.features.Text() for name in ("text", "id", "task")}
 
 
 class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A feedback dataset read from local upstream files (the download config's ``manual_dir``).
+    """A feedback dataset read from upstream files, local or in a bucket (the download config's
+    ``manual_dir``).
 
     A subclass sets `name`, TASK, SPLITS, DESCRIPTION, HOMEPAGE, MANUAL_DOWNLOAD_INSTRUCTIONS and
     defines `source_files` and `parse_line`; one with other records than the preference schema's
@@ -209,7 +212,7 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return epath.Path(__file__)
 
     @staticmethod
-    def source_files(source_dir: Path) -> list[SourceFile]:
+    def source_files(source_dir: epath.Path) -> list[SourceFile]:
         """The files to read, in order; FileNotFoundError naming what is missing."""
         raise NotImplementedError
 
@@ -236,7 +239,7 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        source = Path(dl_manager.manual_dir)
+        source = paths.path(dl_manager.manual_dir)
         files = self.source_files(source)
         tally = self.scan_files(files)
         self.info.metadata.update(tally.metadata())
@@ -260,8 +263,39 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 REPORT_KEYS = ("records", "skipped", "malformed", "skipped_by_file", "skip_examples")
 
 
-def open_builder(cls: type[FeedbackBuilder], data_dir: str | os.PathLike) -> FeedbackBuilder:
-    return cls(data_dir=str(Path(data_dir).resolve()), file_format="array_record")
+DATASET_INFO = "dataset_info.json"  # tfds takes a version directory holding it for a finished build
+
+
+def open_builder(cls: type[tfds.core.DatasetBuilder], data_dir: str | os.PathLike) -> Any:
+    """The builder of `cls` in `data_dir` (local or a URL), writing and reading array_record files."""
+    return cls(data_dir=str(paths.real(data_dir)), file_format="array_record")
+
+
+def build(cls: type[tfds.core.DatasetBuilder], source: epath.Path, data_dir: str | os.PathLike,
+          mode: tfds.download.GenerateMode) -> Any:
+    """Builds `cls` from the files in `source` into `data_dir`; returns the builder of `data_dir`.
+
+    A build for a bucket is made in a local temporary directory (room for one build under $TMPDIR),
+    then copied up, dataset_info.json last (tfds takes a version directory without it for no
+    build), replacing an earlier build only once the new one is complete. Why: tfds hands each
+    shard to array_record's C++ ArrayRecordWriter, which opens local files only; building straight
+    into ``gs://`` fails with "open() failed: No such file or directory; opening gs://...". Reading
+    needs no copy: array_record's reader opens ``gs://`` itself (google-cloud-cpp, with the
+    machine's default credentials, or CLOUD_STORAGE_EMULATOR_ENDPOINT's server) with ranged
+    requests, and tfds reads the build's JSON files through epath.
+    """
+    config = tfds.download.DownloadConfig(manual_dir=str(source), download_mode=mode)
+    if not paths.is_url(data_dir):
+        builder = open_builder(cls, data_dir)
+        builder.download_and_prepare(download_config=config)
+        return builder
+    with tempfile.TemporaryDirectory(prefix="jaxalign-tfds-") as tmp:
+        local = open_builder(cls, tmp)
+        local.download_and_prepare(download_config=config)
+        target = paths.path(data_dir) / os.path.relpath(local.data_dir, paths.real(tmp))  # <name>/<version>
+        paths.rmtree(target)
+        paths.copy_tree(local.data_dir, target, last=[DATASET_INFO])
+    return open_builder(cls, data_dir)
 
 
 def prepare_builder(cls: type[FeedbackBuilder], source_dir: str | os.PathLike,
@@ -272,7 +306,7 @@ def prepare_builder(cls: type[FeedbackBuilder], source_dir: str | os.PathLike,
     A forced rebuild deletes the old build first, so the new files are scanned before it: a file
     without one usable record raises ValueError and leaves the earlier build as it was.
     """
-    source = Path(source_dir).resolve()
+    source = paths.real(source_dir)
     files = cls.source_files(source)
     builder = open_builder(cls, data_dir)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
@@ -283,10 +317,7 @@ def prepare_builder(cls: type[FeedbackBuilder], source_dir: str | os.PathLike,
                     source, builder.data_dir)
         cls.scan_files(files)
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(source), download_mode=mode)
-    )
-    return builder.as_data_source()
+    return build(cls, source, data_dir, mode).as_data_source()
 
 
 def build_report(cls: type[FeedbackBuilder], data_dir: str | os.PathLike) -> dict[str, Any]:

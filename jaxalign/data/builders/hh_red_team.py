@@ -10,17 +10,17 @@ Details: docs/data.md#hh-rlhf-red-team-attempts-hh_red_teampy
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import math
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+from etils import epath
 
+from jaxalign import paths
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
 from jaxalign.data.builders.reading import Record, Skip, SourceFile
@@ -71,16 +71,10 @@ def parse_attempt(obj: Any) -> Record:
 
 # --------------------------------------------------------------------------- reading either form
 
-def _open_text(path: Path) -> io.TextIOBase:
-    # surrogateescape: a byte that is not UTF-8 spoils one element (a counted skip), not the file.
-    kwargs = {"encoding": "utf-8-sig", "errors": "surrogateescape", "newline": ""}
-    return gzip.open(path, "rt", **kwargs) if path.name.endswith(".gz") else open(path, **kwargs)
-
-
 class _ArrayReader:
     """Elements of a JSON array read from a text stream a chunk at a time."""
 
-    def __init__(self, stream: io.TextIOBase, path: Path) -> None:
+    def __init__(self, stream: io.TextIOBase, path: epath.Path) -> None:
         self.stream, self.path = stream, path
         self.buf, self.pos, self.line, self.eof = "", 0, 1, False
         self.decoder = json.JSONDecoder()
@@ -154,12 +148,12 @@ class _ArrayReader:
             raise self._error("text after the JSON array")
 
 
-def _first_char(path: Path) -> str:
+def _first_char(path: epath.Path) -> str:
     """The first character of the (decompressed) file that is not whitespace; "" for an empty file."""
-    with open(path, "rb") as head:
+    with paths.path(path).open("rb") as head:
         if head.read(len(_LFS_POINTER)) == _LFS_POINTER:
             raise ValueError(f"{path}: a Git LFS pointer, not the data (run `git lfs pull` in the clone)")
-    with _open_text(path) as f:
+    with reading.open_text(path) as f:
         try:
             while chunk := f.read(1 << 16):
                 if chunk.strip():
@@ -169,13 +163,13 @@ def _first_char(path: Path) -> str:
     return ""
 
 
-def array_elements(path: Path) -> Iterator[tuple[int, Any]]:
+def array_elements(path: epath.Path) -> Iterator[tuple[int, Any]]:
     """(line where it starts, value or Skip) of each element of a file holding one JSON array."""
-    with _open_text(path) as f:
+    with reading.open_text(path) as f:
         yield from _ArrayReader(f, path).elements()
 
 
-def read_objects(path: Path) -> Iterator[tuple[int, Any]]:
+def read_objects(path: epath.Path) -> Iterator[tuple[int, Any]]:
     """(line, parsed value or Skip) of each attempt, from the array form or from JSON lines."""
     if _first_char(path) == "[":
         yield from array_elements(path)
@@ -192,7 +186,7 @@ def read_objects(path: Path) -> Iterator[tuple[int, Any]]:
 
 # --------------------------------------------------------------------------- the builder
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     """red_team_attempts.jsonl[.gz] in red-team-attempts/ below `source_dir`, or in it."""
     reading.require_dir(source_dir, "an Anthropic/hh-rlhf clone or its red-team-attempts directory")
     directory = source_dir / SUBDIR if (source_dir / SUBDIR).is_dir() else source_dir

@@ -22,8 +22,9 @@ Records: task ``"dialogue"``, id ``"<subset>/<file>:<line>"``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
@@ -56,11 +57,11 @@ def parse_line(text: str) -> dict[str, str]:
     return reading.make_pair(prompt, chosen, rejected)
 
 
-def _has_split_files(directory: Path) -> bool:
+def _has_split_files(directory: epath.Path) -> bool:
     return any((directory / f"{split}.jsonl{ext}").is_file() for split in SPLITS for ext in (".gz", ""))
 
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     """The train and test file of each subset; FileNotFoundError if a subset lacks one."""
     reading.require_dir(source_dir, "the Anthropic/hh-rlhf download")
     if _has_split_files(source_dir):

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
 from etils import epath
 
+from jaxalign import paths as paths_lib
 from jaxalign.data import jsonl
+from jaxalign.data.builders import feedback_common
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ SPLIT_FILES = {"train": "train.jsonl", "validation": "validation.jsonl"}
 _FINGERPRINT_KEY = "source_sha256"
 
 
-def _split_paths(source_dir: Path) -> dict[str, Path]:
+def _split_paths(source_dir: epath.Path) -> dict[str, epath.Path]:
     paths = {split: source_dir / name for split, name in SPLIT_FILES.items() if (source_dir / name).is_file()}
     if "train" not in paths:
         raise FileNotFoundError(
@@ -40,11 +41,11 @@ def _split_paths(source_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _fingerprint(paths: dict[str, Path]) -> str:
+def _fingerprint(paths: dict[str, epath.Path]) -> str:
     digest = hashlib.sha256()
     for split, path in sorted(paths.items()):
         digest.update(split.encode() + b"\0")
-        with open(path, "rb") as f:
+        with paths_lib.path(path).open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
         digest.update(b"\0")
@@ -52,8 +53,8 @@ def _fingerprint(paths: dict[str, Path]) -> str:
 
 
 class JsonlPreference(tfds.core.GeneratorBasedBuilder):
-    """Preference pairs from local JSONL files (pass the directory as the download config's
-    ``manual_dir``; `prepare` does this)."""
+    """Preference pairs from JSONL files, local or in a bucket (pass the directory as the download
+    config's ``manual_dir``; `prepare` does this)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "prompt, chosen, rejected, id as UTF-8 text."}
@@ -86,11 +87,11 @@ class JsonlPreference(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        paths = _split_paths(Path(dl_manager.manual_dir))
+        paths = _split_paths(paths_lib.path(dl_manager.manual_dir))
         self.info.metadata[_FINGERPRINT_KEY] = _fingerprint(paths)
         return {split: self._generate_examples(path) for split, path in paths.items()}
 
-    def _generate_examples(self, path: Path):
+    def _generate_examples(self, path: epath.Path):
         count = 0
         for count, record in enumerate(jsonl.read_records(path, "preference"), start=1):
             # With disable_shuffling, tfds orders a split by key: the record's index keeps file order.
@@ -116,12 +117,13 @@ def prepare(source_dir: str | os.PathLike, data_dir: str | os.PathLike) -> dict[
 
     Each data source has ``len`` and ``[i]`` (a dict of bytes, see `decode_record`) and is a grain
     source for `make_batches`. A malformed line raises jsonl.RecordError naming file and line, and
-    leaves any earlier build in `data_dir` as it was.
+    leaves any earlier build in `data_dir` as it was. Either directory may be local or in a bucket
+    (``gs://``; feedback_common.build).
     """
-    source = Path(source_dir).resolve()
+    source = paths_lib.real(source_dir)
     paths = _split_paths(source)
     fingerprint = _fingerprint(paths)
-    builder = JsonlPreference(data_dir=str(Path(data_dir).resolve()), file_format="array_record")
+    builder = feedback_common.open_builder(JsonlPreference, data_dir)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if builder.is_prepared():
         if builder.info.metadata.get(_FINGERPRINT_KEY) == fingerprint:
@@ -133,7 +135,4 @@ def prepare(source_dir: str | os.PathLike, data_dir: str | os.PathLike) -> dict[
             if not sum(1 for _ in jsonl.read_records(path, "preference")):  # reads every line
                 raise ValueError(f"{path}: no records")
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(source), download_mode=mode)
-    )
-    return builder.as_data_source()
+    return feedback_common.build(JsonlPreference, source, data_dir, mode).as_data_source()

@@ -9,9 +9,8 @@ Details: docs/data.md#moral-integrity-corpus-micpy
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tensorflow_datasets as tfds
+from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
@@ -64,7 +63,7 @@ def parse_row(row: dict[str, str]) -> Record:
     return {**record, "split": split}
 
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     reading.require_dir(source_dir, "the directory holding MIC.csv")
     path = reading.one_of(source_dir, (FILE,), "the Moral Integrity Corpus")
     return [SourceFile(path, FILE, None)]

@@ -10,8 +10,9 @@ Details: docs/data.md#moral-stories-moral_storiespy
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
@@ -62,7 +63,7 @@ def parse_line(text: str) -> dict[str, str]:
     return reading.make_pair(PROMPT_FORMAT.format(**context), moral, immoral, split=split_of(story_id))
 
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     """The split files (train, dev, test) if there are any, else moral_stories_full.jsonl."""
     reading.require_dir(source_dir, "a Moral Stories split directory or the one holding " + FULL_FILE)
     if any((source_dir / name).is_file() for name in SPLIT_FILES.values()):

@@ -11,8 +11,9 @@ Details: docs/data.md#pku-saferlhf-three-views-pku_saferlhfpy
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
@@ -97,7 +98,7 @@ def parse_labelled(item: tuple[str, str, int]) -> Record:
     return reading.make_labelled(prompt, response, label)
 
 
-def read_responses(path: Path) -> Iterator[tuple[int | str, Any]]:
+def read_responses(path: epath.Path) -> Iterator[tuple[int | str, Any]]:
     """The safety view's reader: per row, ("<line>#0", response 0) and ("<line>#1", response 1), or
     (line, Skip) once for a row that gives neither."""
     for number, text in reading.read_lines(path):
@@ -118,11 +119,11 @@ def _split_file_names(split: str) -> tuple[str, ...]:
     return tuple(split + ext for ext in EXTENSIONS)
 
 
-def _has_split_files(directory: Path) -> bool:
+def _has_split_files(directory: epath.Path) -> bool:
     return any((directory / name).is_file() for split in SPLITS for name in _split_file_names(split))
 
 
-def _subsets(source_dir: Path) -> list[Path]:
+def _subsets(source_dir: epath.Path) -> list[epath.Path]:
     if _has_split_files(source_dir):
         return [source_dir]
     base = source_dir / DATA_DIR if (source_dir / DATA_DIR).is_dir() else source_dir
@@ -131,7 +132,7 @@ def _subsets(source_dir: Path) -> list[Path]:
     return sorted(d for d in base.iterdir() if d.is_dir() and _has_split_files(d))
 
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     """The train and test file of each subset (see docs/data.md); FileNotFoundError if none."""
     reading.require_dir(source_dir, "a PKU-SafeRLHF download")
     subsets = _subsets(source_dir)

@@ -10,16 +10,23 @@ Details: docs/data.md#how-a-data-set-is-built-jaxaligndatabuilders
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import gzip
+import io
 import json
 import lzma
+import os
+import pathlib
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import IO, Any, ClassVar, NamedTuple
+
+from etils import epath
+
+from jaxalign import paths
 
 SKIPPED = ("tie", "duplicate", "neutral", "no_safe_response")
 MALFORMED = (
@@ -46,14 +53,14 @@ class Skip(ValueError):
 
 
 class SourceFile(NamedTuple):
-    path: Path
+    path: epath.Path  # a local path or a URL (gs://...)
     name: str  # the path relative to the source directory, as ids and reports show it
     split: str | None  # the split of all its records, or None where parse_line gives each one's
 
 
 Record = dict[str, Any]  # str fields, and an int "label" in the labelled schema
 ParseLine = Callable[[Any], Record]  # a line (str), or a CSV row (dict[str, str]) -> record; raises Skip
-Reader = Callable[[Path], Iterator[tuple[int, Any]]]  # path -> (line, item or Skip) for each item
+Reader = Callable[[epath.Path], Iterator[tuple[int, Any]]]  # path -> (line, item or Skip) for each item
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -137,7 +144,7 @@ def make_text(text: str, **extra: str) -> Record:
 
 # --------------------------------------------------------------------------- reading files
 
-def one_of(directory: Path, names: Sequence[str], what: str) -> Path:
+def one_of(directory: epath.Path, names: Sequence[str], what: str) -> epath.Path:
     """The one file of `names` (alternative spellings, e.g. x.jsonl.gz, x.jsonl) in `directory`."""
     found = [directory / n for n in names if (directory / n).is_file()]
     if not found:
@@ -147,30 +154,58 @@ def one_of(directory: Path, names: Sequence[str], what: str) -> Path:
     return found[0]
 
 
-def require_dir(path: Path, what: str) -> None:
+def require_dir(path: epath.Path, what: str) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such directory ({what})")
 
 
-def _open_binary(path: Path) -> Any:
-    """`path` opened for reading bytes, decompressed for a .gz or .xz name."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return lzma.open(path, "rb") if path.name.endswith(".xz") else open(path, "rb")
+def glob(directory: epath.Path, pattern: str) -> list[epath.Path]:
+    """The paths below `directory` (local or a URL) that match `pattern`. A local directory is
+    globbed through pathlib as before: epath's local glob is glob.glob, which would take a "[" in
+    the directory's own name for a pattern and leaves hidden files out."""
+    if paths.is_url(directory):
+        return list(directory.glob(pattern))
+    return [epath.Path(p) for p in pathlib.Path(directory).glob(pattern)]
+
+
+@contextlib.contextmanager
+def open_binary(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """`path` (local or a URL) opened for reading bytes, decompressed for a .gz or .xz name. The
+    file is opened through epath, so a bucket's object streams like a local file."""
+    with paths.path(path).open("rb") as raw:
+        name = os.fspath(path)
+        if name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw) as f:
+                yield f
+        elif name.endswith(".xz"):
+            with lzma.LZMAFile(raw) as f:
+                yield f
+        else:
+            yield raw
+
+
+@contextlib.contextmanager
+def open_text(path: str | os.PathLike) -> Iterator[io.TextIOBase]:
+    """`open_binary` as text: UTF-8 after an optional byte-order mark, line breaks as they are
+    (newline=""), and a byte that is not UTF-8 kept as a surrogate escape, so that it spoils one
+    item (a counted skip), not the file. (epath's own text mode takes no `errors` nor `newline`.)"""
+    with open_binary(path) as f, io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape",
+                                                  newline="") as text:
+        yield text
 
 
 # What reading a damaged file raises: gzip.BadGzipFile is an OSError, a truncated stream EOFError.
 READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
-def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _raw_lines(path: epath.Path) -> Iterator[tuple[int, bytes]]:
     number = 0
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         try:
             for number, raw in enumerate(f, start=1):
                 yield number, raw
         except READ_ERRORS as e:
-            with open(path, "rb") as head:
+            with paths.path(path).open("rb") as head:
                 lfs = head.read(40).startswith(b"version https://git-lfs")
             hint = " (a Git LFS pointer: run `git lfs pull` in the clone)" if lfs else ""
             raise ValueError(f"{path}: unreadable at line {number + 1}: {e}{hint}") from e
@@ -184,7 +219,7 @@ def _decode(raw: bytes, number: int) -> str:
     return text.removeprefix("\ufeff") if number == 1 else text
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str | Skip]]:
+def read_lines(path: epath.Path) -> Iterator[tuple[int, str | Skip]]:
     """(line number, text without its line break) of each non-blank line; a Skip for one not UTF-8."""
     for number, raw in _raw_lines(path):
         try:
@@ -200,7 +235,7 @@ def read_lines(path: Path) -> Iterator[tuple[int, str | Skip]]:
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
-def read_csv(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str] | Skip]]:
+def read_csv(path: epath.Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str] | Skip]]:
     """(line where the row starts, {column: value}) of each row after the header.
 
     A quoted field may hold commas, quotes ("") and line breaks. A row the reader rejects (a stray
@@ -208,7 +243,7 @@ def read_csv(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str
     is not UTF-8 are Skips; blank lines are left out. A header without every one of `columns` is a
     ValueError naming the file and the missing columns.
     """
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    with open_text(path) as f:
         reader = csv.reader(f, strict=True)
         try:
             header = next(reader)

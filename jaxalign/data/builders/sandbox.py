@@ -18,13 +18,13 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from jaxalign import paths
 from jaxalign.data import sandbox_alignment as alignment_data
 from jaxalign.data import sandbox_records as records_lib
 from jaxalign.data.builders import feedback_common as common
@@ -67,22 +67,22 @@ def split_of(question: str) -> str:
 
 # --------------------------------------------------------------------------- files
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     """The files of PATTERNS in `source_dir` (hidden ones left out), by relative path;
     FileNotFoundError if there is none."""
     reading.require_dir(source_dir, "a directory of SANDBOX records files")
-    paths = sorted({p for pattern in PATTERNS for p in source_dir.glob(pattern)
+    found = sorted({p for pattern in PATTERNS for p in reading.glob(source_dir, pattern)
                     if p.is_file() and not p.name.startswith(".")},
                    key=lambda p: p.relative_to(source_dir).as_posix())
-    if not paths:
+    if not found:
         raise FileNotFoundError(f"{source_dir}: no records file (*.jsonl, sandbox*.json, or the reference's "
                                 f"[world_<id>/]external_memory/agent_<id>.jsonl) in it")
-    return [SourceFile(p, p.relative_to(source_dir).as_posix(), None) for p in paths]
+    return [SourceFile(p, p.relative_to(source_dir).as_posix(), None) for p in found]
 
 
-def _first_byte(path: Path) -> bytes:
+def _first_byte(path: epath.Path) -> bytes:
     """The first non-whitespace byte after a UTF-8 byte-order mark (b"" for an empty file)."""
-    with open(path, "rb") as f:
+    with paths.path(path).open("rb") as f:
         head = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf")
         if head.startswith(_LFS_POINTER):
             raise ValueError(f"{path}: a Git LFS pointer, not the data (run `git lfs pull` in the clone)")
@@ -91,14 +91,14 @@ def _first_byte(path: Path) -> bytes:
         return head.lstrip()[:1]
 
 
-def _array_elements(path: Path) -> Iterator[tuple[int, Any]]:
+def _array_elements(path: epath.Path) -> Iterator[tuple[int, Any]]:
     """(line where it starts, value) of each element of a file holding one JSON array.
 
     The file is read whole (a JSON array has no line structure to resume after a bad element), so
     anything that does not parse is a ValueError naming path:line:column.
     """
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = paths.path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not valid UTF-8 (byte {e.start + 1}); a JSON array is read whole"
                          ) from None
@@ -373,7 +373,7 @@ class Sandbox(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        files = self.source_files(Path(dl_manager.manual_dir))
+        files = self.source_files(paths.path(dl_manager.manual_dir))
         tally, groups = scan(files)
         self.info.metadata.update(tally.metadata())
         self.info.metadata[common.FINGERPRINT_KEY] = common.fingerprint(files)

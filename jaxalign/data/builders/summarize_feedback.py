@@ -9,8 +9,9 @@ Details: docs/data.md#summarize-from-feedback-comparisons-summarize_feedbackpy
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
@@ -60,11 +61,11 @@ def parse_line(text: str) -> dict[str, str]:
     return reading.make_pair(prompt, texts[choice], texts[1 - choice], split=SPLIT_NAMES[split])
 
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     """Every *.json file of the comparisons directory (`source_dir` or its comparisons/), by name."""
     reading.require_dir(source_dir, "the summarize-from-feedback comparisons directory")
     directory = source_dir / "comparisons" if (source_dir / "comparisons").is_dir() else source_dir
-    paths = sorted(directory.glob("*.json"))
+    paths = sorted(reading.glob(directory, "*.json"))
     if not paths:
         raise FileNotFoundError(f"{directory}: no *.json comparisons files (e.g. {FILES[0]})")
     return [SourceFile(p, p.relative_to(source_dir).as_posix(), None) for p in paths]

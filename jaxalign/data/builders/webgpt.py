@@ -10,8 +10,9 @@ Details: docs/data.md#webgpt-comparisons-webgptpy
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
 from jaxalign.data.builders import reading
@@ -67,7 +68,7 @@ def parse_line(text: str) -> dict[str, str]:
     return reading.make_pair(prompt, chosen, rejected, split=split_of(prompt))
 
 
-def source_files(source_dir: Path) -> list[SourceFile]:
+def source_files(source_dir: epath.Path) -> list[SourceFile]:
     reading.require_dir(source_dir, "the directory holding the WebGPT comparisons.jsonl")
     path = reading.one_of(source_dir, (FILE,), "the WebGPT comparisons")
     return [SourceFile(path, FILE, None)]

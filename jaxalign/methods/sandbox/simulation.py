@@ -17,14 +17,14 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 
-from jaxalign import api, sample
+from jaxalign import api, paths, sample
 from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
 from jaxalign.data import jsonl, synthetic
@@ -245,12 +245,13 @@ def make_observer(config: ml_collections.ConfigDict, society: Society) -> Any:
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         progress: bool = True) -> dict[str, Any]:
-    """Runs (or resumes, or extends) the simulation in `workdir`; returns a summary with counts."""
+    """Runs (or resumes, or extends) the simulation in `workdir` (local or a URL, e.g. ``gs://``);
+    returns a summary with counts."""
     config_lib.check_keys(config, tuple(default_config()), "the sandbox config")
     for section, values in default_config().items():
         if isinstance(values, ml_collections.ConfigDict):
             config_lib.check_keys(config[section], tuple(values), f"config.{section}")
-    workdir = Path(workdir)
+    workdir = paths.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state = _resume_state(config, workdir)
     questions = load_questions(config)
@@ -273,7 +274,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             **society.counts}
 
 
-def _resume_state(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+def _resume_state(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
     """The progress to resume from, after checking the saved config matches (rounds may grow)."""
     resolved = json.loads(config_lib.to_json(config))
     saved_config, saved = workdir / CONFIG, workdir / PROGRESS
@@ -288,13 +289,13 @@ def _resume_state(config: ml_collections.ConfigDict, workdir: Path) -> dict[str,
     if not (workdir / RECORDS).exists():
         raise FileNotFoundError(f"{workdir / PROGRESS} says {state['rounds_done']} rounds were recorded, "
                                 f"but {workdir / RECORDS} is missing")
-    with open(workdir / RECORDS, "r+b") as f:  # drop a round that was written only in part
-        f.truncate(state["records_bytes"])
+    if (workdir / RECORDS).stat().length != state["records_bytes"]:
+        paths.truncate(workdir / RECORDS, state["records_bytes"])  # drop a round written only in part
     saved_config.write_text(json.dumps(resolved, indent=2) + "\n")
     return state
 
 
-def _replay(society: Society, path: Path) -> None:
+def _replay(society: Society, path: epath.Path) -> None:
     """Rebuilds the agents' memories from the records written so far."""
     if not path.exists():
         return
@@ -302,16 +303,14 @@ def _replay(society: Society, path: Path) -> None:
         society.agents[record["agent_id"]].memory.add(record["question"], record["revised_answer"])
 
 
-def _commit(workdir: Path, society: Society, new: list[dict[str, Any]], rounds_done: int) -> None:
+def _commit(workdir: epath.Path, society: Society, new: list[dict[str, Any]], rounds_done: int) -> None:
+    """Appends a round's records durably, then replaces the progress that says how far they go."""
     path = workdir / RECORDS
-    with open(path, "ab") as f:
-        f.write("".join(records.format_record(r, f"round {r['iteration']}") for r in new).encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-        size = f.tell()
+    lines = "".join(records.format_record(r, f"round {r['iteration']}") for r in new)
+    paths.append(path, lines.encode("utf-8"))
+    size = path.stat().length
     for r in new:
         society.agents[r["agent_id"]].memory.add(r["question"], r["revised_answer"])
     society.counts["interactions"] += len(new)
-    tmp = workdir / (PROGRESS + ".tmp")
-    tmp.write_text(json.dumps({"rounds_done": rounds_done, "records_bytes": size, "counts": society.counts}))
-    os.replace(tmp, workdir / PROGRESS)
+    progress = {"rounds_done": rounds_done, "records_bytes": size, "counts": society.counts}
+    paths.write_atomic(workdir / PROGRESS, json.dumps(progress))
