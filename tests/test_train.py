@@ -106,13 +106,17 @@ def test_sigterm_saves_and_stops_cleanly(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
 
 
-def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path):
+def test_nan_loss_sets_aside_the_diverged_checkpoint_and_the_advice_works(tmp_path):
+    """lr 1e30: the weights after step 1 are finite (~1e30) but give loss nan at step 2. That checkpoint
+    is moved aside, so rerunning with a sane learning rate, as the message advises, trains."""
     config = _config("--config.total_steps=6", "--config.checkpoint_every=1",
                      "--config.optimizer.peak_lr=1e30", "--config.optimizer.grad_clip_norm=0.0")
-    with pytest.raises(run.NonFiniteLossError, match="loss is nan at step 2"):
+    with pytest.raises(run.NonFiniteLossError,
+                       match=r"loss is nan at step 2.*checkpoint 1 gives that loss.*resumes from none"):
         loop.train(config, tmp_path)
-    checkpointer = Checkpointer(tmp_path / "checkpoints")
-    assert checkpointer.all_steps() == [1]
+    assert Checkpointer(tmp_path / "checkpoints").all_steps() == []
+    assert (tmp_path / "checkpoints" / "diverged-1" / "state").is_dir()  # kept for a look, not listed
+    assert loop.train(_config("--config.total_steps=6", "--config.checkpoint_every=1"), tmp_path)["status"] == "done"
 
 
 def test_malformed_record_is_exit_2_naming_file_and_line(tmp_path, capsys):

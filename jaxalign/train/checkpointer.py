@@ -173,6 +173,22 @@ class Checkpointer:
         )
         return restored[STATE], dict(restored[DATA] or {}), dict(restored[CONFIG] or {})
 
+    def set_aside(self, step: int, label: str) -> str:
+        """Moves `step` out of the saved steps to ``<label>-<step>`` beside them (kept, never
+        deleted: a diverged or unreadable checkpoint may still be worth a look); returns its path."""
+        self._check_open()
+        self.wait()
+        target = self.directory / f"{label}-{step}"
+        if jax.process_index() == 0:
+            paths.rmtree(target)
+            paths.move_tree(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jaxalign set_aside {step}")
+        self._manager.reload()  # forget the step orbax had listed
+        return str(target)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def wait(self) -> None:

@@ -9,6 +9,7 @@ Inf loss stops the run before anything non-finite is saved.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from typing import Any
@@ -108,8 +109,11 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
     peak *= 1 if jax.devices()[0].platform == "cpu" else jax.device_count()
     preemption = _Preemption()
     window = _Window()
+    first = int(state.step) + 1
+    unverified = None  # a checkpoint whose parameters have not yet given a loss
+    empty = 0  # of the first steps, how many in a row had no loss token
     try:
-        for step in range(int(state.step) + 1, config.total_steps + 1):
+        for step in range(first, config.total_steps + 1):
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
@@ -117,20 +121,29 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
             preempted = preemption.reached(step)  # every process asks at every step
             due_log = step % config.log_every == 0 or step == config.total_steps
             due_save = step % config.checkpoint_every == 0 or step == config.total_steps
-            if due_log or due_save or preempted:
-                # Fetching the metrics waits for the step; only log and save steps pay that.
+            early = step < first + EMPTY_STEPS
+            if due_log or due_save or preempted or early or unverified is not None:
+                # Fetching the metrics waits for the step; only these steps pay that.
                 metrics = jax.device_get(metrics)
-                run_lib.check_finite(metrics, step)
+                _check_finite(run, metrics, step, unverified)
+                unverified = None
+                empty = empty + 1 if early and float(metrics["loss_tokens"]) == 0 else 0
+                if empty == min(EMPTY_STEPS, config.total_steps - first + 1):
+                    run_lib.check_loss_tokens(metrics, step)
             window.add(t1 - t0, time.perf_counter() - t0, metrics["loss_tokens"])
             writer.advance()
             if due_log:
                 writer.write(step, {**metrics, **window.summary(flops, peak, config)})
                 window = _Window()
             if due_save or preempted:
+                if not _all_finite(state.params):
+                    raise run_lib.NonFiniteLossError(f"the parameters after step {step} are not finite; "
+                                                     "not saved. Lower the learning rate or check the data")
                 run.checkpointer.save(step, state, batches.get_state(), run.resolved, force=True)
                 writer.flush()
+                unverified = step
             if preempted:
-                log.warning("SIGTERM: saved step %d, stopping", step)
+                log.warning("%s: saved step %d, stopping", preemption.cause, step)
                 return state, "preempted"
     finally:
         preemption.close()
@@ -247,6 +260,22 @@ def _grow_vocab(params: Any, vocab_size: int) -> Any:
     return params
 
 
+EMPTY_STEPS = 3  # a run whose first steps all lack loss tokens stops (run_lib.check_loss_tokens)
+
+
+def _check_finite(run: run_lib.Run, metrics: dict[str, Any], step: int, unverified: int | None) -> None:
+    """A non-finite loss stops the run; the checkpoint saved just before, whose parameters gave it, is
+    set aside, so that the advice to rerun resumes from good weights."""
+    if not math.isfinite(float(metrics["loss"])):
+        discarded = run.discard_diverged(unverified) if unverified is not None else ""
+        run_lib.check_finite(metrics, step, discarded)
+
+
+@jax.jit
+def _all_finite(params: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
 class _Preemption:
     """Whether to save and stop at a step. One process: SIGTERM reached it. Several: the step JAX's
     preemption sync point picked for all of them once SIGTERM reached any one (a local flag would
@@ -255,11 +284,20 @@ class _Preemption:
     def __init__(self) -> None:
         self.shared = jax.process_count() > 1
         self.flag = False
+        self.cause = "SIGTERM"
         # With several processes JAX's own SIGTERM notifier must keep the signal: no handler here.
         self.previous = None if self.shared else signal.signal(signal.SIGTERM, self._handle)
+        # Ctrl-C saves like SIGTERM; a second Ctrl-C aborts at once (KeyboardInterrupt).
+        self.previous_int = None if self.shared else signal.signal(signal.SIGINT, self._interrupt)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.flag = True
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag, self.cause = True, "Ctrl-C"
+        log.warning("Ctrl-C: saving at the end of this step, then stopping (Ctrl-C again aborts)")
 
     def reached(self, step: int) -> bool:
         if self.shared:
@@ -271,6 +309,7 @@ class _Preemption:
     def close(self) -> None:
         if not self.shared:
             signal.signal(signal.SIGTERM, self.previous)
+            signal.signal(signal.SIGINT, self.previous_int)
 
 
 class _Window:

@@ -33,11 +33,19 @@ from jaxalign import workdir as workdir_lib
 from jaxalign.data import sources
 from jaxalign.objectives import registry
 from jaxalign.train import state as state_lib
-from jaxalign.train.checkpointer import Checkpointer
+from jaxalign.train.checkpointer import Checkpointer, CheckpointMismatchError
 from jaxalign.train.defaults import TOP_KEYS
+from jaxalign.train.lock import WorkdirLock
 from jaxalign.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
+
+
+# What a resumed run may change: how long it runs (the schedule follows total_steps, as it does in a
+# fresh run of that length), its peak learning rate (the advice after a divergence), how it logs and
+# saves, its device mesh, and the samples written at the end.
+RESUMABLE_CHANGES = ("total_steps", "optimizer.total_steps", "optimizer.peak_lr", "checkpoint_every",
+                     "keep_checkpoints", "log_every", "num_samples", "max_new_tokens", "mesh")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,6 +65,8 @@ class Run:
         self.resolved: dict[str, Any] = json.loads(config_lib.to_json(config))
         self._checkpointer: Checkpointer | None = None
         self._writer: MetricsWriter | None = None
+        self._lock = WorkdirLock(self.workdir)
+        self._lock.acquire()  # last: nothing above needs undoing when another run holds the workdir
 
     @property
     def checkpointer(self) -> Checkpointer:
@@ -69,29 +79,56 @@ class Run:
 
     def describe(self, cfg: models.ModelConfig, prompt_template: str, objective: Mapping[str, Any]) -> None:
         """Writes the resolved config and the model's description (shape, prompt template, the objective
-        it answers as), so readers rebuild and prompt the model without asking the objective."""
+        it answers as), so readers rebuild and prompt the model without asking the objective. A workdir
+        with checkpoints must hold a run of the same config (see `RESUMABLE_CHANGES`)."""
+        if workdir_lib.is_workdir(self.workdir) and workdir_lib.committed_steps(self.workdir):
+            config_lib.check_same(workdir_lib.read_config(self.workdir), self.resolved,
+                                  f"workdir {self.workdir}", RESUMABLE_CHANGES)
         if jax.process_index() == 0:
             paths.write_atomic(self.workdir / workdir_lib.CONFIG, json.dumps(self.resolved, indent=2) + "\n")
             workdir_lib.write_description(self.workdir, cfg, prompt_template, dict(objective))
 
     def restore(self, cfg: models.ModelConfig, tx: Any) -> tuple[Any, dict[str, Any]] | None:
-        """The latest checkpoint's (train state, data state), or None when there is none yet."""
-        if self.checkpointer.latest_step() is None:
-            return None
-        state, data_state, _ = self.checkpointer.restore(state_lib.abstract_train_state(cfg, tx, self.mesh))
-        log.info("resumed from step %d in %s", int(state.step), self.workdir)
-        return state, data_state
+        """The latest readable checkpoint's (train state, data state), or None when there is none yet.
+        An unreadable one (a truncated file) is set aside with a warning and the one before it tried."""
+        target = state_lib.abstract_train_state(cfg, tx, self.mesh)
+        for step in reversed(self.checkpointer.all_steps()):
+            try:
+                state, data_state, _ = self.checkpointer.restore(target, step)
+            except CheckpointMismatchError:
+                raise  # another model or optimizer: no older step would fit either
+            except Exception as e:  # noqa: BLE001 (tensorstore and orbax raise many types for bad bytes)
+                where = self.checkpointer.set_aside(step, "unreadable")
+                log.warning("checkpoint %d in %s is unreadable (%s: %s); moved it to %s and trying the one "
+                            "before", step, self.checkpointer.directory, type(e).__name__,
+                            str(e).splitlines()[0][:300], where)
+                continue
+            log.info("resumed from step %d in %s", int(state.step), self.workdir)
+            return state, data_state
+        return None
+
+    def discard_diverged(self, step: int) -> str:
+        """Sets aside checkpoint `step`, whose parameters gave a non-finite loss; returns a sentence
+        naming the checkpoint a rerun resumes from."""
+        where = self.checkpointer.set_aside(step, "diverged")
+        steps = self.checkpointer.all_steps()
+        resume = f"step {steps[-1]}" if steps else "none (a rerun starts afresh)"
+        return (f"checkpoint {step} gives that loss, so it was moved to {where}; the rerun resumes "
+                f"from {resume}")
 
     def metrics(self, start: int) -> MetricsWriter:
         self._writer = MetricsWriter(self.workdir, self.config.total_steps, start)
         return self._writer
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.wait()
-            self._checkpointer.close()
-        if self._writer is not None:
-            self._writer.close()
+        try:
+            if self._checkpointer is not None:
+                self._checkpointer.wait()
+                self._checkpointer.close()
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Run:
         return self
@@ -133,13 +170,23 @@ def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return data_cfg
 
 
-def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+def check_finite(metrics: Mapping[str, Any], step: int, discarded: str = "") -> None:
+    """`discarded`: what was done with a checkpoint of the parameters that gave this loss."""
     loss = float(metrics["loss"])
     if not math.isfinite(loss):
+        saved = discarded or "the last good checkpoint is untouched"
         raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopped before saving it. The last good checkpoint "
-            "is untouched; lower the learning rate or check the data, then re-run to resume."
-        )
+            f"loss is {loss} at step {step}; stopped before saving it; {saved}. Lower the learning "
+            "rate or check the data, then re-run to resume.")
+
+
+def check_loss_tokens(metrics: Mapping[str, Any], step: int) -> None:
+    """Steps without a token to learn from train nothing, yet log loss 0 and run to the end."""
+    if float(metrics["loss_tokens"]) == 0:
+        raise ValueError(
+            f"step {step} has no token with a loss weight: every response in its batch was cut off "
+            "(the prompts fill config.seq_len) or is empty. Raise config.seq_len, shorten the prompts "
+            "or drop the empty responses")
 
 
 def write_samples(config: ml_collections.ConfigDict, cfg: models.ModelConfig, params: Any, mesh: Mesh,
