@@ -37,6 +37,8 @@ def _add_guided(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxalign", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one 'jaxalign: error:' line")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_eval(commands)
@@ -158,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except USER_ERRORS as e:
+        if args.debug:
+            raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"jaxalign: error: {message}", file=sys.stderr)
         return 2

@@ -185,3 +185,18 @@ def test_a_run_without_loss_tokens_stops_in_its_first_steps(tmp_path):
                      f"--config.data.jsonl={data}")
     with pytest.raises(ValueError, match=r"step 3 has no token with a loss weight.*cut off"):
         loop.train(config, tmp_path / "run")
+
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    from jaxalign import cli
+
+    lock = tmp_path / lock_lib.LOCK
+    lock.write_text(json.dumps({"host": "other-host", "pid": 7, "token": "t", "started": "s",
+                                "heartbeat": time.time()}))
+    argv = ["train", "--config", str(DEFAULT), "--workdir", str(tmp_path), *FAULTY]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"jaxalign: error: {tmp_path}: another run holds this workdir (host other-host")
+    assert not any("Traceback" in line for line in err)
+    with pytest.raises(lock_lib.WorkdirLockedError):
+        cli.main(["--debug", *argv])

@@ -35,8 +35,8 @@ HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0
 
 
-class WorkdirLockedError(RuntimeError):
-    """Another live run holds the workdir."""
+class WorkdirLockedError(FileExistsError):
+    """Another live run holds the workdir (its lock file exists)."""
 
 
 class WorkdirLock:
