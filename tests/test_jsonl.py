@@ -146,3 +146,21 @@ def test_relative_path_is_shown_as_given(tmp_path, monkeypatch):
 def test_unknown_schema_name():
     with pytest.raises(ValueError, match="unknown record schema 'chat'; known: text, preference"):
         next(read_records("nowhere.jsonl", "chat"))
+
+
+def test_a_label_other_than_0_or_1_is_named_with_file_and_line(tmp_path):
+    path = tmp_path / "l.jsonl"
+    path.write_text('{"text": "ok", "label": 1}\n{"text": "x", "label": 5}\n')
+    with pytest.raises(RecordError, match=r"l.jsonl:2: field 'label' must be 0 or 1 \(bad or good\), got 5"):
+        list(read_records(path, "labelled"))
+
+
+def test_an_empty_data_file_is_named(tmp_path):
+    from jaxalign.data import sources
+
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    cfg = sources.default_data_config()
+    cfg.task, cfg.jsonl = "", str(path)
+    with pytest.raises(ValueError, match=rf"config.data.jsonl={path}: the file holds no record"):
+        sources.build(cfg, tmp_path / "run", seed=0)

@@ -86,6 +86,10 @@ def _responses(name: str, values: list[Any]) -> str | None:
     return _non_empty(name, values)
 
 
+def _binary(name: str, value: int) -> str | None:
+    return None if value in (0, 1) else f"field {name} must be 0 or 1 (bad or good), got {value}"
+
+
 def _ratings(name: str, values: list[Any]) -> str | None:
     for i, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -122,7 +126,7 @@ SCHEMAS: dict[str, Schema] = {
     "labelled": Schema(
         "labelled",
         (Field("prompt", (str,), required=False, allow_empty=True), Field("text", (str,)),
-         Field("label", (int,)), _ID),
+         Field("label", (int,), check=_binary), _ID),
     ),
     "group": Schema(
         "group",

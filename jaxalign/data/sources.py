@@ -87,6 +87,8 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed:
     elif data_cfg.jsonl:
         schema = data_cfg.schema
         train = list(jsonl.read_records(data_cfg.jsonl, schema))
+        if not train:
+            raise ValueError(f"config.data.jsonl={data_cfg.jsonl}: the file holds no record")
         if stages is not None:
             _need_groups(schema, "data.schema")
             train = [r for r in train if r.get("stage", "") in stages]
@@ -234,7 +236,10 @@ def _pretrain_texts(pretrain_cfg: ml_collections.ConfigDict | None, task: synthe
     if pretrain_cfg.weight < 0:
         raise ValueError(f"config.pretrain.weight={pretrain_cfg.weight} must be >= 0")
     if pretrain_cfg.jsonl:
-        return list(jsonl.read_records(pretrain_cfg.jsonl, "text"))
+        texts = list(jsonl.read_records(pretrain_cfg.jsonl, "text"))
+        if not texts:
+            raise ValueError(f"config.pretrain.jsonl={pretrain_cfg.jsonl}: the file holds no record")
+        return texts
     if task is None:
         raise ValueError(
             "config.pretrain.weight > 0 needs pretrain.jsonl (text records) unless data.task is set")
