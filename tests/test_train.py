@@ -116,7 +116,8 @@ def test_nan_loss_sets_aside_the_diverged_checkpoint_and_the_advice_works(tmp_pa
         loop.train(config, tmp_path)
     assert Checkpointer(tmp_path / "checkpoints").all_steps() == []
     assert (tmp_path / "checkpoints" / "diverged-1" / "state").is_dir()  # kept for a look, not listed
-    assert loop.train(_config("--config.total_steps=6", "--config.checkpoint_every=1"), tmp_path)["status"] == "done"
+    rerun = loop.train(_config("--config.total_steps=6", "--config.checkpoint_every=1"), tmp_path)
+    assert rerun["status"] == "done"
 
 
 def test_malformed_record_is_exit_2_naming_file_and_line(tmp_path, capsys):

@@ -133,7 +133,14 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
             window.add(t1 - t0, time.perf_counter() - t0, metrics["loss_tokens"])
             writer.advance()
             if due_log:
-                writer.write(step, {**metrics, **window.summary(flops, peak, config)})
+                summary = window.summary(flops, peak, config)
+                if summary["mfu"] > 1 and jax.devices()[0].platform == "cpu":
+                    # The CPU peak is a measurement: one taken while the machine was busy is too low.
+                    peak = max(peak, metrics_lib.matmul_peak_flops(1024, "float32"))
+                    log.warning("MFU over 100%%: the CPU peak measured at the start was low (a busy "
+                                "machine); measured again: %.3g FLOP/s", peak)
+                    summary = window.summary(flops, peak, config)
+                writer.write(step, {**metrics, **summary})
                 window = _Window()
             if due_save or preempted:
                 if not _all_finite(state.params):
