@@ -20,13 +20,16 @@ REF="main"         # setup: branch, tag or commit of REPO
 COPY=""            # setup: local checkout to copy to every worker instead of cloning
 PIP_EXTRA="jax[tpu]"  # setup: installed after the repo, so jax finds the TPU (libtpu)
 CONFIG=""          # launch: experiments/<name>.py, relative to the repo on the workers
-WORKDIR=""         # launch: checkpoints and metrics on the workers (or gs://...)
+WORKDIR=""         # launch: checkpoints and metrics on the workers (or gs://...); logs/watch: read if gs://
 OUT=""             # logs: local folder for the gathered logs
 WORKERS=""         # logs: number of workers (default: asked from gcloud describe)
 WORKER="0"         # watch: which worker's log to tail
 LINES="40"         # watch: how many log lines
 FOLLOW=0           # watch: keep tailing (tail -F) until Ctrl-C
 YES=0              # delete: no confirmation prompt (gcloud --quiet)
+POLL="60"          # relaunch, watch --follow with a gs:// --workdir: seconds between looks
+MAX_RESTARTS="10"  # relaunch: how many times a lost node is replaced before giving up
+LOG_EVERY="${TPU_LOG_EVERY:-60}"  # launch with a gs:// --workdir: seconds between log uploads
 
 # Fixed paths on every worker. $HOME is expanded there, not here.
 # shellcheck disable=SC2016
@@ -80,12 +83,22 @@ parse_flags() {
       --workers) WORKERS="$value" ;;
       --worker) WORKER="$value" ;;
       --lines) LINES="$value" ;;
+      --poll) POLL="$value" ;;
+      --max-restarts) MAX_RESTARTS="$value" ;;
       *) usage_error "unknown flag $flag" ;;
     esac
   done
   if ((SPOT && BEST_EFFORT)); then
     usage_error "--spot and --best-effort exclude each other"
   fi
+  [[ "$POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || usage_error "--poll must be a number of seconds, got '$POLL'"
+  [[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || usage_error "--max-restarts must be a number, got '$MAX_RESTARTS'"
+  LOGS_URL="${WORKDIR%/}/logs"  # with a gs:// --workdir: every worker's log and exit status
+}
+
+# in_bucket: whether --workdir is a gs:// URL (then the logs and exit statuses are there too).
+in_bucket() {
+  [[ "$WORKDIR" == gs://* ]]
 }
 
 # require project zone ...: exit 2 naming the flag and env var of the first missing setting.

@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # Gather every worker's training log into a new local folder, one file per worker.
 #   tpu_scripts/logs.sh --project P --zone Z --name N [--out DIR] [--workers K] [--dry-run]
+#   tpu_scripts/logs.sh --workdir gs://b/run [--out DIR] [--dry-run]
 # --out defaults to tpu-logs/<name>-<UTC time>; an existing non-empty folder is refused (nothing is
 # overwritten). --workers defaults to the number of workers gcloud describes.
+# With a gs:// --workdir the logs come from the bucket instead (<workdir>/logs/: train-<hostname>.log and
+# exit-<hostname> of every worker, as launch.sh puts them there), which works after the VM is gone.
 set -euo pipefail
 # shellcheck source=tpu_scripts/common.sh
 source "$(dirname "$0")/common.sh"
 parse_flags "$@"
-require project zone name
+in_bucket || require project zone name
 scope_flags
-OUT="${OUT:-tpu-logs/$NAME-$(date -u +%Y%m%d-%H%M%S)}"
+OUT="${OUT:-tpu-logs/${NAME:-$(basename "$WORKDIR")}-$(date -u +%Y%m%d-%H%M%S)}"
 if [[ -d "$OUT" && -n "$(ls -A "$OUT")" ]]; then
   usage_error "--out $OUT exists and is not empty; give a new folder"
+fi
+
+if in_bucket; then
+  ((DRY_RUN)) || mkdir -p "$OUT"
+  run "copy the logs from $LOGS_URL" gcloud storage cp "$LOGS_URL/*" "$OUT/"
+  ((DRY_RUN)) || echo "logs and exit statuses from $LOGS_URL in $OUT"
+  exit 0
 fi
 
 if [[ -z "$WORKERS" ]]; then
