@@ -5,6 +5,8 @@
     lm.generate(["Hello"], max_new_tokens=32, temperature=0.7, top_p=0.9, seed=0)
     lm.save_hf("exported/")                      # loadable by transformers
 
+Every path may be local or a URL (``gs://bucket/model``; `jaxalign.paths`).
+
 Everything here is a thin layer over jaxalign.models, forward, sample, hf, modeldir and workdir, so what works
 in a notebook works the same in the trainer and the CLI.
 """
@@ -14,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
-from jaxalign import forward, hf, modeldir, models, sample, workdir
+from jaxalign import forward, hf, modeldir, models, paths, sample, workdir
 from jaxalign import mesh as mesh_lib
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models import ModelConfig
@@ -73,12 +75,13 @@ class LM:
             return out
         return [self.tokenizer.decode([t for t in row if t != eos]) for row in out]
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> epath.Path:
         """A jaxalign model directory (orbax params + config + tokenizer)."""
         return modeldir.save_model(path, self.params, self.cfg, self.tokenizer, overwrite,
                                       prompt_template=self.prompt_template)
 
-    def save_hf(self, path: str | os.PathLike, dtype: str | None = None, overwrite: bool = False) -> Path:
+    def save_hf(self, path: str | os.PathLike, dtype: str | None = None,
+                overwrite: bool = False) -> epath.Path:
         """A Hugging Face directory that transformers.AutoModelForCausalLM loads."""
         cfg = self.cfg
         if self.tokenizer is not None and cfg.pad_token_id is None:
@@ -96,7 +99,7 @@ def load(path: str | os.PathLike, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", **over
     `overrides` change execution options of the model config (e.g. dtype="bfloat16",
     scan_layers=False, attention_impl="cudnn"); they must not change its shape.
     """
-    path = Path(path)
+    path = paths.path(path)
     mesh = mesh_lib.make_mesh(mesh) if isinstance(mesh, str) else mesh
     if workdir.is_workdir(path):  # the latest checkpoint's parameters; the optimizer state is not read
         cfg = workdir.model_config(path, **overrides)
@@ -109,7 +112,7 @@ def load(path: str | os.PathLike, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", **over
         tok_dir = path / "tokenizer"
         tokenizer = Tokenizer.load(tok_dir) if tok_dir.exists() else None
         return LM(cfg, params, mesh, tokenizer, prompt_template=modeldir.load_prompt_template(path))
-    elif (path / "config.json").is_file():
+    elif (path / hf.CONFIG_FILE).is_file():
         cfg, params = hf.import_checkpoint(path, mesh, **overrides)
         tokenizer = Tokenizer.load(path) if _has_tokenizer(path) else None
     else:
@@ -130,5 +133,5 @@ def init(
     return LM(cfg, models.init_params(cfg, mesh, seed), mesh, tokenizer)
 
 
-def _has_tokenizer(path: Path) -> bool:
+def _has_tokenizer(path: epath.Path) -> bool:
     return (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()

@@ -9,32 +9,35 @@ about the largest parameter plus one shard (`max_shard_bytes`), not the model.
 
 The orbax export (`format="orbax"`) writes the parameters only (no optimizer state), in the
 layout `jaxalign.modeldir.save_model` writes, so `jaxalign.load` and `jaxalign generate` read
-it. It is streamed too: orbax's partial save adds one leaf at a time to a pending checkpoint.
+it. It is streamed too: orbax's partial save adds one leaf at a time to a pending checkpoint
+(on local disk: into a bucket the params are assembled in a local temporary directory, then
+copied up).
 
 Both formats carry the tokenizer and a model card (README.md: shape, step, objective, the
 training config). Everything is written through `modeldir.staged_directory`: an existing
-directory is replaced only with `overwrite`, and only once the new one is complete.
+directory is replaced only with `overwrite`, and only once the new one is complete. Source and
+output may be local paths or URLs (``gs://``; `jaxalign.paths`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
-import shutil
+import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.experimental.v1 import partial
-from safetensors.numpy import save_file
 
-from jaxalign import hf, modeldir, models, workdir
+from jaxalign import hf, modeldir, models, paths, workdir
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models.config import ModelConfig
 
@@ -46,7 +49,7 @@ class Source:
     and (for a workdir) the step and the training config."""
 
     def __init__(self, path: str | os.PathLike, step: int | None = None) -> None:
-        self.path = Path(path).absolute()
+        self.path = paths.path(path)
         self.train_config: dict[str, Any] | None = None
         self.step: int | None = None
         if workdir.is_workdir(self.path):
@@ -105,26 +108,27 @@ class Source:
 def export(
     checkpoint: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None, fmt: str = "hf",
     dtype: str | None = None, overwrite: bool = False, max_shard_bytes: int = 2**30,
-) -> Path:
+) -> epath.Path:
     """Writes `out` from a train workdir (step `step`, default the latest) or a model directory."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: must be one of {FORMATS}")
     source = Source(checkpoint, step)  # reads metadata only
     modeldir.check_apart(out, [checkpoint])
     np_dtype = jnp.dtype(dtype or source.cfg.param_dtype)
-    with modeldir.staged_directory(out, overwrite) as tmp:
+    marker = hf.CONFIG_FILE if fmt == "hf" else modeldir.MODEL_FILE  # what marks the output complete
+    with modeldir.staged_directory(out, overwrite, marker=marker) as tmp:
         if fmt == "hf":
             _write_hf(source, tmp, np_dtype, max_shard_bytes)
         else:
             _write_orbax(source, tmp, np_dtype)
         (tmp / "README.md").write_text(model_card(source, fmt, np_dtype.name))
-    return Path(out).absolute()
+    return paths.path(out)
 
 
 # ---------------------------------------------------------------------------------- HF
 
 
-def _write_hf(source: Source, tmp: Path, np_dtype: Any, max_shard_bytes: int) -> None:
+def _write_hf(source: Source, tmp: epath.Path, np_dtype: Any, max_shard_bytes: int) -> None:
     cfg = source.cfg
     if source.tokenizer is not None and cfg.pad_token_id is None:
         cfg = cfg.replace(pad_token_id=source.tokenizer.pad_id)  # HF's generate wants it (as api.save_hf)
@@ -142,7 +146,7 @@ def _write_hf(source: Source, tmp: Path, np_dtype: Any, max_shard_bytes: int) ->
                 tensors[name] = np.ascontiguousarray(hf_t.astype(np_dtype))
                 weight_map[name], total = file, total + tensors[name].nbytes
             del leaf
-        save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        hf.save_safetensors(tensors, tmp / file)
         del tensors
     hf.write_metadata(tmp, cfg, np_dtype, source.tokenizer, {"total_size": total}, weight_map, len(files))
 
@@ -173,27 +177,37 @@ def _plan(source: Source, cfg: ModelConfig, itemsize: int, max_bytes: int) -> li
 # ---------------------------------------------------------------------------------- orbax
 
 
-def _write_orbax(source: Source, tmp: Path, np_dtype: Any) -> None:
+def _write_orbax(source: Source, tmp: epath.Path, np_dtype: Any) -> None:
     """A jaxalign model directory (what modeldir.save_model writes) of the params alone, saved
     leaf by leaf with orbax's partial save: each call adds one leaf to a pending checkpoint, and
     `finalize` merges them. Its "state" item is an ordinary pytree checkpoint, which becomes
     params/."""
     cfg = source.cfg.replace(param_dtype=np_dtype.name)
-    pending = tmp / "params.partial"
-    for key in _leaf_keys(models.param_shapes(cfg)):
-        leaf: Any = source.read(key).astype(np_dtype)
-        for k in reversed(key):
-            leaf = {k: leaf}
-        partial.save(pending, leaf)
-    partial.finalize(pending)
-    (pending / "state").rename(tmp / "params")
-    shutil.rmtree(pending)
-    # What StandardCheckpointer writes beside a tree; without it orbax warns on every load.
-    handler = f"{ocp.StandardCheckpointHandler.__module__}.{ocp.StandardCheckpointHandler.__qualname__}"
-    now = time.time_ns()
-    meta = {"item_handlers": handler, "metrics": {}, "performance_metrics": {},
-            "init_timestamp_nsecs": now, "commit_timestamp_nsecs": now, "custom_metadata": {}}
-    (tmp / "params" / "_CHECKPOINT_METADATA").write_text(json.dumps(meta))
+    # Orbax adds to a pending checkpoint through snapshots, which it makes on local disks only: for
+    # a bucket the params are assembled in a local temporary directory and then uploaded.
+    remote = paths.is_url(tmp)
+    local = tempfile.TemporaryDirectory(prefix="jaxalign-export-") if remote else contextlib.nullcontext(tmp)
+    with local as work:
+        pending = epath.Path(work) / "params.partial"
+        for key in _leaf_keys(models.param_shapes(cfg)):
+            leaf: Any = source.read(key).astype(np_dtype)
+            for k in reversed(key):
+                leaf = {k: leaf}
+            partial.save(pending, leaf)
+        partial.finalize(pending)
+        params = epath.Path(work) / "params"
+        os.rename(pending / "state", params)
+        paths.rmtree(pending)
+        # What StandardCheckpointer writes beside a tree: without the metadata orbax warns on every
+        # load; without the commit file it takes a tree in a bucket for an unfinished save.
+        handler = f"{ocp.StandardCheckpointHandler.__module__}.{ocp.StandardCheckpointHandler.__qualname__}"
+        now = time.time_ns()
+        meta = {"item_handlers": handler, "metrics": {}, "performance_metrics": {},
+                "init_timestamp_nsecs": now, "commit_timestamp_nsecs": now, "custom_metadata": {}}
+        (params / "_CHECKPOINT_METADATA").write_text(json.dumps(meta))
+        (params / "commit_success.txt").write_text(f"Checkpoint commit was successful to {tmp / 'params'}")
+        if remote:
+            paths.copy_tree(params, tmp / "params")
     # Read back what was written: a layout orbax no longer reads is an error here, not at load.
     saved = ocp.StandardCheckpointer().metadata(tmp / "params").item_metadata.tree
     modeldir.check_tree_fits(saved, models.param_shapes(cfg), str(tmp / "params"))

@@ -12,14 +12,15 @@ Details: docs/methods.md#the-evaluation-report-jaxalign-eval
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
-from jaxalign import api, forward, sample, workdir
+from jaxalign import api, forward, paths, sample, workdir
 from jaxalign.data import examples as examples_lib
 from jaxalign.data import mistake_prompts, sources, synthetic
 from jaxalign.data.tokenizer import Tokenizer
@@ -32,9 +33,9 @@ NUM_SAMPLES = 8
 
 
 def evaluate(
-    config: ml_collections.ConfigDict, checkpoint: str | Path, *, mesh: str = "dp:1,fsdp:-1,tp:1",
-    num_eval: int | None = None, max_new_tokens: int | None = None, data_dir: str | Path | None = None,
-    temperature: float = 0.0, seed: int = 0, hint: str = "", safety_judge: str | Path | None = None,
+    config: ml_collections.ConfigDict, checkpoint: str | os.PathLike, *, mesh: str = "dp:1,fsdp:-1,tp:1",
+    num_eval: int | None = None, max_new_tokens: int | None = None, data_dir: str | os.PathLike | None = None,
+    temperature: float = 0.0, seed: int = 0, hint: str = "", safety_judge: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The report (docs/methods.md) of `checkpoint` on `config`'s held-out records.
 
@@ -45,8 +46,9 @@ def evaluate(
     task's ground truth).
     `data_dir` holds built tfds datasets (default: the train workdir, or the model directory's parent).
     Generations are greedy unless `temperature` > 0 (sampled, reproducible by `seed`).
+    Paths may be local or URLs (``gs://``; `jaxalign.paths`).
     """
-    checkpoint = Path(checkpoint)
+    given, checkpoint = os.fspath(checkpoint), paths.path(checkpoint)
     lm = api.load(checkpoint, mesh)
     if lm.tokenizer is None:
         raise ValueError(f"{checkpoint}: no tokenizer saved with the model; evaluation needs one")
@@ -57,12 +59,12 @@ def evaluate(
     if data_dir is None:
         data_dir = checkpoint if workdir.is_workdir(checkpoint) else checkpoint.parent
     # The model's own tokenizer (the ids it was trained on); nothing is written into the checkpoint.
-    data = sources.build(data_cfg, Path(data_dir), config.seed, tokenizer=lm.tokenizer)
+    data = sources.build(data_cfg, data_dir, config.seed, tokenizer=lm.tokenizer)
     objective = config.objective
     if registry.is_rl(objective):  # judged as the policy RL refined: prompted and read as it was
         objective = ml_collections.ConfigDict(workdir.objective(checkpoint))
     report: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "objective": config.objective.get("name", "sft"),
+        "checkpoint": given, "objective": config.objective.get("name", "sft"),
         "eval_split": data.eval_split,
     }
     if data.eval_split == "train":
@@ -189,12 +191,10 @@ def group_ranking(lm: api.LM, groups: Sequence[tuple[str, Sequence[str], Sequenc
             "n_pairs": pairs, "n_groups": ranked_groups}
 
 
-def write(report: Mapping[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)  # a reader never sees half a report
+def write(report: Mapping[str, Any], path: str | os.PathLike) -> epath.Path:
+    """Writes the report to `path` (local or a URL); a reader never sees half a report."""
+    path = paths.path(path)
+    paths.write_atomic(path, json.dumps(report, indent=2) + "\n")
     return path
 
 

@@ -13,8 +13,8 @@ Details: docs/methods.md#the-safety-judge-jaxalignevalsafety
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
@@ -110,9 +110,9 @@ class Judge:
         _check_model(self.model, f"{type(self).__name__}.model")
 
     @classmethod
-    def load(cls, path: str | Path, mesh: str | Mesh = DEFAULT_MESH, **options: Any) -> Self:
-        """The reward model of a `jaxalign train` workdir or a model directory (`api.load`);
-        `options` are the judge's own fields (e.g. ``threshold`` of a SafetyJudge)."""
+    def load(cls, path: str | os.PathLike, mesh: str | Mesh = DEFAULT_MESH, **options: Any) -> Self:
+        """The reward model of a `jaxalign train` workdir or a model directory (`api.load`), local
+        or a URL; `options` are the judge's own fields (e.g. ``threshold`` of a SafetyJudge)."""
         model = api.load(path, mesh)
         _check_model(model, f"{str(path)!r}")
         return cls(model, **options)
