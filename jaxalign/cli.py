@@ -206,6 +206,10 @@ def _run(args: argparse.Namespace) -> int:
         lm = api.load(args.source, mesh=args.mesh)
         out = lm.save(args.out, overwrite=args.overwrite)
         print(f"wrote {out} ({lm.cfg.num_params():,} parameters)")
+        if lm.tokenizer is None:
+            print(f"jaxalign: warning: {args.source} holds no tokenizer (tokenizer.json or tokenizer.model), "
+                  f"so {out} has none: text prompts (generate --prompt, eval) will be refused; copy the "
+                  f"tokenizer files into {args.source} and import again", file=sys.stderr)
         return 0
     if args.command == "export":
         return _export(args)

@@ -2,9 +2,15 @@
 
 Import builds every parameter directly in its shards: each device's callback reads only its own
 slice from the memory-mapped safetensors files (one layer at a time for scanned layers), so a
-70B checkpoint is never whole on one host. Export gathers one tensor at a time to the host and
-writes safetensors shards of at most `max_shard_bytes`, into a temporary directory that is
-renamed into place at the end, so a crash never leaves half a checkpoint.
+70B checkpoint is never whole in one host's memory. Export gathers one tensor at a time to the host
+and writes safetensors shards of at most `max_shard_bytes`, into a temporary directory that takes
+the output's place at the end (`modeldir.staged_directory`), so a crash never leaves half a
+checkpoint.
+
+Directories may be local or URLs (``gs://``; `jaxalign.paths`). safetensors memory-maps local files
+only, so import from a bucket first downloads each file to a temporary local directory (every host
+its own copy: local disk for the whole checkpoint, not memory); export serializes each shard in
+memory and uploads it whole.
 
 `tensor_table` is the one place that names HF tensors and says how their layout maps to ours.
 
@@ -24,22 +30,23 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors import SafetensorError, safe_open
 
-from jaxalign import models
+from jaxalign import models, paths
 from jaxalign.modeldir import staged_directory
 from jaxalign.models.config import ModelConfig
 
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+CONFIG_FILE = "config.json"  # written last: an HF directory without it is not (yet) one
 # HF architecture -> (family, head).
 _ARCHITECTURES = {
     "LlamaForCausalLM": ("llama", "lm"),
@@ -254,8 +261,8 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 def _read_config(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dict[str, Any], str]:
     if isinstance(source, Mapping):
         return dict(source), "HF config"
-    path = Path(source)
-    path = path / "config.json" if path.is_dir() else path
+    path = paths.path(source)
+    path = path / CONFIG_FILE if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no Hugging Face config.json")
     return json.loads(path.read_text()), str(path)
@@ -290,16 +297,14 @@ def import_checkpoint(
     path: str | os.PathLike, mesh: Mesh, **config_overrides: Any
 ) -> tuple[ModelConfig, Any]:
     """Reads an HF directory (config.json + safetensors) straight into sharded parameters."""
-    path = Path(path)
+    path = paths.path(path)
     cfg = config_from_hf(path)
     cfg = cfg.replace(**config_overrides) if config_overrides else cfg
     table = tensor_table(cfg)
     shardings = models.param_shardings(cfg, mesh)
     dtype = jnp.dtype(cfg.param_dtype)
     with contextlib.ExitStack() as stack:
-        where = _locate_tensors(path)
-        handles = {f: stack.enter_context(safe_open(path / f, framework="numpy"))
-                   for f in sorted(set(where.values()))}
+        where, handles = _open_tensors(path, stack)
         expected = {t.name.format(i=i): t for key, t in table.items()
                     for i in (range(cfg.num_hidden_layers) if key[0] == "layers" else [0])}
         _check_tensors(path, expected, where, handles)
@@ -327,23 +332,29 @@ def import_checkpoint(
     return cfg, params
 
 
-def _locate_tensors(path: Path) -> dict[str, str]:
-    """Tensor name -> the file holding it, from the files' own headers (and the index, if any)."""
+def _open_tensors(path: epath.Path, stack: contextlib.ExitStack) -> tuple[dict[str, str], dict[str, Any]]:
+    """Tensor name -> the file holding it, from the files' own headers (and the index, if any), and
+    an open handle of each file, closed with `stack` (a bucket's file is read from a local copy)."""
     index = json.loads((path / INDEX_FILE).read_text())["weight_map"] if (path / INDEX_FILE).is_file() else {}
     files = sorted(set(index.values())) if index else [SINGLE_FILE]
-    where = {}
+    where, handles = {}, {}
     for f in files:
         if not (path / f).is_file():
             raise FileNotFoundError(f"{path}: no {f} (only safetensors checkpoints are read)")
-        with safe_open(path / f, framework="numpy") as handle:
-            where.update((name, f) for name in handle.keys())  # noqa: SIM118 (not a dict)
+        local = stack.enter_context(paths.local_copy(path / f))
+        try:
+            handles[f] = stack.enter_context(safe_open(local, framework="numpy"))
+        except SafetensorError as e:  # truncated or not safetensors at all
+            raise HFCheckpointError(f"{path / f}: not a readable safetensors file ({e})") from None
+        where.update((name, f) for name in handles[f].keys())  # noqa: SIM118 (not a dict)
     for name, f in index.items():
         if where.get(name) != f:
             raise HFCheckpointError(f"{path / INDEX_FILE} maps tensor {name!r} to {f}, which lacks it")
-    return where
+    return where, handles
 
 
-def _check_tensors(path: Path, expected: dict[str, _Tensor], where: dict[str, str], handles: dict) -> None:
+def _check_tensors(path: epath.Path, expected: dict[str, _Tensor], where: dict[str, str],
+                   handles: dict) -> None:
     for name, t in expected.items():
         if name not in where:
             raise HFCheckpointError(f"{path}: tensor {name!r} is missing from the checkpoint")
@@ -369,21 +380,22 @@ def _check_tensors(path: Path, expected: dict[str, _Tensor], where: dict[str, st
 def export_checkpoint(
     params: Any, cfg: ModelConfig, out_dir: str | os.PathLike, tokenizer: Any = None,
     max_shard_bytes: int = 2**30, dtype: str | None = None, overwrite: bool = False,
-) -> Path:
+) -> epath.Path:
     """Writes an HF directory that transformers.AutoModelForCausalLM.from_pretrained loads
     (AutoModelForSequenceClassification for a score model).
 
     Every process must call this (the gathers are collective); only process 0 writes. A
-    non-empty `out_dir` is replaced only with overwrite=True, and only once the new checkpoint
-    is complete: files go to a temporary sibling directory that is renamed at the end.
+    non-empty `out_dir` (local or a URL) is replaced only with overwrite=True, and only once the
+    new checkpoint is complete: files go to a temporary sibling directory that takes its place at
+    the end (`modeldir.staged_directory`), config.json last.
     """
-    out = Path(out_dir).absolute()
+    out = paths.path(out_dir)
     np_dtype = jnp.dtype(dtype or cfg.param_dtype)
     shards = _plan_shards(cfg, np_dtype.itemsize, max_shard_bytes)
     files = [SINGLE_FILE] if len(shards) == 1 else [
         f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
     writer = jax.process_index() == 0
-    with staged_directory(out, overwrite, writer=writer) as tmp:
+    with staged_directory(out, overwrite, writer=writer, marker=CONFIG_FILE) as tmp:
         weight_map, total = {}, 0
         for file, shard in zip(files, shards, strict=True):
             tensors = {}  # at most one shard (max_shard_bytes) on the host at a time
@@ -393,7 +405,7 @@ def export_checkpoint(
                 tensors[name] = np.ascontiguousarray(hf.astype(np_dtype))
                 weight_map[name], total = file, total + tensors[name].nbytes
             if writer:
-                save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+                save_safetensors(tensors, tmp / file)
         if writer:
             write_metadata(tmp, cfg, np_dtype, tokenizer, {"total_size": total}, weight_map, len(files))
     if jax.process_count() > 1:
@@ -421,8 +433,17 @@ def _plan_shards(cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[t
     return shards
 
 
+def save_safetensors(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
+    """One safetensors file; on a bucket it is serialized in memory and uploaded as one object."""
+    metadata = {"format": "pt"}  # what transformers expects of a torch checkpoint
+    if paths.is_url(path):
+        path.write_bytes(safetensors.numpy.save(tensors, metadata=metadata))
+    else:
+        safetensors.numpy.save_file(tensors, str(path), metadata=metadata)
+
+
 def write_metadata(
-    tmp: Path, cfg: ModelConfig, np_dtype: Any, tokenizer: Any, metadata: dict, weight_map: dict,
+    tmp: epath.Path, cfg: ModelConfig, np_dtype: Any, tokenizer: Any, metadata: dict, weight_map: dict,
     num_files: int,
 ) -> None:
     """Everything of an HF directory but the tensors: the shard index (when sharded), config.json,
@@ -431,7 +452,7 @@ def write_metadata(
         _write_json(tmp / INDEX_FILE, {"metadata": metadata, "weight_map": weight_map})
     config = config_to_hf(cfg)
     config.update(dtype=np_dtype.name, torch_dtype=np_dtype.name)  # transformers 5 and 4
-    _write_json(tmp / "config.json", config)
+    _write_json(tmp / CONFIG_FILE, config)
     if cfg.head == "lm":  # a classifier generates nothing
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         _write_json(tmp / "generation_config.json", generation)
@@ -454,5 +475,5 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _write_json(path: epath.Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")

@@ -210,3 +210,21 @@ def test_a_cpu_peak_measured_on_a_busy_machine_is_measured_again(tmp_path, monke
     loop.train(_config("--config.total_steps=2"), tmp_path)
     mfus = [json.loads(line)["mfu"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < m <= 1 for m in mfus) and "MFU over 100%: the CPU peak" in caplog.text
+
+
+def test_import_hf_names_a_truncated_safetensors_file_and_warns_without_a_tokenizer(tmp_path, capsys):
+    import jaxalign
+    from jaxalign import cli
+
+    hf = tmp_path / "hf"
+    jaxalign.init("tiny").save_hf(hf)
+    weights = hf / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:1000])
+    assert cli.main(["import-hf", "--from", str(hf), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"jaxalign: error: {weights}: not a readable safetensors file")
+    assert not (tmp_path / "out").exists()
+    weights.write_bytes(intact)
+    assert cli.main(["import-hf", "--from", str(hf), "--out", str(tmp_path / "out")]) == 0
+    assert "holds no tokenizer" in capsys.readouterr().err
