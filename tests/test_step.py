@@ -238,7 +238,7 @@ def test_microbatches_give_the_loss_and_gradient_of_the_whole_batch(runs, cfg, b
                                                              state.params), g1)
 
 
-@pytest.mark.parametrize("normalization", ["token", "sequence"])
+@pytest.mark.parametrize("normalization", ["token", "sequence", "row"])
 def test_loss_contract_makes_accumulation_exact(batch, normalization):
     """Combining per-microbatch losses as the step does (sum loss * loss_weight / sum loss_weight)
     gives the whole batch's loss and metrics, for both normalisations."""
@@ -290,6 +290,16 @@ def test_lm_loss_by_hand():
     assert float(metrics["loss_weight"]) == float(metrics["num_sequences"]) == 2
     np.testing.assert_allclose(metrics["accuracy"], (1 / 1.5 + 0) / 2, rtol=1e-6)
 
+    # "row", the reference CoH code's: one weighted mean per row (here "token", on one row), then the
+    # mean over rows; a second row with one token shows the rows counting the same.
+    loss, metrics = _lm_loss(x, batch, normalization="row")
+    np.testing.assert_allclose(loss, (nll[0] + 0.5 * nll[1] + 2 * nll[2]) / 3.5, rtol=1e-6)
+    two = {k: jnp.concatenate([v, v]) for k, v in batch.items()}
+    two["weights"] = two["weights"].at[1].set(jnp.asarray([0.0, 0.0, 1.0, 0.0, 0.0]))
+    loss, metrics = _lm_loss(jnp.concatenate([x, x]), two, normalization="row")
+    np.testing.assert_allclose(loss, ((nll[0] + 0.5 * nll[1] + 2 * nll[2]) / 3.5 + nll[2]) / 2, rtol=1e-6)
+    assert float(metrics["num_sequences"]) == 2
+
     # Nothing weighted: loss 0 and zero gradients rather than NaN.
     empty = dict(batch, weights=jnp.zeros_like(batch["weights"]))
     for normalization in lm.NORMALIZATIONS:
@@ -297,7 +307,7 @@ def test_lm_loss_by_hand():
         assert float(value) == 0.0 and not np.asarray(grad).any()
 
 
-@pytest.mark.parametrize("normalization", ["token", "sequence"])
+@pytest.mark.parametrize("normalization", ["token", "sequence", "row"])
 def test_zero_weight_tokens_do_not_affect_loss_or_gradients(normalization):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 8, 13)).astype(np.float32)

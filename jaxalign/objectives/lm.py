@@ -1,14 +1,17 @@
 """Weighted next-token cross-entropy: language modelling, SFT and Chain of Hindsight's loss.
 
 Every target token ``targets[b, t]`` has a loss weight ``weights[b, t] >= 0`` (0 on prompts,
-template text and padding; see `jaxalign.data.packing`). Two normalisations:
+template text and padding; see `jaxalign.data.packing`). Three normalisations:
 
     "token"     sum(w * nll) / sum(w) over the whole batch: every weighted token counts the same.
     "sequence"  per sequence (a packed segment: equal (row, segment id), id 0 being padding) the
                 weighted mean sum(w * nll) / sum(w), then the mean over sequences with
-                sum(w) > 0. This is the official Chain of Hindsight code's convention: short and
-                long responses count the same. Sequences without any weighted token are left out
-                rather than counted as 0.
+                sum(w) > 0: short and long responses count the same.
+    "row"       per packed row the weighted mean sum(w * nll) / sum(w), then the mean over rows
+                with sum(w) > 0: the reference Chain of Hindsight code's convention (its loss is a
+                weighted mean over each row's tokens, averaged over the batch). It equals
+                "sequence" when every row holds one sequence, and "token" on a single row.
+Sequences or rows without any weighted token are left out rather than counted as 0.
 
 Everything is float32 whatever the compute dtype: log-softmax of low-precision logits loses the
 small probabilities the loss is made of.
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 from jaxalign.logprobs import safe_div, segment_sums, token_nll
 
 Array = jax.Array
-NORMALIZATIONS = ("token", "sequence")
+NORMALIZATIONS = ("token", "sequence", "row")
 # The objective contract (jaxalign.objectives): (logits, batch) -> (loss, metrics).
 LossFn = Callable[[Array, dict[str, Array]], tuple[Array, dict[str, Array]]]
 
@@ -34,9 +37,10 @@ def loss(
 ) -> tuple[Array, dict[str, Array]]:
     """The weighted cross-entropy of `batch` (see the module docstring) and its metrics.
 
-    Metrics: ``loss_weight`` (the normaliser: sum of weights, or number of weighted sequences),
-    ``accuracy`` (argmax == target, normalised like the loss) and ``num_sequences`` (weighted
-    sequences; "sequence" normalisation only). Zero-weight tokens affect neither loss nor gradients.
+    Metrics: ``loss_weight`` (the normaliser: sum of weights, or number of weighted sequences or
+    rows), ``accuracy`` (argmax == target, normalised like the loss) and ``num_sequences`` (weighted
+    sequences, or rows; "sequence" and "row" normalisation only). Zero-weight tokens affect neither
+    loss nor gradients.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"lm.loss: normalization={normalization!r}; choose one of {list(NORMALIZATIONS)}")
@@ -53,7 +57,7 @@ def loss(
         return safe_div(jnp.sum(weighted_nll), total), metrics
 
     segment_ids = batch.get("segment_ids")
-    if segment_ids is None:  # unpacked rows: each row is one sequence
+    if segment_ids is None or normalization == "row":  # the whole row as one sequence
         segment_ids = jnp.ones(targets.shape, jnp.int32)
     length = targets.shape[-1]
 
