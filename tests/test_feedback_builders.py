@@ -309,3 +309,10 @@ def test_skip_report_needs_a_build(tmp_path):
     with pytest.raises(FileNotFoundError, match="no build of webgpt"):
         skip_report("webgpt", tmp_path)
     assert set(feedback.BUILDERS) == {"hh_rlhf", "webgpt", "summarize_feedback"}
+
+
+def test_a_local_build_prints_no_download_banner(tmp_path, capsys):
+    _hh_source(tmp_path / "src")
+    prepare("hh_rlhf", tmp_path / "src", tmp_path / "tfds")
+    out = capsys.readouterr()
+    assert "Downloading" not in out.out + out.err and "downloaded" not in out.out + out.err

@@ -25,6 +25,7 @@ from jaxalign.data.builders.reading import (
     MALFORMED,
     SKIPPED,
     ParseLine,
+    QuietBuild,
     Reader,
     Record,
     Skip,
@@ -180,7 +181,7 @@ LABELLED_FEATURES = {
 TEXT_FEATURES = {name: tfds.features.Text() for name in ("text", "id", "task")}
 
 
-class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FeedbackBuilder(QuietBuild, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A feedback dataset read from upstream files, local or in a bucket (the download config's
     ``manual_dir``).
 

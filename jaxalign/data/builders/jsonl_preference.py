@@ -23,7 +23,7 @@ from etils import epath
 
 from jaxalign import paths as paths_lib
 from jaxalign.data import jsonl
-from jaxalign.data.builders import feedback_common
+from jaxalign.data.builders import feedback_common, reading
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _fingerprint(paths: dict[str, epath.Path]) -> str:
     return digest.hexdigest()
 
 
-class JsonlPreference(tfds.core.GeneratorBasedBuilder):
+class JsonlPreference(reading.QuietBuild, tfds.core.GeneratorBasedBuilder):
     """Preference pairs from JSONL files, local or in a bucket (pass the directory as the download
     config's ``manual_dir``; `prepare` does this)."""
 

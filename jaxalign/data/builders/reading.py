@@ -16,6 +16,7 @@ import functools
 import gzip
 import io
 import json
+import logging
 import lzma
 import os
 import pathlib
@@ -34,6 +35,18 @@ MALFORMED = (
     "unparsable_dialogue", "prompt_mismatch", "question_mismatch", "bad_choice", "unknown_split",
     "bad_csv", "bad_label", "label_conflict",
 )
+
+
+class QuietBuild:
+    """For tfds builders of local files: tfds prints "Downloading and preparing dataset Unknown
+    size..." before a build and "downloaded" after it, though nothing is downloaded; log what
+    happens instead (mix in before tfds.core.GeneratorBasedBuilder)."""
+
+    def _log_download_bytes(self) -> None:
+        logging.getLogger(__name__).info("building %s from local files into %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.getLogger(__name__).info("built %s in %s", self.name, self.data_dir)
 
 
 class Skip(ValueError):

@@ -329,7 +329,7 @@ FEATURES = {
 }
 
 
-class Sandbox(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Sandbox(reading.QuietBuild, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Stable Alignment group records from SANDBOX records files (the download config's manual_dir)."""
 
     name = "sandbox"
