@@ -164,3 +164,26 @@ def test_an_empty_data_file_is_named(tmp_path):
     cfg.task, cfg.jsonl = "", str(path)
     with pytest.raises(ValueError, match=rf"config.data.jsonl={path}: the file holds no record"):
         sources.build(cfg, tmp_path / "run", seed=0)
+
+
+def test_a_capped_training_split_is_logged(tmp_path, caplog):
+    from jaxalign.data import sources
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "p", "chosen": f"c{i}", "rejected": "r"}) + "\n"
+                            for i in range(5)))
+    cfg = sources.default_data_config()
+    cfg.task, cfg.jsonl, cfg.num_train = "", str(path), 3
+    assert len(sources.build(cfg, tmp_path / "run", seed=0).train) == 3
+    assert "config.data.num_train=3 keeps the first 3 of 5 training records (0 keeps all)" in caplog.text
+
+
+def test_pretraining_without_texts_is_refused_before_any_data_is_read(tmp_path):
+    from jaxalign.data import sources
+
+    cfg = sources.default_data_config()
+    cfg.task, cfg.dataset, cfg.source_dir = "", "hh_rlhf", str(tmp_path / "missing")
+    pretrain = sources.default_pretrain_config()
+    pretrain.weight = 0.5
+    with pytest.raises(ValueError, match="pretrain.weight > 0 needs pretrain.jsonl"):
+        sources.build(cfg, tmp_path / "run", seed=0, pretrain_cfg=pretrain)  # not "missing" first

@@ -13,6 +13,7 @@ Details: docs/data.md#from-a-config-to-records-jaxaligndatasources
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from jaxalign.data import jsonl, synthetic
 from jaxalign.data import sandbox_alignment as alignment_data
 from jaxalign.data.tokenizer import Tokenizer, train_sentencepiece
 
+log = logging.getLogger(__name__)
 DATA_KEYS = ("task", "jsonl", "schema", "dataset", "source_dir", "tfds_dir", "num_train", "num_eval",
              "vocab_size", "tokenizer", "stage", "sharding")
 PRETRAIN_KEYS = ("weight", "batch_size", "microbatches", "jsonl", "num_texts")
@@ -79,6 +81,10 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed:
             f"config.data: set exactly one of data.task, data.jsonl and data.dataset (got {chosen})")
     task, eval_split = None, "eval"
     stages = _stages(data_cfg)
+    if pretrain_cfg is not None and pretrain_cfg.get("weight") and not pretrain_cfg.get("jsonl") \
+            and not data_cfg.task:  # before a dataset is built, not after
+        raise ValueError(
+            "config.pretrain.weight > 0 needs pretrain.jsonl (text records) unless data.task is set")
     if data_cfg.task:
         task = synthetic.get_task(data_cfg.task)
         train = synthetic.to_records(synthetic.make_split(task, "train", data_cfg.num_train, seed))
@@ -97,6 +103,8 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed:
     else:
         train, evals, eval_split, schema = _tfds_splits(data_cfg, workdir, stages)
     if data_cfg.num_train and len(train) > data_cfg.num_train and not data_cfg.task:
+        log.warning("config.data.num_train=%d keeps the first %d of %d training records (0 keeps all)",
+                    data_cfg.num_train, data_cfg.num_train, len(train))
         train = _Head(train, data_cfg.num_train)
     pretrain = _pretrain_texts(pretrain_cfg, task, seed)
     if tokenizer is None:
