@@ -42,10 +42,11 @@ log = logging.getLogger(__name__)
 
 
 # What a resumed run may change: how long it runs (the schedule follows total_steps, as it does in a
-# fresh run of that length), its peak learning rate (the advice after a divergence), how it logs and
-# saves, its device mesh, and the samples written at the end.
-RESUMABLE_CHANGES = ("total_steps", "optimizer.total_steps", "optimizer.peak_lr", "checkpoint_every",
-                     "keep_checkpoints", "log_every", "num_samples", "max_new_tokens", "mesh")
+# fresh run of that length), its peak learning rate and gradient clipping (what one changes after a
+# divergence), how it logs and saves, its device mesh, and the samples written at the end.
+RESUMABLE_CHANGES = ("total_steps", "optimizer.total_steps", "optimizer.peak_lr", "optimizer.grad_clip_norm",
+                     "checkpoint_every", "keep_checkpoints", "log_every", "num_samples", "max_new_tokens",
+                     "mesh")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -99,9 +100,9 @@ class Run:
                 raise  # another model or optimizer: no older step would fit either
             except Exception as e:  # noqa: BLE001 (tensorstore and orbax raise many types for bad bytes)
                 where = self.checkpointer.set_aside(step, "unreadable")
+                reason = str(e).splitlines()[0].split(" See full TensorStore details")[0][:300]
                 log.warning("checkpoint %d in %s is unreadable (%s: %s); moved it to %s and trying the one "
-                            "before", step, self.checkpointer.directory, type(e).__name__,
-                            str(e).splitlines()[0][:300], where)
+                            "before", step, self.checkpointer.directory, type(e).__name__, reason, where)
                 continue
             log.info("resumed from step %d in %s", int(state.step), self.workdir)
             return state, data_state
