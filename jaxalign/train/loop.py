@@ -2,8 +2,9 @@
 
 Re-running the same command in the same workdir resumes from the latest checkpoint, data
 order included: the data iterator's state is saved with the model, and every random draw is a
-function of (seed, step). SIGTERM (TPU preemption) saves a checkpoint and returns; a NaN or
-Inf loss stops the run before anything non-finite is saved.
+function of (seed, step). SIGTERM (TPU preemption) and Ctrl-C save a checkpoint and return; a NaN
+or Inf loss stops the run before anything non-finite is saved, and sets aside the checkpoint whose
+parameters gave it (docs/training.md, robustness).
 """
 
 from __future__ import annotations
