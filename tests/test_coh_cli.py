@@ -31,6 +31,7 @@ def test_coh_train_eval_generate_through_the_cli(tmp_path, capsys):
     assert report["prompt_template"] == coh.CoHFormat().prompt_template()
     assert set(report) >= {"preference", "feedback", "rouge", "task", "samples"}
     assert 0.0 <= report["preference"]["sum"]["accuracy"] <= 1.0 and report["feedback"]["n"] == 16
+    assert set(report["scales"]) == {"preference", "feedback", "rouge", "task"}  # each names its scale
 
     lm = jaxalign.load(workdir, mesh="dp:2,fsdp:4,tp:1")
     assert lm.prompt_template == "User: {prompt}\nA helpful answer: "

@@ -73,7 +73,7 @@ def evaluate(
     if lm.cfg.head == "score":
         report["reward"] = reward_accuracy(lm, data.eval)
         report["num_eval"] = report["reward"]["n"]
-        return report
+        return _with_scales(report)
     options = (max_new_tokens or config.get("max_new_tokens", 64), temperature, seed, hint)
     if hint:
         report["hint"] = hint
@@ -102,6 +102,26 @@ def evaluate(
     report.update(_judged(responses, records, [r["chosen"] for r in records], data.task, temperature))
     if safety_fn is not None:
         report["safety"] = safety_fn(records, responses, data.task)
+    return _with_scales(report)
+
+
+# What each section's numbers mean, written into every report beside them ("scales").
+SCALES = {
+    "preference": "fraction of pairs where the chosen response is more likely (sum: total log-prob, "
+                  "mean: per token), 0-1",
+    "feedback": "fraction of responses the positive/negative feedback markers judge right, 0-1",
+    "rouge": "ROUGE F-measure x 100 against the references (the chosen or best-rated "
+             "response), 0-100 (as the CoH paper reports it)",
+    "task": "mean ground-truth score of the generations by the synthetic task's judge, 0-1 ('n': count)",
+    "safety": "fractions of generations the safety judge calls harmless, 0-1",
+    "edit_chain": "fractions of generations whose chain parses / agrees with its target, 0-1",
+    "group_ranking": "fraction of rated pairs the model's mean NLL orders as the ratings do, 0-1",
+    "reward": "accuracy, fraction 0-1; rewards: the score head's raw values (unbounded)",
+}
+
+
+def _with_scales(report: dict[str, Any]) -> dict[str, Any]:
+    report["scales"] = {k: SCALES[k] for k in report if k in SCALES}
     return report
 
 
@@ -142,7 +162,7 @@ def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, obj
     report.update(_judged(responses, records, best, data.task, temperature))
     if safety_fn is not None:
         report["safety"] = safety_fn(records, responses, data.task)
-    return report
+    return _with_scales(report)
 
 
 def _safety(judge: Any, records: list[dict[str, Any]], responses: list[str],
