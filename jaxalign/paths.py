@@ -109,6 +109,11 @@ def _files(root: epath.Path) -> Iterator[epath.Path]:
             yield child
 
 
+def _ordered_files(src: epath.Path, last: Sequence[str]) -> list[epath.Path]:
+    """The files under `src`, those at its top named in `last` at the end (the completeness marker)."""
+    return sorted(_files(src), key=lambda f: (f.parent == src and f.name in last, str(f)))
+
+
 def move_tree(src: PathLike, dst: PathLike, last: Sequence[str] = ()) -> None:
     """Moves directory `src` to `dst` (which must not exist). On a bucket the top-level files named
     in `last` are copied after every other object, so a reader that looks for them never sees a
@@ -117,9 +122,9 @@ def move_tree(src: PathLike, dst: PathLike, last: Sequence[str] = ()) -> None:
     if not is_url(src):
         os.rename(src, dst)
         return
-    files = sorted(_files(src), key=lambda f: (f.parent == src and f.name in last, str(f)))
+    # A copy inside the bucket: epath's copy would stream every byte through this host.
     fs = fsspec.core.url_to_fs(str(src))[0]
-    for f in files:  # a copy inside the bucket (epath's copy would stream every byte through here)
+    for f in _ordered_files(src, last):
         fs.copy(str(f), str(dst / os.path.relpath(str(f), str(src))))
     src.rmtree()
 
@@ -134,11 +139,10 @@ def local_copy(p: PathLike) -> Iterator[epath.Path]:
         return
     with tempfile.TemporaryDirectory(prefix="jaxalign-") as tmp:
         local = epath.Path(tmp) / source.name
-        pairs = ([(f, local / os.path.relpath(str(f), str(source))) for f in _files(source)]
-                 if source.is_dir() else [(source, local)])
-        for remote, target in pairs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(remote.read_bytes())
+        if source.is_dir():
+            copy_tree(source, local)
+        else:
+            _copy_file(source, local)
         yield local
 
 
@@ -147,14 +151,17 @@ def copy_tree(src: PathLike, dst: PathLike, last: Sequence[str] = ()) -> None:
     file by file (streamed, not held in memory). The top-level files named in `last` go after every
     other file, so a reader that looks for them never sees a partial copy as complete."""
     src, dst = path(src), path(dst)
-    files = sorted(_files(src), key=lambda f: (f.parent == src and f.name in last, str(f)))
-    for f in files:
-        target = dst / os.path.relpath(str(f), str(src))
-        if not is_url(target):
-            target.parent.mkdir(parents=True, exist_ok=True)
-        with f.open("rb") as reader, target.open("wb") as writer:
-            while chunk := reader.read(1 << 24):
-                writer.write(chunk)
+    for f in _ordered_files(src, last):
+        _copy_file(f, dst / os.path.relpath(str(f), str(src)))
+
+
+def _copy_file(src: epath.Path, dst: epath.Path) -> None:
+    """One file, streamed between a local disk and a bucket (either way)."""
+    if not is_url(dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as reader, dst.open("wb") as writer:
+        while chunk := reader.read(1 << 24):
+            writer.write(chunk)
 
 
 def create_exclusive(p: PathLike, data: str | bytes) -> bool:
