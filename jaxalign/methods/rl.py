@@ -1,9 +1,12 @@
 """RL refinement: `train(config, workdir)` for ``config.objective.name == "rl"``.
 
-A trained model is fine-tuned by policy gradient against a reward model trained here: each step
-samples responses with the KV-cache sampler, scores them, and updates with the same train step as
-every objective. Rollouts are a function of (seed, step), so a resumed run continues exactly, and
-the ground-truth ``task_score`` logged beside the reward shows reward hacking on synthetic tasks.
+A trained model is fine-tuned by policy gradient against a reward model trained here
+(``config.objective.reward_model``) or a Python reward function (``config.objective.reward_fn``:
+"task", a synthetic task's ground truth, or "module.path:function"): each step samples responses
+with the KV-cache sampler, scores them, and updates with the same train step as every objective;
+only the scoring differs between the two. Rollouts are a function of (seed, step), so a resumed run
+continues exactly, and the ground-truth ``task_score`` logged beside the reward shows reward hacking
+on synthetic tasks.
 
 Details: docs/methods.md#rl-refinement-jaxalignmethodsrl
 """
@@ -11,9 +14,10 @@ Details: docs/methods.md#rl-refinement-jaxalignmethodsrl
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -26,7 +30,7 @@ from jax.sharding import Mesh
 from jaxalign import api, forward, modeldir, sample
 from jaxalign import config as config_lib
 from jaxalign import workdir as workdir_lib
-from jaxalign.data import sources
+from jaxalign.data import sources, synthetic
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models import ModelConfig
 from jaxalign.objectives import policy_gradient, registry
@@ -38,6 +42,11 @@ from jaxalign.train import step as step_lib
 
 log = logging.getLogger(__name__)
 
+# A Python reward: (prompts, responses) -> one finite float per response, as `reward_function` makes
+# it from config.objective.reward_fn.
+RewardFn = Callable[[list[str], list[str]], np.ndarray]
+TASK_REWARD = "task"  # reward_fn="task": the synthetic task's ground-truth score
+
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
@@ -47,7 +56,8 @@ class Rollout:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dict[str, Any]:
-    """Refines ``config.init_from`` against ``config.objective.reward_model``; resumes like `loop.train`."""
+    """Refines ``config.init_from`` against ``config.objective.reward_model`` or ``reward_fn``; resumes
+    like `loop.train`."""
     opts = _options(config)
     with run_lib.Run(config, workdir) as run:
         data = sources.build(run_lib.data_config(config), run.workdir, config.seed)
@@ -61,7 +71,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
         if cfg.head != "lm":
             raise ValueError(f"config.init_from={config.init_from!r} is a reward model, not a policy")
         run_lib.check_context(cfg, config.seq_len)
-        rm = _reward_model(opts["reward_model"], run.mesh)
+        reward = (_reward_model(opts["reward_model"], run.mesh) if opts["reward_model"]
+                  else reward_function(opts["reward_fn"], data.task))
         tx, schedule = optim.make_optimizer(config.optimizer)
         # The model trained is the policy's, whatever config.model says: record it, so that loading or
         # exporting this workdir builds the right shapes (an HF policy is no preset).
@@ -76,7 +87,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
         stream = step_lib.Stream(policy_gradient.make_loss_fn(opts["clip"]), 1.0, config.microbatches)
         train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams={step_lib.SINGLE: stream},
                                               schedule=schedule)
-        context = _Context(cfg, run.mesh, data, policy, rm, reference, opts)
+        context = _Context(cfg, run.mesh, data, policy, reward, reference, opts)
         state = _loop(run, config, context, state, train_step)
     summary = {"status": "done", "step": int(state.step), "workdir": str(run.workdir)}
     if config.num_samples > 0 and data.eval_prompts:
@@ -92,7 +103,7 @@ class _Context:
     mesh: Mesh
     data: sources.Data
     policy: registry.Objective
-    rm: api.LM
+    reward: api.LM | RewardFn  # a reward model, or a checked function (`reward_function`)
     reference: Any
     opts: Mapping[str, Any]
 
@@ -104,9 +115,10 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, ctx: _Context, st
     writer = run.metrics(int(state.step))
     for step in range(int(state.step) + 1, config.total_steps + 1):
         records = prompt_records(ctx.data.train, step, config.batch_size // k, config.seed)
-        out = rollout(state.params, ctx.reference, ctx.cfg, ctx.mesh, ctx.data.tokenizer, ctx.policy, ctx.rm,
-                      records, opts=opts, seq_len=config.seq_len, max_new_tokens=config.max_new_tokens,
-                      seed=config.seed * 1_000_003 + step, task=ctx.data.task)
+        out = rollout(state.params, ctx.reference, ctx.cfg, ctx.mesh, ctx.data.tokenizer, ctx.policy,
+                      ctx.reward, records, opts=opts, seq_len=config.seq_len,
+                      max_new_tokens=config.max_new_tokens, seed=config.seed * 1_000_003 + step,
+                      task=ctx.data.task)
         t0 = time.perf_counter()
         for _ in range(opts["updates_per_rollout"]):
             state, metrics = train_step(state, out.batch)
@@ -136,9 +148,17 @@ def _options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     opts = {**DEFAULTS, **{k: v for k, v in config.objective.items() if k != "name"}}
     if not config.get("init_from"):
         raise ValueError("RL refines a trained model: set config.init_from (an SFT or edit-chain workdir)")
-    if not opts["reward_model"]:
-        raise ValueError("RL needs config.objective.reward_model (a workdir trained with "
-                         "objective.name='reward')")
+    model, fn = opts["reward_model"], opts["reward_fn"]
+    if not isinstance(model, str) or not isinstance(fn, str):
+        raise ValueError(f"config.objective.reward_model={model!r} and reward_fn={fn!r} must be strings")
+    if bool(model) == bool(fn):
+        raise ValueError("RL needs exactly one reward: config.objective.reward_model (a workdir trained with "
+                         "objective.name='reward') or config.objective.reward_fn ('task' for a synthetic "
+                         "task's ground truth, or 'module.path:function'); "
+                         + (f"both are set (reward_model={model!r}, reward_fn={fn!r})" if model else
+                            "neither is set"))
+    if fn and fn != TASK_REWARD:
+        _import_function(fn)  # a bad path fails now, before any data or model is loaded
     k = opts["samples_per_prompt"]
     if not isinstance(k, int) or k < 2:
         raise ValueError(f"config.objective.samples_per_prompt={k!r} must be an integer >= 2 "
@@ -152,6 +172,65 @@ def _options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if pretrain is not None and pretrain.get("weight"):
         raise ValueError("config.pretrain is not supported by RL runs; set pretrain.weight = 0")
     return opts
+
+
+def reward_function(spec: str, task: synthetic.Task | None = None) -> RewardFn:
+    """``config.objective.reward_fn`` as a rollout's scorer: "task" scores each (prompt, response) with
+    `task.score` (the synthetic task's ground truth), "module.path:function" calls the function
+    (imported with importlib) as ``function(prompts, responses)``. Prompts are the records' prompts
+    (without the policy's template), responses what the policy's objective reads back (an edit chain's
+    aligned text), as a reward model sees them. The result is checked on every call: one finite float
+    per response, or a ValueError naming the function."""
+    name = f"config.objective.reward_fn={spec!r}"
+    if spec == TASK_REWARD:
+        if task is None:
+            raise ValueError(f"{name} scores with a synthetic task's ground truth, but config.data is no "
+                             "synthetic task; set data.task, or name a function 'module.path:function'")
+
+        def function(prompts: list[str], responses: list[str]) -> list[float]:
+            return [task.score(p, r) for p, r in zip(prompts, responses, strict=True)]
+    else:
+        function = _import_function(spec)
+
+    def checked(prompts: list[str], responses: list[str]) -> np.ndarray:
+        out = function(list(prompts), list(responses))
+        try:
+            rewards = np.asarray(out, np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} returned {type(out).__name__} {out!r:.200}, not a sequence of floats "
+                             "(one per response)") from error
+        if rewards.shape != (len(responses),):
+            what = "a scalar" if rewards.ndim == 0 else f"shape {rewards.shape}"
+            raise ValueError(f"{name} returned {what} for {len(responses)} responses; it must return one "
+                             "float per response")
+        bad = np.flatnonzero(~np.isfinite(rewards))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{name} returned a non-finite reward {rewards[i]} for response {i} "
+                             f"({responses[i]!r:.200}); {bad.size} of {len(responses)} are not finite")
+        return rewards
+
+    return checked
+
+
+def _import_function(spec: str) -> Callable[..., Any]:
+    """The function "module.path:function" names, or a ValueError naming what is wrong with it."""
+    name = f"config.objective.reward_fn={spec!r}"
+    module_name, sep, attr = spec.partition(":")
+    if not (sep and module_name and attr):
+        raise ValueError(f"{name} must be {TASK_REWARD!r} or 'module.path:function' (e.g. "
+                         "'my_rewards:length_reward'), a function (prompts, responses) -> floats")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"{name}: cannot import module {module_name!r} ({type(error).__name__}: {error}); "
+                         "is it on sys.path / PYTHONPATH?") from error
+    function = getattr(module, attr, None)
+    if function is None:
+        raise ValueError(f"{name}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(function):
+        raise ValueError(f"{name}: {module_name}.{attr} is a {type(function).__name__}, not a function")
+    return function
 
 
 def policy_objective(path: str | epath.PathLike) -> ml_collections.ConfigDict:
@@ -176,9 +255,10 @@ def prompt_records(records: Sequence[Mapping[str, Any]], step: int, n: int,
 
 
 def rollout(params: Any, reference: Any, cfg: ModelConfig, mesh: Mesh, tokenizer: Tokenizer,
-            policy: registry.Objective, rm: api.LM, records: Sequence[Mapping[str, Any]], *,
+            policy: registry.Objective, reward: api.LM | RewardFn, records: Sequence[Mapping[str, Any]], *,
             opts: Mapping[str, Any], seq_len: int, max_new_tokens: int, seed: int, task=None) -> Rollout:
-    """Samples, scores and packs one RL batch (docs/methods.md, steps 2 and 3)."""
+    """Samples, scores and packs one RL batch (docs/methods.md, steps 2 and 3); `reward` is a reward model
+    or a function of (prompts, responses) (`reward_function`), the only part that differs between them."""
     k = opts["samples_per_prompt"]
     add_bos = tokenizer.bos_id is not None
     prompts = [tokenizer.encode(policy.prompt(r), add_bos=add_bos) for r in records]
@@ -196,8 +276,12 @@ def rollout(params: Any, reference: Any, cfg: ModelConfig, mesh: Mesh, tokenizer
     coherence = np.sum(w * ref, axis=1) / np.maximum(w.sum(axis=1), 1)
     expanded = [r for r in records for _ in range(k)]
     responses = [policy.response(r, g, tokenizer) for r, g in zip(expanded, generated, strict=True)]
-    contexts = [r["prompt"] for r in expanded]
-    rewards = forward.score_texts(rm.params, rm.cfg, rm.mesh, rm.tokenizer, contexts, responses)
+    contexts = [_text(r["prompt"]) for r in expanded]
+    if isinstance(reward, api.LM):
+        rewards = forward.score_texts(reward.params, reward.cfg, reward.mesh, reward.tokenizer, contexts,
+                                      responses)
+    else:
+        rewards = np.asarray(reward(contexts, responses), np.float64)
     returns = rewards + opts["coherence_coef"] * coherence - opts["kl_coef"] * kl
     advantages = policy_gradient.leave_one_out(returns.reshape(-1, k)).reshape(-1)
     batch["advantages"] = (w > 0) * advantages[:, None].astype(np.float32)
@@ -211,6 +295,10 @@ def rollout(params: Any, reference: Any, cfg: ModelConfig, mesh: Mesh, tokenizer
         scores = [task.score(c, r) for c, r in zip(contexts, responses, strict=True)]
         stats["task_score"] = float(np.mean(scores))
     return Rollout(batch, stats, responses)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 _INT_KEYS = ("inputs", "targets", "segment_ids", "positions")

@@ -1,5 +1,6 @@
-"""Policy-gradient refinement against a reward model: REINFORCE with a leave-one-out baseline
-(RLOO, Ahmadian et al. 2024, "Back to Basics"), optional PPO-style ratio clipping.
+"""Policy-gradient refinement against a reward model or a Python reward function: REINFORCE with a
+leave-one-out baseline (RLOO, Ahmadian et al. 2024, "Back to Basics"), optional PPO-style ratio
+clipping.
 
 Each prompt is answered k times; a sample's return is its reward, plus an optional coherence bonus,
 minus the sampled KL to the frozen reference, and its advantage is that return minus the mean of the
@@ -24,7 +25,11 @@ Array = jax.Array
 # The options of an RL run (objective "rl"): its rollouts are made by the RL method, not by an
 # example maker, so this objective has options and a loss but no builder in the registry.
 DEFAULTS: dict[str, Any] = {
+    # What scores a rollout; set exactly one of the two:
     "reward_model": "",  # a reward-model workdir or model directory (head "score")
+    # a Python reward ("verifiable rewards"): "task", the synthetic task's ground-truth score, or
+    # "module.path:function", called as function(prompts: list[str], responses: list[str]) -> floats
+    "reward_fn": "",
     "samples_per_prompt": 4,  # k >= 2: the leave-one-out baseline needs other samples
     "kl_coef": 0.05,
     "coherence_coef": 0.0,
