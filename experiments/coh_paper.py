@@ -42,9 +42,14 @@ Choices (the paper and methods.md are silent where "design choice" is written):
   steps, cosine decay to 10%, no weight decay (the pretraining stream is the regulariser), gradient
   clipping at 1.0, b2 = 0.95 (the official code's); 1000 steps (size it from the steps per epoch
   of your data: experiments/README.md).
+- format: ``objective.format="official"``, the reference code's rendering (every dialogue turn
+  trained, WebGPT quotes, summarize instruction sentences), its per-row loss mean and FCM on the
+  pretraining batches too (methods.md#two-formats-jaxalign-and-official): these rows reproduce the
+  paper's runs, and the reference code is what produced its numbers. ``format=jaxalign`` trains
+  only the compared replies.
 - baselines (design choice): the same pretraining stream, data and optimiser as CoH, and the same
-  per-sequence loss normalisation (CoH's, as in the official code), so each row differs from CoH in
-  only what Table 4 varies. ``--config.objective.normalization=token`` gives the per-token mean.
+  per-row loss normalisation (the official code's), so each row differs from CoH in only what
+  Table 4 varies. ``--config.objective.normalization=token`` gives the per-token mean.
 """
 
 import ml_collections
@@ -90,8 +95,10 @@ def get_config(arg: str = "coh") -> ml_collections.ConfigDict:
 
     name = "coh" if arg.startswith("coh") else arg
     config.objective = objective_config("rl") if arg == "rlhf" else objective_config(name)
+    if name == "coh":
+        config.objective.format = "official"  # the reference code's rendering, loss and FCM
     if "normalization" in config.objective:
-        config.objective.normalization = "sequence"
+        config.objective.normalization = "row"
     if arg == "coh_fcm0":
         config.objective.fcm_max = 0.0
     elif arg == "coh_nochain":

@@ -5,7 +5,9 @@
 
 Every record gives the four CoH sequences (p, n, pn, np) with the markers "A helpful answer:" /
 "An unhelpful answer:"; FCM rates U(0, 0.05); the task's own plain text as the pretraining stream
-with lambda = 1.5 (the paper's). Generation is prompted with the positive marker.
+with lambda = 1.5 (the paper's). Generation is prompted with the positive marker. Format
+"jaxalign" (the default): the reference code's "official" rendering knows only its own datasets
+(dialogues, WebGPT, summaries), not the synthetic tasks.
 Ablations: --config.objective.fcm_max=0 (no FCM), --config.objective.variants=p,n (no chain),
 --config.pretrain.weight=0 (no pretraining data). Other objectives of the CoH paper's Table 4 on
 the same data: --config.objective=sft|sft_pos_neg|unlikelihood|dpo (see experiments/README.md).

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from jaxalign import forward, hf, modeldir, models, paths, sample, workdir
 from jaxalign import mesh as mesh_lib
+from jaxalign.data import dialogue
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models import ModelConfig
 
@@ -62,7 +63,7 @@ class LM:
             if self.tokenizer is None:
                 raise ValueError("text prompts need a tokenizer; pass token ids or load one")
             add_bos = self.cfg.bos_token_id is not None
-            ids = [self.tokenizer.encode(self.prompt_template.format(prompt=p), add_bos=add_bos)
+            ids = [self.tokenizer.encode(dialogue.render(self.prompt_template, p), add_bos=add_bos)
                    for p in prompts]
         else:
             ids = [list(p) for p in prompts]

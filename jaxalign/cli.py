@@ -275,7 +275,8 @@ def _eval(args: argparse.Namespace) -> int:
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  seed=args.seed, hint=_hint(args), safety_judge=args.safety_judge)
     out = report_lib.write(report, args.out or paths.path(args.checkpoint) / "eval.json")
-    summary = {k: report[k] for k in ("preference", "feedback", "rouge", "task", "safety") if k in report}
+    summary = {k: report[k] for k in ("preference", "feedback", "rouge", "task", "safety", "truncation")
+               if k in report}
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}")
     return 0

@@ -110,8 +110,9 @@ def _pack(
     order = np.argsort(-slots, kind="stable")  # longest first: first-fit decreasing
     rows = pack_examples([examples[i] for i in order], seq_len, num_bins=num_bins, overflow=overflow,
                          stats=stats)
-    # Stand-ins of the same lengths whose tokens are the example's index (module docstring).
-    stand_ins = [{"tokens": np.full(slots[i] + 1, i, np.int32)} for i in order]
+    # Stand-ins of the same lengths whose tokens are the example's index (module docstring), cut as
+    # the examples were (so that only the examples' packing counts and reports truncation).
+    stand_ins = [{"tokens": np.full(min(slots[i], seq_len) + 1, i, np.int32)} for i in order]
     tags = pack_examples(stand_ins, seq_len, num_bins=num_bins, overflow="truncate")
     batch = {key: np.stack([row[key] for row in rows]) for key in _ROW_KEYS}
     tag_segments = np.stack([row["segment_ids"] for row in tags])

@@ -62,6 +62,18 @@ def generate(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
     return [row[:n].tolist() for row, n in zip(out.tokens, out.lengths, strict=True)]
 
 
+def keep_end(ids: Sequence[int], budget: int, bos_id: int | None) -> list[int]:
+    """A prompt cut to at most `budget` ids by dropping the start of its text: a leading BOS stays,
+    then the end (the part nearest the reply), so that prompt and generation fit the context."""
+    ids = list(ids)
+    if len(ids) <= budget:
+        return ids
+    if budget < 1:
+        raise ValueError(f"no room for a prompt in {budget} positions")
+    head = int(bos_id is not None and budget > 1 and ids[0] == bos_id)
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
 def generate_arrays(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, mesh: Mesh,
                     max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                     seed: int = 0, eos_id: int | None = None, use_cache: bool = True) -> Generation:

@@ -31,7 +31,11 @@ def test_coh_train_eval_generate_through_the_cli(tmp_path, capsys):
     assert report["prompt_template"] == coh.CoHFormat().prompt_template()
     assert set(report) >= {"preference", "feedback", "rouge", "task", "samples"}
     assert 0.0 <= report["preference"]["sum"]["accuracy"] <= 1.0 and report["feedback"]["n"] == 16
-    assert set(report["scales"]) == {"preference", "feedback", "rouge", "task"}  # each names its scale
+    # Each section names its scale; sequences are cut to the run's seq_len (CoH's with both feedback
+    # markers are long enough that some are).
+    assert set(report["scales"]) == {"preference", "feedback", "rouge", "task", "truncation"}
+    cut = report["truncation"]
+    assert (cut["max_len"], cut["max_len_from"]) == (96, "seq_len in config.json")
 
     lm = jaxalign.load(workdir, mesh="dp:2,fsdp:4,tp:1")
     assert lm.prompt_template == "User: {prompt}\nA helpful answer: "

@@ -1,18 +1,25 @@
 import functools
+import json
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
+from jaxalign import api, models, sample
+from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
-from jaxalign import models, sample
-from jaxalign.data.packing import PackStats
+from jaxalign.data.packing import PackStats, TruncationWarning
+from jaxalign.data.tokenizer import demo_tokenizer
 from jaxalign.eval import compare, preference_accuracy, rouge, sequence_logprobs
+from jaxalign.eval import report as report_lib
+from jaxalign.eval.truncation import Truncation, keep_prompt_end, max_len_of
 from jaxalign.models import Transformer, get_preset
 
 # A large init spreads the log-probabilities, so a wrong token or position shows.
 CFG = get_preset("tiny", initializer_range=0.2)
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 WIDTH = 40  # reference forward: one example per row, right-padded (causality hides the padding)
 
 
@@ -193,3 +200,98 @@ def test_rouge_rejects_bad_input():
         rouge([], [])
     with pytest.raises(ValueError, match="reference 1 is a NoneType"):
         rouge(["a", "b"], ["a", None])
+
+
+# ------------------------------------------------------------------------ truncation in jaxalign eval
+
+
+def test_keep_prompt_end_keeps_bos_the_end_of_the_prompt_and_the_response():
+    prompt, response = [1, *range(10, 20)], [20, 21, 22, 23]  # BOS = 1, then 10 prompt tokens
+    example = {"tokens": np.array(prompt + response), "weights": np.r_[np.zeros(11), np.ones(4)]}
+    cut, n = keep_prompt_end(example, 8, bos_id=1)
+    assert cut["tokens"].tolist() == [1, 17, 18, 19, 20, 21, 22, 23] and n == 7
+    assert cut["weights"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    # A response that alone does not fit keeps BOS and the last prompt token, and loses its own end.
+    cut, n = keep_prompt_end(example, 4, bos_id=1)
+    assert cut["tokens"].tolist() == [1, 19, 20, 21] and n == 11
+    assert keep_prompt_end(example, 15, bos_id=1) == (example, 0)  # fits: untouched
+    cut, _ = keep_prompt_end(example, 8)  # no BOS named: the prompt's end only
+    assert cut["tokens"].tolist() == [16, 17, 18, 19, 20, 21, 22, 23]
+
+    truncation = Truncation(7, "test", bos_id=1)  # 7 positions: 8 scored tokens, or 7 - 3 prompt ids
+    truncation.scored_examples([example, {"tokens": np.arange(8), "weights": np.ones(8)}])
+    assert truncation.prompt_ids([prompt, [1, 5]], max_new_tokens=3) == [[1, 17, 18, 19], [1, 5]]
+    assert truncation.section() == {
+        "max_len": 7, "max_len_from": "test", "examples": 4, "truncated": 2, "tokens_cut": 7 + 7,
+        "scored": {"examples": 2, "truncated": 1}, "generation_prompts": {"examples": 2, "truncated": 1}}
+    with pytest.raises(ValueError, match="max_new_tokens=7 leaves no room for a prompt in max_len=7"):
+        truncation.prompt_ids([prompt], max_new_tokens=7)
+
+
+def test_compare_with_max_len_scores_the_cut_examples(setup):
+    mesh, params = setup
+    rng = np.random.default_rng(3)
+    pairs = [{"tokens": rng.integers(3, 200, n), "weights": np.r_[np.zeros(n - 4), np.ones(4)]}
+             for n in (30, 12, 40, 9)]
+    cut = [keep_prompt_end(ex, 21)[0] for ex in pairs]
+    got = compare(params, CFG, mesh, pairs[:2], pairs[2:], max_len=20)
+    assert got == pytest.approx({**compare(params, CFG, mesh, cut[:2], cut[2:]), "truncated": 2})
+
+
+def test_max_len_is_the_train_seq_len_else_the_models_context(tmp_path):
+    cfg = get_preset("tiny", max_position_embeddings=128)
+    assert max_len_of(tmp_path, cfg) == (128, "max_position_embeddings")  # a model directory
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"seq_len": 96}))
+    assert max_len_of(tmp_path, cfg) == (96, "seq_len in config.json")
+    (tmp_path / "config.json").write_text(json.dumps({"seq_len": 512}))
+    assert max_len_of(tmp_path, cfg)[0] == 128  # never past the model's context
+
+
+def test_eval_cuts_long_prompts_to_the_context_keeping_their_end_and_reports_it(tmp_path, monkeypatch):
+    """A model directory (no train seq_len): every sequence is cut to its 64 positions. Two of four
+    held-out records have prompts of ~110 tokens: their chosen and rejected scores and their
+    generation prompts are cut, keeping BOS, the end of the prompt and the whole response."""
+    tok = demo_tokenizer()
+    lm = api.init(get_preset("tiny", max_position_embeddings=64), "dp:1,fsdp:-1,tp:1", tokenizer=tok)
+    model = lm.save(tmp_path / "model")
+    long = "The quick brown fox jumps over the lazy dog. " * 4 + "Question: name a colour."
+    records = [{"prompt": p, "chosen": "blue.", "rejected": "four."}
+               for p in (long, "Question: name a colour.", long, "Answer: four.")]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = config_lib.load_config(f"{EXPERIMENTS / 'coh_synthetic.py'}:sft", ["--config.pretrain.weight=0"])
+    config.data.task, config.data.jsonl, config.data.schema = "", str(data), "preference"
+    config.data.num_eval = 4
+
+    scored, prompts = [], []
+    score, generate = report_lib.sequence_logprobs, report_lib.sample.generate
+
+    def spy_score(params, cfg, mesh, examples, **kw):
+        scored.extend(examples)
+        return score(params, cfg, mesh, examples, **kw)
+
+    def spy_generate(params, cfg, ids, **kw):
+        prompts.extend(ids)
+        return generate(params, cfg, ids, **kw)
+
+    monkeypatch.setattr(report_lib, "sequence_logprobs", spy_score)
+    monkeypatch.setattr(report_lib.sample, "generate", spy_generate)
+    with pytest.warns(TruncationWarning, match=r"eval: 6 of 12 .*max_len=64 positions \(max_position_emb"):
+        report = report_lib.evaluate(config, model, mesh="dp:1,fsdp:-1,tp:1", max_new_tokens=4)
+
+    section = report["truncation"]
+    assert {k: section[k] for k in ("max_len", "max_len_from", "examples", "truncated")} == {
+        "max_len": 64, "max_len_from": "max_position_embeddings", "examples": 12, "truncated": 6}
+    assert section["scored"] == {"examples": 8, "truncated": 4}  # chosen and rejected of two records
+    assert section["generation_prompts"] == {"examples": 4, "truncated": 2}
+    assert "truncation" in report["scales"] and set(report["scales"]) <= set(report)
+    # What the model saw: nothing longer than its context; the long prompts keep BOS and their end.
+    assert len(scored) == 8 and max(len(ex["tokens"]) for ex in scored) == 64 + 1
+    responses = {float(np.sum(ex["weights"])) for ex in scored}
+    assert responses == {len(tok.encode(y)) + 1.0 for y in ("blue.", "four.")}  # responses whole, + EOS
+    assert len(prompts) == 4 and max(len(ids) for ids in prompts) == 64 - 4
+    for ids in (prompts[0], prompts[2]):
+        text = tok.decode(ids)
+        assert ids[0] == tok.bos_id and "name a colour" in text and text.count("fox") < 4
+    assert json.loads(json.dumps(report))["truncation"] == section

@@ -202,9 +202,19 @@ WEBGPT_LINES = [
 ]
 
 
+def _without_reference(records):
+    return [{k: v for k, v in r.items() if k != "reference"} for r in records]
+
+
 def test_webgpt_parse_line_and_build(tmp_path):
-    assert webgpt.parse_line(WEBGPT_LINES[0]) == {
-        "prompt": Q_TRAIN, "chosen": "Because of [1].", "rejected": "No idea.", "split": "train"}
+    record = webgpt.parse_line(WEBGPT_LINES[0])
+    assert json.loads(record.pop("reference")) == {  # raw, unstripped fields for CoH's official format
+        "question": Q_TRAIN + " ", "answers": [" Because of [1]. ", "No idea."],
+        "quotes": [[["Page (example.com)", "A quote."]], [["Page (example.com)", "A quote."]]]}
+    assert record == {"prompt": Q_TRAIN, "chosen": "Because of [1].", "rejected": "No idea.",
+                      "split": "train"}
+    flat = json.loads(webgpt.parse_line(WEBGPT_LINES[3])["reference"])
+    assert flat["quotes"] == [[["t", "e"]], [["t", "e"]]]
     assert webgpt.parse_line(WEBGPT_LINES[3])["split"] == "validation"
     assert [_reason(webgpt.parse_line, line) for line in WEBGPT_LINES] == [
         None, "tie", None, None, "question_mismatch", "wrong_type", "wrong_type", "missing_field", "tie",
@@ -213,13 +223,13 @@ def test_webgpt_parse_line_and_build(tmp_path):
     src = tmp_path / "webgpt"
     _write(src / "comparisons.jsonl", WEBGPT_LINES)
     sources = prepare("webgpt", src, tmp_path / "tfds")
-    assert _all(sources["train"]) == [
+    assert _without_reference(_all(sources["train"])) == [
         {"prompt": Q_TRAIN, "chosen": "Because of [1].", "rejected": "No idea.", "id": "comparisons.jsonl:1",
          "task": "webgpt"},
         {"prompt": Q_TRAIN_2, "chosen": "Better.", "rejected": "Worse.", "id": "comparisons.jsonl:3",
          "task": "webgpt"},
     ]
-    assert _all(sources["validation"]) == [
+    assert _without_reference(_all(sources["validation"])) == [
         {"prompt": Q_VALID, "chosen": "Flat better.", "rejected": "Flat worse.", "id": "comparisons.jsonl:4",
          "task": "webgpt"}]
     report = skip_report("webgpt", tmp_path / "tfds")
@@ -269,9 +279,14 @@ SUMMARY_BATCH = [
 
 
 def test_summarize_parse_line_and_build(tmp_path):
-    assert summarize_feedback.parse_line(SUMMARY_BATCH[0]) == {
+    record = summarize_feedback.parse_line(SUMMARY_BATCH[0])
+    assert json.loads(record.pop("reference")) == {  # raw fields for CoH's official format
+        "post": "Long post.\nSecond line.", "answers": [" She asked a question.", " Nothing."]}
+    assert record == {
         "prompt": TLDR_PROMPT, "chosen": "She asked a question.", "rejected": "Nothing.", "split": "train"}
-    assert summarize_feedback.parse_line(_comparison(ARTICLE, [" x", " y"], 1, "valid2")) == {
+    article = summarize_feedback.parse_line(_comparison(ARTICLE, [" x", " y"], 1, "valid2"))
+    assert json.loads(article.pop("reference")) == {"post": None, "answers": [" y", " x"]}
+    assert article == {
         "prompt": "Article:\n(CNN) Something happened.\n\nTL;DR:\n", "chosen": "y", "rejected": "x",
         "split": "validation"}
     assert [_reason(summarize_feedback.parse_line, line) for line in SUMMARY_BATCH[:8]] == [
@@ -284,8 +299,10 @@ def test_summarize_parse_line_and_build(tmp_path):
     sources = prepare("summarize_feedback", root, tmp_path / "tfds")
     record = {"prompt": TLDR_PROMPT, "chosen": "She asked a question.", "rejected": "Nothing.",
               "task": "summary"}
-    assert _all(sources["train"]) == [{**record, "id": "comparisons/batch3.json:1"}]
-    assert _all(sources["validation"]) == [  # files by name: batch0_cnndm.json before batch3.json
+    train = _without_reference(_all(sources["train"]))
+    assert train == [{**record, "id": "comparisons/batch3.json:1"}]
+    # files by name: batch0_cnndm.json before batch3.json
+    assert _without_reference(_all(sources["validation"])) == [
         {"prompt": "Article:\n(CNN) Something happened.\n\nTL;DR:\n", "chosen": "y", "rejected": "x",
          "id": "comparisons/batch0_cnndm.json:1", "task": "summary"},
         {**record, "chosen": "Better one.", "rejected": "Worse one.", "id": "comparisons/batch3.json:2"},

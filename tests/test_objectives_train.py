@@ -224,5 +224,5 @@ def test_eval_report_on_group_records(runs, group_data):
     assert ranking["n_pairs"] == pairs > 0 and 0 <= ranking["accuracy"] <= 1
     assert 0 <= report["rouge"]["avg"] <= 100 and len(report["samples"]) == 4
     # Every metric section names its scale; ROUGE's differs from the fractions beside it.
-    metric_sections = {"group_ranking", "rouge"} | ({"task"} & report.keys())
+    metric_sections = {"group_ranking", "rouge", "truncation"} | ({"task"} & report.keys())
     assert set(report["scales"]) == metric_sections and "0-100" in report["scales"]["rouge"]

@@ -15,6 +15,7 @@ from jaxalign.train.optim import (
     make_optimizer,
     make_schedule,
     opt_state_shardings,
+    warmup_steps,
     weight_decay_mask,
 )
 
@@ -218,6 +219,42 @@ def test_default_config_links_to_run_total_steps():
     _, schedule = make_optimizer(run.optimizer)
     peak = run.optimizer.peak_lr
     assert _values(schedule, [80, 100]) == pytest.approx([peak, peak * run.optimizer.end_lr_ratio])
+
+
+def test_warmup_fraction_follows_total_steps():
+    """warmup_fraction * total_steps, rounded, read when the schedule is made: a run resumed with
+    another total_steps (RESUMABLE_CHANGES) warms up as a fresh run of that length would."""
+    import ml_collections
+
+    from jaxalign.train.run import RESUMABLE_CHANGES
+
+    assert "total_steps" in RESUMABLE_CHANGES
+    run = ml_collections.ConfigDict({"total_steps": 100, "optimizer": default_optimizer_config()})
+    run.optimizer.total_steps = run.get_ref("total_steps")
+    run.optimizer.update(warmup_fraction=0.1, peak_lr=1.0, end_lr_ratio=0.1)
+    for total, warmup in ((100, 10), (250, 25), (35, 4), (4, 0)):
+        run.total_steps = total
+        assert warmup_steps(run.optimizer) == warmup == round(0.1 * total)
+        _, schedule = make_optimizer(run.optimizer)
+        fresh = make_schedule("warmup_cosine", peak_lr=1.0, total_steps=total, warmup_steps=warmup,
+                              end_lr_ratio=0.1)
+        steps = list(range(0, total + 2))
+        np.testing.assert_allclose(_values(schedule, steps), _values(fresh, steps), rtol=1e-6, atol=1e-7)
+    assert warmup_steps({"warmup_steps": 7, "total_steps": 100}) == 7  # the default fraction 0: unused
+    assert warmup_steps({"warmup_steps": 0, "warmup_fraction": 0.0, "total_steps": 100}) == 0
+
+
+@pytest.mark.parametrize("cfg, match", [
+    ({"warmup_steps": 5, "warmup_fraction": 0.1},
+     r"optimizer\.warmup_steps=5 and optimizer\.warmup_fraction=0\.1 both set the warmup; "
+     r"set the other one to 0"),
+    ({"warmup_fraction": 1.0}, r"optimizer\.warmup_fraction=1\.0 must be >= 0\.0 and < 1\.0"),
+    ({"warmup_fraction": -0.1}, r"optimizer\.warmup_fraction=-0\.1 must be >= 0\.0"),
+    ({"warmup_fraction": "10%"}, r"optimizer\.warmup_fraction='10%' must be a number"),
+])
+def test_warmup_fraction_errors(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        make_optimizer({"total_steps": 100, **cfg})
 
 
 def test_opt_state_sharded_like_params(devices):

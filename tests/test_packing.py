@@ -1,4 +1,6 @@
 import json
+import logging
+import warnings
 
 import grain
 import jax
@@ -8,7 +10,14 @@ import pytest
 
 from jaxalign import mesh as mesh_lib
 from jaxalign import models
-from jaxalign.data.packing import ROW_FIELDS, PackStats, pack_dataset, pack_examples
+from jaxalign.data.packing import (
+    ROW_FIELDS,
+    TRUNCATION_WARN_FRACTION,
+    PackStats,
+    TruncationWarning,
+    pack_dataset,
+    pack_examples,
+)
 from jaxalign.models import Transformer, get_preset
 
 DTYPES = {"inputs": np.int32, "targets": np.int32, "weights": np.float32, "segment_ids": np.int32,
@@ -347,3 +356,65 @@ def test_parts_do_not_see_each_other_through_the_model(nll_fn):
     for i, part in enumerate(alone_examples):
         n = len(part["tokens"])
         np.testing.assert_allclose(packed[tuple(part["tokens"])][0], alone_nll[i, :n - 1], atol=1e-5, rtol=0)
+
+
+
+def _tally_examples():
+    """By hand, on rows of seq_len = 8: A (20 tokens, weight on its last 10) keeps its first 9 tokens,
+    so it loses 11 of its 19 predictions and all 10 weighted ones; B and D predict nothing (dropped);
+    C (9 tokens, all weighted) just fits; E's parts of 11, 4 and 7 tokens (10 + 3 + 6 = 19 weighted
+    predictions) are water-filled to a cap of 2 slots each (3 * 2 <= 8 < 3 * 3): 6 kept, 13 cut."""
+    a = {"tokens": np.arange(20), "weights": np.r_[np.zeros(10), np.ones(10)]}
+    c = {"tokens": np.arange(9), "weights": np.ones(9)}
+    e = {"parts": [{"tokens": np.arange(1, 12)}, {"tokens": np.arange(20, 24)},
+                   {"tokens": np.arange(40, 47)}]}
+    return [a, {"tokens": [5]}, c, {"tokens": []}, e]
+
+
+TALLY = {"seq_len": 8, "examples": 5, "examples_truncated": 2, "tokens": 19 + 8 + 19,
+         "tokens_cut": 11 + 13, "weighted_tokens": 10 + 8 + 19, "weighted_tokens_cut": 10 + 13,
+         "weighted_tokens_kept": 1 - 23 / 37}
+
+
+def test_truncation_tally_counts_examples_tokens_and_weighted_tokens():
+    stats = PackStats()
+    with pytest.warns(TruncationWarning):  # 62% of the loss weight is cut
+        pack_examples(_tally_examples(), 8, stats=stats)
+    assert (stats.examples, stats.dropped, stats.truncated) == (3, 2, 2)
+    assert stats.truncation_stats() == pytest.approx(TALLY)
+    # The grain packer counts the same, and both accumulate over calls.
+    grain_stats = PackStats()
+    list(pack_dataset(grain.MapDataset.source(_tally_examples()), 8, stats=grain_stats))
+    assert grain_stats.truncation_stats() == pytest.approx(TALLY)
+    with pytest.warns(TruncationWarning):
+        pack_examples(_tally_examples(), 8, stats=stats)
+    twice = {k: v if k in ("seq_len", "weighted_tokens_kept") else 2 * v for k, v in TALLY.items()}
+    assert stats.truncation_stats() == pytest.approx(twice)
+    assert PackStats().truncation_stats()["weighted_tokens_kept"] == 1.0  # nothing seen: nothing lost
+
+
+def test_truncation_warns_above_the_threshold_only(caplog):
+    assert TRUNCATION_WARN_FRACTION == 0.10
+    # 1 of 10 weighted predictions cut: exactly 10%, not more. Logged, no warning.
+    stats = PackStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO, logger="jaxalign.data.packing"):
+            pack_examples([{"tokens": np.arange(11)}], 9, stats=stats)
+    assert (stats.weighted_tokens, stats.weighted_tokens_cut, stats.weighted_tokens_kept) == (10, 1, 0.9)
+    assert ("packing: 1 of 1 examples cut to seq_len=9 (1 of 10 predicted tokens); 90.0% of the weighted "
+            "(loss) tokens kept") in caplog.text
+    # 2 of 11 cut (18%): a warning naming seq_len and what to change.
+    with pytest.warns(TruncationWarning, match=r"packing: truncation to seq_len=9 cut 18\.2% of the weighted "
+                                               r"\(loss\) tokens, more than 10%.*raise seq_len.*tokenizer"):
+        pack_examples([{"tokens": np.arange(12)}], 9)
+    # Unweighted (prompt) tokens cut do not count: 20 prompt tokens, 10 weighted, 1 of those cut.
+    prompt_cut = {"tokens": np.arange(31), "weights": np.r_[np.zeros(21), np.ones(10)]}
+    stats = PackStats()
+    list(pack_dataset(grain.MapDataset.source([prompt_cut]), 29, stats=stats))
+    assert (stats.truncated, stats.tokens_cut, stats.weighted_tokens_kept) == (1, 1, 0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert stats.report("feedback")["weighted_tokens_kept"] == 0.9
+    with pytest.warns(TruncationWarning, match=r"packing \(feedback\): truncation to seq_len=29 cut 10\.0%"):
+        stats.report("feedback", threshold=0.05)

@@ -16,6 +16,7 @@ import pytest
 import jaxalign
 from jaxalign import cli
 from jaxalign import config as config_lib
+from jaxalign.data.packing import TruncationWarning
 from jaxalign.train import loop, run
 from jaxalign.train.checkpointer import Checkpointer
 
@@ -173,3 +174,20 @@ def test_samples_and_score_are_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)
     relative = jaxalign.load(tmp_path.name, mesh="dp:2,fsdp:2,tp:2")
     np.testing.assert_array_equal(relative.logits([[1, 2, 3]]), lm.logits([[1, 2, 3]]))
+
+
+def test_train_reports_what_truncation_to_seq_len_cut(tmp_path, caplog):
+    """Rows of 24 are too short for most sort examples: a plain `jaxalign train` logs what packing cut,
+    warns (most of the loss weight is lost), and the first metrics line after the report has the kept
+    share."""
+    argv = ["train", "--config", str(DEFAULT), "--workdir", str(tmp_path), *TINY,
+            "--config.total_steps=2", "--config.seq_len=24"]
+    with caplog.at_level("INFO", logger="jaxalign.data.packing"), \
+            pytest.warns(TruncationWarning, match=r"seq_len=24 cut .* raise seq_len"):
+        assert cli.main(argv) == 0
+    line = next(r.getMessage() for r in caplog.records if "examples cut to seq_len=24" in r.getMessage())
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "weighted_tokens_kept" not in rows[0]  # reported after 2 steps here: the last
+    kept = rows[1]["weighted_tokens_kept"]
+    assert 0 < kept < 0.9 and f"{100 * kept:.1f}% of the weighted (loss) tokens kept" in line
+    assert 0 < rows[1]["examples_truncated_fraction"] <= 1

@@ -55,6 +55,7 @@ def _expected(logits, batch, alpha, normalization):
     terms = []
     for r in range(w.shape[0]):
         seg = batch["segment_ids"][r]
+        seg = seg if normalization == "sequence" else np.ones_like(seg)  # "row": one sequence per row
         for s in range(1, seg.max() + 1):
             m = seg == s
             n = w[r][m].sum() + u[r][m].sum()
@@ -77,7 +78,7 @@ def test_builders_and_packing_carry_ul_weights():
     assert row["ul_weights"].tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 0, 0]
 
 
-@pytest.mark.parametrize("normalization", ["token", "sequence"])
+@pytest.mark.parametrize("normalization", ["token", "sequence", "row"])
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_loss_matches_a_hand_computation(normalization, alpha):
     logits, batch = _batch()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxalign.data import dialogue
 from jaxalign.data.tokenizer import Tokenizer
 
 Example = dict[str, np.ndarray]
@@ -118,7 +119,7 @@ PROMPT_TEMPLATE = "{prompt}\n"
 def format_prompt(prompt: str) -> str:
     """The one prompt template, used for training and for generation alike (the Stable
     Alignment reference code trains and samples with different templates; we must not)."""
-    return PROMPT_TEMPLATE.format(prompt=prompt)
+    return dialogue.render(PROMPT_TEMPLATE, prompt)
 
 
 def prompted_example(tokenizer: Tokenizer, prompt: str, response: str) -> Example:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,10 +33,22 @@ _PIECE_FIELDS = ("inputs", "targets", "weights")
 _PART = "part"  # per-token feature of a piece: which part of its example (1..P) a slot belongs to
 _RESERVED = frozenset({*ROW_FIELDS, _PART, "tokens", "parts"})
 
+# PackStats.report warns when truncation cuts more than this share of the loss-weighted tokens.
+TRUNCATION_WARN_FRACTION = 0.10
+
+
+class TruncationWarning(UserWarning):
+    """Truncation to a row length (or a model's context) cut a large share of what is trained or scored."""
+
 
 @dataclasses.dataclass
 class PackStats:
     """Counts from packing. Pass one in as ``stats=`` to have it filled (it accumulates).
+
+    Token counts are of predicted tokens (targets: an example of n tokens predicts n - 1), before
+    truncation, and of those cut off by it; "weighted" sums their loss weights (with 0/1 weights:
+    the tokens the loss trains on, e.g. the feedback and response). `truncation_stats()` sums them up
+    and `report()` logs that and warns above TRUNCATION_WARN_FRACTION.
 
     For `pack_dataset` the counts are of what this process prepared since the object was made:
     they are not part of the iterator's checkpoint state and do not see grain worker processes.
@@ -47,10 +60,81 @@ class PackStats:
     dropped: int = 0  # fewer than 2 tokens (in some part): nothing to predict
     rows: int = 0
     slots: int = 0  # row slots holding a real target (rows * seq_len minus padding)
+    tokens: int = 0  # predicted tokens of the examples packed, before truncation
+    tokens_cut: int = 0  # of those, cut off by truncation
+    weighted_tokens: float = 0.0  # summed loss weights of those tokens, before truncation
+    weighted_tokens_cut: float = 0.0  # of those, on tokens cut off by truncation
 
     @property
     def padding_fraction(self) -> float:
         return 0.0 if not self.rows else 1.0 - self.slots / (self.rows * self.seq_len)
+
+    @property
+    def weighted_tokens_kept(self) -> float:
+        """The share of the loss weight that survives truncation (1.0 when there is none yet)."""
+        if self.weighted_tokens <= 0:
+            return 1.0
+        return 1.0 - self.weighted_tokens_cut / self.weighted_tokens
+
+    def truncation_stats(self) -> dict[str, Any]:
+        """What truncation cut, as a JSON-ready dict: examples seen (packed + dropped for predicting
+        nothing) and truncated, predicted tokens and weighted tokens seen and cut, and the kept share
+        of the weighted tokens ("weighted_tokens_kept", 0-1)."""
+        return {
+            "seq_len": self.seq_len,
+            "examples": self.examples + self.dropped,
+            "examples_truncated": self.truncated,
+            "tokens": self.tokens,
+            "tokens_cut": self.tokens_cut,
+            "weighted_tokens": self.weighted_tokens,
+            "weighted_tokens_cut": self.weighted_tokens_cut,
+            "weighted_tokens_kept": self.weighted_tokens_kept,
+        }
+
+    def report(self, name: str = "", threshold: float = TRUNCATION_WARN_FRACTION) -> dict[str, Any]:
+        """Logs `truncation_stats()` in one line and, when more than `threshold` of the weighted
+        tokens were cut, warns (TruncationWarning) naming seq_len; returns the stats. `name` says
+        which stream (e.g. "feedback")."""
+        stats = self.truncation_stats()
+        label = f"packing ({name})" if name else "packing"
+        log.info(
+            "%s: %d of %d examples cut to seq_len=%d (%d of %d predicted tokens); %.1f%% of the "
+            "weighted (loss) tokens kept",
+            label, self.truncated, stats["examples"], self.seq_len, self.tokens_cut, self.tokens,
+            100 * self.weighted_tokens_kept,
+        )
+        cut = self.weighted_tokens_cut / self.weighted_tokens if self.weighted_tokens > 0 else 0.0
+        if cut > threshold:
+            warnings.warn(
+                f"{label}: truncation to seq_len={self.seq_len} cut {100 * cut:.1f}% of the weighted "
+                f"(loss) tokens, more than {100 * threshold:g}% ({self.truncated} of {stats['examples']} "
+                f"examples are longer than seq_len + 1 tokens); raise seq_len, or use a tokenizer with "
+                "more pieces (a larger vocabulary) so that the texts take fewer tokens",
+                TruncationWarning, stacklevel=2,
+            )
+        return stats
+
+    def _count(self, piece: dict[str, np.ndarray] | None, truncated: bool, seen: tuple[int, float]) -> None:
+        """Adds one example: its shifted piece (None: dropped), whether it was cut, and its predicted
+        tokens and summed weights before the cut."""
+        if piece is None:
+            self.dropped += 1
+            return
+        self.examples += 1
+        self.truncated += truncated
+        tokens, weight = seen
+        self.tokens += tokens
+        self.weighted_tokens += weight
+        if truncated:
+            self.tokens_cut += tokens - len(piece["inputs"])
+            self.weighted_tokens_cut += weight - float(piece["weights"].sum(dtype=np.float64))
+
+    def add(self, other: PackStats) -> None:
+        """Adds `other`'s counts to these (seq_len: `other`'s)."""
+        self.seq_len = other.seq_len
+        for field in dataclasses.fields(self):
+            if field.name != "seq_len":
+                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def _per_token(
@@ -127,10 +211,19 @@ def shift_example(
     The piece holds inputs, targets, weights, the `fields` and "part" (1..P per slot), the shifted
     parts one after the other. `where` names the example in error messages.
     """
+    piece, truncated, _ = _shift(example, seq_len, overflow, where, fields)
+    return piece, truncated
+
+
+def _shift(
+    example: Mapping[str, Any], seq_len: int, overflow: Overflow, where: str, fields: Sequence[str],
+) -> tuple[dict[str, np.ndarray] | None, bool, tuple[int, float]]:
+    """`shift_example`, and the example's predicted tokens and summed weights before any cut."""
     parts = [_read_part(part, fields, name) for part, name in _parts(example, where)]
     slots = [max(part["tokens"].size - 1, 0) for part in parts]
     if min(slots) == 0:  # a part that predicts nothing: drop the example, not just the part
-        return None, False
+        return None, False, (0, 0.0)
+    seen = (sum(slots), float(sum(part["weights"][1:].sum(dtype=np.float64) for part in parts)))
     truncated = sum(slots) > seq_len
     if truncated:
         size = sum(part["tokens"].size for part in parts)
@@ -156,7 +249,7 @@ def shift_example(
         _PART: np.concatenate([np.full(part["tokens"].size - 1, i, np.int32)
                                for i, part in enumerate(parts, start=1)]),
     }
-    return piece, truncated
+    return piece, truncated, seen
 
 
 def _segments(example_ids: np.ndarray, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,9 +320,8 @@ def pack_examples(
     `pack_dataset(..., shuffle_bins=False)` with the same `num_bins`.
     """
     fields = _check_args(seq_len, num_bins, overflow, fields)
-    stats = PackStats() if stats is None else stats
-    stats.seq_len = seq_len
-    truncated_before = stats.truncated
+    total = PackStats() if stats is None else stats
+    stats = PackStats(seq_len=seq_len)  # this call's counts, added to `total` at the end
     rows: list[Row] = []
     window: list[list[dict[str, np.ndarray]]] = []  # open rows: their pieces
     used: list[int] = []  # slots filled in each open row
@@ -242,12 +334,10 @@ def pack_examples(
         used.clear()
 
     for index, example in enumerate(examples):
-        piece, truncated = shift_example(example, seq_len, overflow, where=f"example {index}", fields=fields)
-        stats.truncated += truncated
+        piece, truncated, seen = _shift(example, seq_len, overflow, f"example {index}", fields)
+        stats._count(piece, truncated, seen)
         if piece is None:
-            stats.dropped += 1
             continue
-        stats.examples += 1
         n = len(piece["inputs"])
         fit = next((i for i, u in enumerate(used) if u + n <= seq_len), None)
         if fit is None and len(window) == num_bins:
@@ -259,11 +349,9 @@ def pack_examples(
         window[fit].append(piece)
         used[fit] += n
     emit()
-    if stats.truncated > truncated_before:
-        log.warning(
-            "packing: truncated %d example(s) longer than seq_len = %d slots",
-            stats.truncated - truncated_before, seq_len,
-        )
+    total.add(stats)
+    if stats.truncated:
+        stats.report()  # this call's: logged, and a warning if much of the loss weight was cut
     return rows
 
 
@@ -297,15 +385,11 @@ def pack_dataset(
     piece_fields = (*_PIECE_FIELDS, *fields, _PART)
 
     def prepare(example: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
-        piece, truncated = shift_example(example, seq_len, overflow, fields=fields)
-        if truncated:
-            if not stats.truncated:
-                log.warning("packing: truncating examples longer than seq_len = %d slots", seq_len)
-            stats.truncated += 1
-        if piece is None:
-            stats.dropped += 1
-        else:
-            stats.examples += 1
+        piece, truncated, seen = _shift(example, seq_len, overflow, "example", fields)
+        if truncated and not stats.truncated:
+            log.info("packing: truncating examples longer than seq_len + 1 = %d tokens (counted in "
+                     "PackStats; the trainer reports the share cut after its first steps)", seq_len + 1)
+        stats._count(piece, truncated, seen)
         return piece
 
     def to_row(packed: dict[str, np.ndarray]) -> Row:

@@ -112,7 +112,10 @@ def make_batches(
     The result's ``get_state()`` is a JSON-serialisable dict; ``set_state`` on the iterator of an
     identically configured pipeline resumes with exactly the batches that would have come next.
     `read_threads` run `transform` ahead of packing; `prefetch` batches are made ahead on a
-    thread (0 for neither). `stats` (a PackStats) is filled as rows are packed. `fields` names extra
+    thread (0 for neither). `stats` (a PackStats) is filled as rows are packed, prefetched ones
+    included: ``stats.truncation_stats()`` says how many examples and (loss-weighted) tokens
+    truncation to seq_len cut, ``stats.report()`` logs that and warns above
+    packing.TRUNCATION_WARN_FRACTION (the trainer does so after its first steps). `fields` names extra
     per-token fields of the examples to pack (e.g. "ul_weights", see packing.py).
     """
     if batch_size < 1:

@@ -12,6 +12,13 @@ feedback phrase ("good" / "bad") with weight on the phrase only. Pair i is
 Accuracy counts a tie as half a win, so a model that cannot tell the two apart scores 0.5, not 0
 or 1 depending on a tie-break. The margin is the mean of chosen minus rejected score.
 
+Long examples. `sequence_logprobs` scores every example whole by default (an error past an explicit
+`seq_len`); its ``overflow="truncate"`` keeps the FIRST seq_len + 1 tokens, which cuts the end of the
+response. ``compare(..., max_len=L)`` instead cuts each example to L + 1 tokens by dropping the START
+of its prompt (BOS, when `bos_id` names it, stays), so the response is scored whole after the part
+of the prompt nearest it, as `jaxalign eval` does (jaxalign.eval.truncation); the result then also
+holds "truncated", the number of examples cut.
+
 Normalisation (design choice; the paper does not say). "sum" compares total log-likelihoods
 log p(response | context): the literal "higher likelihood" and the quantity DPO's implicit reward
 is built on. Every token adds a negative log-probability, so a sum favours the shorter response
@@ -28,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxalign.eval.truncation import Truncation
 from jaxalign.forward import sequence_logprobs
 from jaxalign.models import ModelConfig
 
@@ -64,13 +72,16 @@ def compare(
     rejected_examples: Sequence[Mapping[str, Any]],
     *,
     normalize: Literal["sum", "mean"] = "sum",
+    max_len: int | None = None,
+    bos_id: int | None = None,
     **scoring: Any,
 ) -> dict[str, float | int]:
     """`preference_accuracy` of the model's scores of the chosen and rejected examples.
 
     Both lists are scored in one `sequence_logprobs` call (packed together); `scoring` passes its
-    options on (seq_len, batch_size, overflow, ...). A pair whose example has no weighted token has
-    nothing to compare and is an error.
+    options on (seq_len, batch_size, overflow, ...). `max_len` (optional) first cuts every example to
+    max_len + 1 tokens keeping the end of its prompt (module docstring) and adds "truncated" to the
+    result. A pair whose example has no weighted token has nothing to compare and is an error.
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"compare: normalize={normalize!r}; choose one of {list(NORMALIZATIONS)}")
@@ -80,11 +91,18 @@ def compare(
     n = len(chosen_examples)
     if not n:
         raise ValueError("compare: no pairs to compare")
-    scores = sequence_logprobs(params, cfg, mesh, [*chosen_examples, *rejected_examples], **scoring)
+    examples = [*chosen_examples, *rejected_examples]
+    truncation = None if max_len is None else Truncation(max_len, bos_id=bos_id)
+    if truncation is not None:
+        examples = truncation.scored_examples(examples)
+    scores = sequence_logprobs(params, cfg, mesh, examples, **scoring)
     for name, tokens in (("chosen", scores.num_tokens[:n]), ("rejected", scores.num_tokens[n:])):
         empty = np.flatnonzero(tokens <= 0)
         if empty.size:
             raise ValueError(f"compare: pair {empty[0]}: the {name} example has no weighted token "
                              f"({empty.size} such pair(s)); nothing to compare")
     logp = scores.logp if normalize == "sum" else scores.logp / scores.num_tokens
-    return preference_accuracy(logp[:n], logp[n:])
+    result = preference_accuracy(logp[:n], logp[n:])
+    if truncation is not None:
+        result["truncated"] = truncation.scored_truncated
+    return result

@@ -4,7 +4,9 @@
 
 Preference accuracy (or, on group records, how the model ranks rated responses), CoH's feedback
 accuracy, ROUGE of generations and, on synthetic tasks, the ground-truth score, all over the same
-held-out records, so that the papers' tables can be reproduced from one command.
+held-out records, so that the papers' tables can be reproduced from one command. Every sequence
+scored or generated is cut to the length the model was trained on (jaxalign.eval.truncation,
+keeping the end of the prompt); the "truncation" section counts what was cut.
 
 Details: docs/methods.md#the-evaluation-report-jaxalign-eval
 """
@@ -21,11 +23,12 @@ import numpy as np
 from etils import epath
 
 from jaxalign import api, forward, paths, sample, workdir
+from jaxalign.data import dialogue, mistake_prompts, sources, synthetic
 from jaxalign.data import examples as examples_lib
-from jaxalign.data import mistake_prompts, sources, synthetic
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.eval.preference import preference_accuracy
 from jaxalign.eval.rouge import rouge
+from jaxalign.eval.truncation import Truncation, max_len_of
 from jaxalign.forward import sequence_logprobs
 from jaxalign.objectives import edits, registry
 
@@ -46,12 +49,16 @@ def evaluate(
     task's ground truth).
     `data_dir` holds built tfds datasets (default: the train workdir, or the model directory's parent).
     Generations are greedy unless `temperature` > 0 (sampled, reproducible by `seed`).
+    Every scored sequence and generation prompt is cut to the train seq_len (the workdir's
+    config.json), else the model's context, keeping the end of the prompt: the "truncation" section
+    (jaxalign.eval.truncation) counts them, and a warning says so when any was cut.
     Paths may be local or URLs (``gs://``; `jaxalign.paths`).
     """
     given, checkpoint = os.fspath(checkpoint), paths.path(checkpoint)
     lm = api.load(checkpoint, mesh)
     if lm.tokenizer is None:
         raise ValueError(f"{checkpoint}: no tokenizer saved with the model; evaluation needs one")
+    truncation = Truncation(*max_len_of(checkpoint, lm.cfg), bos_id=lm.tokenizer.bos_id)
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     if num_eval is not None:
         data_cfg.num_eval = num_eval
@@ -71,9 +78,9 @@ def evaluate(
         # data.jsonl has no held-out split: say so in the report rather than pass training data off.
         report["warning"] = "evaluated on the first records of the training file (no held-out split)"
     if lm.cfg.head == "score":
-        report["reward"] = reward_accuracy(lm, data.eval)
+        report["reward"] = reward_accuracy(lm, data.eval, truncation)
         report["num_eval"] = report["reward"]["n"]
-        return _with_scales(report)
+        return _finish(report, truncation)
     options = (max_new_tokens or config.get("max_new_tokens", 64), temperature, seed, hint)
     if hint:
         report["hint"] = hint
@@ -84,7 +91,7 @@ def evaluate(
         judge = safety.SafetyJudge.load(safety_judge, lm.mesh)
         safety_fn = lambda *args: {"judge": str(safety_judge), **_safety(judge, *args)}  # noqa: E731
     if data.schema == "group":
-        return _evaluate_groups(report, lm, data, objective, config.seed, *options, safety_fn)
+        return _evaluate_groups(report, lm, data, objective, config.seed, *options, safety_fn, truncation)
     records = [r for r in data.eval if all(k in r for k in ("prompt", "chosen", "rejected"))]
     if not records:
         raise ValueError("config.data has no held-out preference records to evaluate on")
@@ -92,17 +99,17 @@ def evaluate(
     report.update(num_eval=len(records), prompt_template=template)
     policy = registry.make(objective, lm.tokenizer, seed=config.seed)
     if policy.prompt_fn is None:  # an edit-chain model reads a draft, not a bare prompt: no such pairs
-        report["preference"] = _preference(lm, records, template)
+        report["preference"] = _preference(lm, records, template, truncation)
     if policy.feedback_format is not None:
-        report["feedback"] = _feedback(lm, records, policy.feedback_format)
-    generated = _generate(lm, policy, records, *options)
+        report["feedback"] = _feedback(lm, records, policy.feedback_format, truncation)
+    generated = _generate(lm, policy, records, *options, truncation=truncation)
     responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
     if policy.edit_chains:
         report["edit_chain"] = edit_chain_agreement(lm.tokenizer, records, generated, data.task)
     report.update(_judged(responses, records, [r["chosen"] for r in records], data.task, temperature))
     if safety_fn is not None:
         report["safety"] = safety_fn(records, responses, data.task)
-    return _with_scales(report)
+    return _finish(report, truncation)
 
 
 # What each section's numbers mean, written into every report beside them ("scales").
@@ -117,12 +124,21 @@ SCALES = {
     "edit_chain": "fractions of generations whose chain parses / agrees with its target, 0-1",
     "group_ranking": "fraction of rated pairs the model's mean NLL orders as the ratings do, 0-1",
     "reward": "accuracy, fraction 0-1; rewards: the score head's raw values (unbounded)",
+    "truncation": "counts, not a score: scored sequences and generation prompts ('examples') cut to "
+                  "max_len positions keeping the end of the prompt ('truncated'), and the tokens cut",
 }
 
 
 def _with_scales(report: dict[str, Any]) -> dict[str, Any]:
     report["scales"] = {k: SCALES[k] for k in report if k in SCALES}
     return report
+
+
+def _finish(report: dict[str, Any], truncation: Truncation) -> dict[str, Any]:
+    """The report with its truncation section (warned about when anything was cut) and scales."""
+    report["truncation"] = truncation.section()
+    truncation.warn()
+    return _with_scales(report)
 
 
 def _judged(responses: list[str], records: list[dict[str, Any]], references: list[str],
@@ -141,7 +157,7 @@ def _judged(responses: list[str], records: list[dict[str, Any]], references: lis
 
 def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, objective: Mapping[str, Any],
                      config_seed: int, max_new_tokens: int, temperature: float, seed: int,
-                     hint: str, safety_fn: Any) -> dict[str, Any]:
+                     hint: str, safety_fn: Any, truncation: Truncation) -> dict[str, Any]:
     """The report on held-out group records (docs/methods.md)."""
     groups = []
     for index, record in enumerate(r for r in data.eval if "responses" in r):
@@ -154,15 +170,15 @@ def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, obj
     template = registry.prompt_template(objective)
     report.update(num_eval=len(groups), prompt_template=template)
     policy = registry.make(objective, lm.tokenizer, seed=config_seed, schema="group")
-    report["group_ranking"] = group_ranking(lm, groups, template)
+    report["group_ranking"] = group_ranking(lm, groups, template, truncation)
     records = [{"prompt": prompt} for prompt, _, _ in groups]
-    generated = _generate(lm, policy, records, max_new_tokens, temperature, seed, hint)
+    generated = _generate(lm, policy, records, max_new_tokens, temperature, seed, hint, truncation)
     responses = [policy.response(r, row, lm.tokenizer) for r, row in zip(records, generated, strict=True)]
     best = [texts[examples_lib.best_response(ratings)] for _, texts, ratings in groups]
     report.update(_judged(responses, records, best, data.task, temperature))
     if safety_fn is not None:
         report["safety"] = safety_fn(records, responses, data.task)
-    return _with_scales(report)
+    return _finish(report, truncation)
 
 
 def _safety(judge: Any, records: list[dict[str, Any]], responses: list[str],
@@ -180,18 +196,20 @@ def _safety(judge: Any, records: list[dict[str, Any]], responses: list[str],
 
 
 def group_ranking(lm: api.LM, groups: Sequence[tuple[str, Sequence[str], Sequence[float]]],
-                  template: str = examples_lib.PROMPT_TEMPLATE) -> dict[str, Any]:
+                  template: str = examples_lib.PROMPT_TEMPLATE, truncation: Truncation | None = None,
+                  ) -> dict[str, Any]:
     """How the model's mean token NLLs order each group's responses against their ratings.
 
     `groups` are (prompt, responses, ratings), e.g. `examples.group_fields` of group records; each
-    response is scored after ``template.format(prompt=prompt)`` as training formats it. Returns
+    response is scored after ``dialogue.render(template, prompt)`` as training formats it. Returns
     ``accuracy`` (pairs with s_i > s_j and L_i < L_j, ties in L counting half, over all such pairs;
     None without any), ``best_lowest`` (groups whose best-rated response has the strictly lowest L,
     over groups with such a pair), ``n_pairs`` and ``n_groups`` (groups with such a pair).
+    `truncation` (optional) cuts and counts the scored sequences.
     """
-    examples = [response_example(lm.tokenizer, template.format(prompt=prompt), text)
+    examples = [response_example(lm.tokenizer, dialogue.render(template, prompt), text)
                 for prompt, texts, _ in groups for text in texts]
-    _, mean_logp = _scores(lm, examples)
+    _, mean_logp = _scores(lm, examples, truncation)
     wins, pairs, best_lowest, ranked_groups, start = 0.0, 0, 0, 0, 0
     for _, texts, ratings in groups:
         nll = -mean_logp[start:start + len(texts)]
@@ -219,13 +237,17 @@ def write(report: Mapping[str, Any], path: str | os.PathLike) -> epath.Path:
 
 
 def _generate(lm: api.LM, policy: registry.Objective, records: list[dict[str, Any]], max_new_tokens: int,
-              temperature: float, seed: int, hint: str = "") -> list[list[int]]:
+              temperature: float, seed: int, hint: str = "", truncation: Truncation | None = None,
+              ) -> list[list[int]]:
     """The policy's generations for `records`, prompted as it was trained (greedy at temperature 0),
-    with `hint` on the line after each prompt if given."""
+    with `hint` on the line after each prompt if given; `truncation` cuts (and counts) prompts too
+    long to leave room for max_new_tokens, keeping their end."""
     if hint:
         records = [{**r, "prompt": mistake_prompts.guided_prompt(r["prompt"], hint)} for r in records]
     tok = lm.tokenizer
     ids = [tok.encode(policy.prompt(r), add_bos=tok.bos_id is not None) for r in records]
+    if truncation is not None:
+        ids = truncation.prompt_ids(ids, max_new_tokens)
     return sample.generate(lm.params, lm.cfg, ids, mesh=lm.mesh, max_new_tokens=max_new_tokens,
                            temperature=temperature, seed=seed, eos_id=tok.eos_id)
 
@@ -248,28 +270,43 @@ def edit_chain_agreement(tokenizer: Tokenizer, records: list[dict[str, Any]], ge
     return result
 
 
-def reward_accuracy(lm: api.LM, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def reward_accuracy(lm: api.LM, records: Sequence[Mapping[str, Any]],
+                    truncation: Truncation | None = None) -> dict[str, Any]:
     """A reward model on held-out records: pairs ranked right (preference records) or the sign of the
-    reward matching the label (labelled records), with mean rewards."""
-    tok = lm.tokenizer
+    reward matching the label (labelled records), with mean rewards. `truncation` (optional) cuts and
+    counts the scored sequences."""
     pairs = [r for r in records if all(k in r for k in ("chosen", "rejected"))]
     if pairs:
         prompts = [r["prompt"] for r in pairs] * 2
         responses = [r["chosen"] for r in pairs] + [r["rejected"] for r in pairs]
-        scores = forward.score_texts(lm.params, lm.cfg, lm.mesh, tok, prompts, responses)
+        scores = _rewards(lm, prompts, responses, truncation)
         chosen, rejected = scores[: len(pairs)], scores[len(pairs):]
         return {"accuracy": float(np.mean(chosen > rejected)), "reward_chosen": float(chosen.mean()),
                 "reward_rejected": float(rejected.mean()), "n": len(pairs)}
     labelled = [r for r in records if "text" in r and "label" in r]
     if not labelled:
         raise ValueError("config.data has no held-out preference or labelled records to score")
-    scores = forward.score_texts(lm.params, lm.cfg, lm.mesh, tok, [r.get("prompt", "") for r in labelled],
-                                [r["text"] for r in labelled])
+    scores = _rewards(lm, [r.get("prompt", "") for r in labelled], [r["text"] for r in labelled], truncation)
     labels = np.asarray([int(r["label"]) for r in labelled])
     return {"accuracy": float(np.mean((scores > 0) == (labels == 1))),
             "reward_aligned": float(scores[labels == 1].mean()) if (labels == 1).any() else None,
             "reward_unaligned": float(scores[labels == 0].mean()) if (labels == 0).any() else None,
             "n": len(labelled)}
+
+
+def _rewards(lm: api.LM, prompts: list[str], responses: list[str],
+             truncation: Truncation | None) -> np.ndarray:
+    """`forward.score_texts`, each (prompt, response) cut by `truncation` first when given."""
+    if truncation is None:
+        return forward.score_texts(lm.params, lm.cfg, lm.mesh, lm.tokenizer, prompts, responses)
+    examples = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        try:
+            examples.append(examples_lib.text_example(lm.tokenizer, prompt, response))
+        except ValueError as error:
+            raise ValueError(f"reward_accuracy: pair {i}: {error}") from None
+    rows = forward.unpacked_rows(truncation.scored_examples(examples))
+    return forward.score_rows(lm.params, lm.cfg, lm.mesh, rows, batch_size=16)
 
 
 def response_example(tokenizer: Tokenizer, prompt_text: str, response: str) -> dict[str, np.ndarray]:
@@ -278,26 +315,32 @@ def response_example(tokenizer: Tokenizer, prompt_text: str, response: str) -> d
     return examples_lib.sft_example(prompt, tokenizer.encode(response), tokenizer.eos_id)
 
 
-def _scores(lm: api.LM, examples: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def _scores(lm: api.LM, examples: list[dict[str, np.ndarray]],
+            truncation: Truncation | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed and per-token log-probabilities of `examples`, each cut by `truncation` first if given."""
+    if truncation is not None:
+        examples = truncation.scored_examples(examples)
     scores = sequence_logprobs(lm.params, lm.cfg, lm.mesh, examples)
     return scores.logp, scores.logp / np.maximum(scores.num_tokens, 1)
 
 
-def _preference(lm: api.LM, records: list[dict[str, Any]], template: str) -> dict[str, Any]:
+def _preference(lm: api.LM, records: list[dict[str, Any]], template: str,
+                truncation: Truncation | None = None) -> dict[str, Any]:
     tok = lm.tokenizer
-    examples = [response_example(tok, template.format(prompt=r["prompt"]), r[k])
+    examples = [response_example(tok, dialogue.render(template, r["prompt"]), r[k])
                 for k in ("chosen", "rejected") for r in records]
-    total, mean = _scores(lm, examples)
+    total, mean = _scores(lm, examples, truncation)
     n = len(records)
     return {"sum": preference_accuracy(total[:n], total[n:]), "mean": preference_accuracy(mean[:n], mean[n:])}
 
 
-def _feedback(lm: api.LM, records: list[dict[str, Any]], fmt) -> dict[str, Any]:
+def _feedback(lm: api.LM, records: list[dict[str, Any]], fmt,
+              truncation: Truncation | None = None) -> dict[str, Any]:
     tok = lm.tokenizer
     leads = {positive: fmt.prompt_template(positive=positive) for positive in (True, False)}
-    examples = [response_example(tok, leads[positive].format(prompt=r["prompt"]), r[k])
+    examples = [response_example(tok, dialogue.render(leads[positive], r["prompt"]), r[k])
                 for positive in (True, False) for k in ("chosen", "rejected") for r in records]
-    total, _ = _scores(lm, examples)
+    total, _ = _scores(lm, examples, truncation)
     n = len(records)
     pos_chosen, pos_rejected, neg_chosen, neg_rejected = (total[i * n:(i + 1) * n] for i in range(4))
     good = (pos_chosen > neg_chosen).astype(float)

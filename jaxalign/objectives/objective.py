@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jaxalign.data import examples
+from jaxalign.data import dialogue, examples
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.objectives import lm
 
@@ -29,10 +29,11 @@ class Objective:
     fanout: Fanout  # examples per record: a number, or a function of the record
     make_example: Callable[[Mapping[str, Any], int, int], Example]  # (record, j, record index)
     loss_fn: lm.LossFn
-    prompt_template: str  # str.format template with {prompt}: how generation is prompted
+    prompt_template: str  # str.format template with {prompt}, rendered by dialogue.render
     reference: bool = False  # the loss needs the frozen reference model's log-probs
     fields: tuple[str, ...] = ()  # extra per-token fields the packer must carry
     batch_transform: Any = None  # train-only transform (CoH's FCM)
+    pretrain_transform: Any = None  # the same for the pretraining stream (CoH's fcm_pretrain)
     head: str = "lm"  # "score": the model ends in a scalar head (a reward model)
     # How a held-out record is put to the model and how its continuation is read back, when that
     # is more than `prompt_template` on record["prompt"] (edit chains show the unaligned draft too
@@ -51,7 +52,7 @@ class Objective:
         """The text a generation for `record` is prompted with (BOS is added when encoding)."""
         if self.prompt_fn is not None:
             return self.prompt_fn(record)
-        return self.prompt_template.format(prompt=examples.text_field(record, "prompt", "preference"))
+        return dialogue.render(self.prompt_template, examples.text_field(record, "prompt", "preference"))
 
     def response(self, record: Mapping[str, Any], generated: Sequence[int], tokenizer: Tokenizer) -> str:
         """The answer in a generation (ids after the prompt), as text."""

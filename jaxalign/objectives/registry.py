@@ -3,7 +3,7 @@
     objective = registry.make(config.objective, tokenizer, seed=config.seed, schema="preference")
     source = objective.source(records)          # random access: the examples of every record, in order
     loss_fn = objective.loss_fn                 # loss_fn(logits, batch) -> (loss, metrics)
-    lm.generate(objective.prompt_template.format(prompt=p))
+    lm.generate(p)  # LM renders p with objective.prompt_template (dialogue.render)
 
 `OBJECTIVES` is the table of methods: each name's module declares its options, ``DEFAULTS``, and
 ``build(opts, tokenizer, seed, schema) -> Objective``, and may declare ``HEAD`` (the model's head,
@@ -40,7 +40,7 @@ from jaxalign.objectives import (
 from jaxalign.objectives.objective import ExpandedSource, Objective
 
 __all__ = ["OBJECTIVES", "RL", "SCHEMAS", "ExpandedSource", "Objective", "check_schema", "default_config",
-           "head", "is_rl", "make", "prompt_template"]
+           "head", "is_rl", "make", "prompt_template", "resolved"]
 
 SCHEMAS = ("preference", "text", "labelled", "group")  # the record schemas `make` knows
 RL = "rl"  # policy-gradient refinement: options in policy_gradient, its loop in jaxalign.methods.rl
@@ -79,6 +79,21 @@ def prompt_template(objective_cfg: Mapping[str, Any]) -> str:
     """The generation prompt template of a saved run's objective section (a dict or ConfigDict)."""
     template = getattr(OBJECTIVES.get(_name(objective_cfg)), "prompt_template", None)
     return examples.PROMPT_TEMPLATE if template is None else template(objective_cfg)
+
+
+def resolved(objective_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """An objective section with every option spelt out: the defaults of options it leaves out
+    (e.g. added since it was saved) and the values a None default stands for (CoH's format
+    defaults), so that two spellings of the same objective compare equal."""
+    name = _name(objective_cfg)
+    if name == RL:
+        return {"name": name, **policy_gradient.DEFAULTS, **objective_cfg}
+    module = OBJECTIVES.get(name)
+    if module is None:
+        return dict(objective_cfg)
+    opts = {"name": name, **module.DEFAULTS, **objective_cfg}
+    resolve = getattr(module, "resolve", None)
+    return resolve(opts) if resolve is not None else opts
 
 
 def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed: int = 0,

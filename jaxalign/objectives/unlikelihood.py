@@ -103,7 +103,7 @@ def loss(
         return nll + alpha * ul, metrics
 
     segment_ids = batch.get("segment_ids")
-    if segment_ids is None:  # unpacked rows: each row is one sequence
+    if segment_ids is None or normalization == "row":  # the whole row as one sequence
         segment_ids = jnp.ones(targets.shape, jnp.int32)
     seq_trained = logprobs.segment_sums(trained, segment_ids)
     valid = (seq_trained > 0) & (jnp.arange(targets.shape[-1] + 1) > 0)

@@ -22,7 +22,7 @@ from etils import epath
 
 from jaxalign import api, modeldir, models
 from jaxalign import workdir as workdir_lib
-from jaxalign.data import examples, hosts, pipeline, sources
+from jaxalign.data import examples, hosts, packing, pipeline, sources
 from jaxalign.models import reward as reward_model
 from jaxalign.objectives import lm, registry
 from jaxalign.train import metrics as metrics_lib
@@ -71,13 +71,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
             raise ValueError(f"config.model.vocab_size={cfg.vocab_size} is smaller than the "
                              f"tokenizer's {data.tokenizer.vocab_size}")
         tx, schedule = optim.make_optimizer(config.optimizer)
-        batches = _batches(config, data, objective, run.mesh)
+        batches, pack_stats = _batches(config, data, objective, run.mesh)
         run.describe(cfg, objective.prompt_template, config.objective.to_dict())
         state, reference = _start(run, cfg, tx, batches, objective.reference)
         train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=_streams(config, objective),
                                               schedule=schedule, reference_params=reference)
-        state, status = _loop(run, config, cfg, state, train_step, batches)
+        state, status = _loop(run, config, cfg, state, train_step, batches, pack_stats)
     summary = {"status": status, "step": int(state.step), "workdir": str(run.workdir)}
+    if any(stats.examples + stats.dropped for stats in pack_stats.values()):
+        summary["truncation"] = {name or step_lib.SINGLE: stats.truncation_stats()
+                                 for name, stats in pack_stats.items()}
     if status == "done" and config.num_samples > 0 and data.eval_prompts and objective.head == "lm":
         summary.update(run_lib.write_samples(config, cfg, state.params, run.mesh, data, objective,
                                              run.workdir))
@@ -102,8 +105,13 @@ def _start(run: run_lib.Run, cfg: models.ModelConfig, tx: Any, batches: Any, wit
 
 
 def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.ModelConfig, state: Any,
-          train_step: Any, batches: Any) -> tuple[Any, str]:
-    """Steps until `total_steps` (or SIGTERM: saved, "preempted"); logs and saves as configured."""
+          train_step: Any, batches: Any, pack_stats: dict[str, packing.PackStats]) -> tuple[Any, str]:
+    """Steps until `total_steps` (or SIGTERM: saved, "preempted"); logs and saves as configured.
+
+    After TRUNCATION_REPORT_STEPS steps (or at the last) each stream's packing says what truncation
+    to seq_len cut (one log line; a warning above packing.TRUNCATION_WARN_FRACTION) and the next
+    metrics line carries its kept share of the loss-weighted tokens (`weighted_tokens_kept`, with two
+    streams `feedback/weighted_tokens_kept` and `pretrain/...`)."""
     writer = run.metrics(int(state.step))
     flops = metrics_lib.flops_per_token(cfg, config.seq_len)
     peak = metrics_lib.device_peak_flops() or metrics_lib.matmul_peak_flops(1024, "float32")
@@ -113,6 +121,8 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
     first = int(state.step) + 1
     unverified = None  # a checkpoint whose parameters have not yet given a loss
     empty = 0  # of the first steps, how many in a row had no loss token
+    report_step = min(first + TRUNCATION_REPORT_STEPS - 1, config.total_steps)
+    data_metrics: dict[str, float] = {}  # packing's truncation figures, for the next metrics line
     try:
         for step in range(first, config.total_steps + 1):
             t0 = time.perf_counter()
@@ -133,6 +143,8 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
                     run_lib.check_loss_tokens(metrics, step)
             window.add(t1 - t0, time.perf_counter() - t0, metrics["loss_tokens"])
             writer.advance()
+            if step == report_step:
+                data_metrics = _report_packing(pack_stats)
             if due_log:
                 summary = window.summary(flops, peak, config)
                 if summary["mfu"] > 1 and jax.devices()[0].platform == "cpu":
@@ -141,7 +153,8 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
                     log.warning("MFU over 100%%: the CPU peak measured at the start was low (a busy "
                                 "machine); measured again: %.3g FLOP/s", peak)
                     summary = window.summary(flops, peak, config)
-                writer.write(step, {**metrics, **summary})
+                writer.write(step, {**metrics, **summary, **data_metrics})
+                data_metrics = {}
                 window = _Window()
             if due_save or preempted:
                 if not _all_finite(state.params):
@@ -177,26 +190,49 @@ def _build_data(data_cfg: ml_collections.ConfigDict, workdir: epath.Path,
 
 def _batches(config: ml_collections.ConfigDict, data: sources.Data, objective: registry.Objective, mesh):
     """The objective's batches, and the pretraining text's as a second stream when it is on; each
-    process gets its rows of the global batch as `config.data.sharding` says (data/hosts.py)."""
+    process gets its rows of the global batch as `config.data.sharding` says (data/hosts.py).
+    Also each stream's packing counts ({stream: PackStats}; "" when there is one stream), which this
+    process's pipelines fill as they pack."""
     sharding = config.data.get("sharding", "process")
+    stats = packing.PackStats()
 
     def main(batch_size: int, index: int, count: int):
         return pipeline.make_batches(
             objective.source(data.train), seq_len=config.seq_len, batch_size=batch_size,
-            seed=config.seed, fields=objective.fields, process_index=index, process_count=count)
+            seed=config.seed, fields=objective.fields, process_index=index, process_count=count,
+            stats=stats)
 
     feedback = hosts.ProcessBatches(main, config.batch_size, mesh, sharding)
     if data.pretrain is None:
-        return feedback
+        return feedback, {"": stats}
     texts = registry.ExpandedSource(
         data.pretrain, 1, lambda record, j, i: examples.record_to_example(record, data.tokenizer, "text"))
+    text_stats = packing.PackStats()
 
     def pretrain(batch_size: int, index: int, count: int):
         return pipeline.make_batches(texts, seq_len=config.seq_len, batch_size=batch_size,
-                                     seed=config.seed + 1, process_index=index, process_count=count)
+                                     seed=config.seed + 1, process_index=index, process_count=count,
+                                     stats=text_stats)
 
     text = hosts.ProcessBatches(pretrain, config.pretrain.batch_size, mesh, sharding)
-    return _StreamBatches({"feedback": feedback, "pretrain": text})
+    streams = _StreamBatches({"feedback": feedback, "pretrain": text})
+    return streams, {"feedback": stats, "pretrain": text_stats}
+
+
+TRUNCATION_REPORT_STEPS = 8  # packing's truncation is reported once this many steps have run (or at the end)
+
+
+def _report_packing(pack_stats: dict[str, packing.PackStats]) -> dict[str, float]:
+    """Each stream's truncation report (logged; a warning above packing.TRUNCATION_WARN_FRACTION),
+    as metrics: the kept share of the loss-weighted tokens and the share of examples cut, 0-1."""
+    out = {}
+    for name, stats in pack_stats.items():
+        numbers = stats.report(name)
+        prefix = f"{name}/" if name else ""  # stream prefixes as the step's metrics have them
+        out[prefix + "weighted_tokens_kept"] = numbers["weighted_tokens_kept"]
+        cut = numbers["examples_truncated"] / max(numbers["examples"], 1)
+        out[prefix + "examples_truncated_fraction"] = cut
+    return out
 
 
 def _streams(config: ml_collections.ConfigDict, objective: registry.Objective) -> dict[str, step_lib.Stream]:
@@ -206,7 +242,8 @@ def _streams(config: ml_collections.ConfigDict, objective: registry.Objective) -
     if pretrain is None or not pretrain.weight:
         return {step_lib.SINGLE: main}
     # Plain text is weighted per token, as language-model pretraining is.
-    text = step_lib.Stream(lm.loss, float(pretrain.weight), pretrain.microbatches)
+    text = step_lib.Stream(lm.loss, float(pretrain.weight), pretrain.microbatches,
+                           objective.pretrain_transform)
     return {"feedback": main, "pretrain": text}
 
 

@@ -2,7 +2,8 @@
 
 Everything is configured by one flat ``optimizer`` section (`default_optimizer_config`), so
 ``--config.optimizer.peak_lr=1e-3`` works from the CLI and errors name ``optimizer.<key>``.
-Schedules (constant, linear, warmup_cosine, wsd) take the optax step count; weight decay applies
+Schedules (constant, linear, warmup_cosine, wsd) take the optax step count, and warm up for
+``warmup_steps`` or for ``warmup_fraction`` of ``total_steps``; weight decay applies
 to weight matrices only, decided by parameter name (scanned layers give a norm scale a layer
 axis); gradients are accumulated by the train step, not here, so that the optimizer state, the
 step count and the schedule count real updates. The schedules and the decay mask in detail:
@@ -56,6 +57,8 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
             "grad_clip_norm": 1.0,  # 0 or None: no clipping
             "schedule": "warmup_cosine",
             "warmup_steps": 0,
+            # Warmup as a share of total_steps (0: unused), so that it follows a change of total_steps.
+            "warmup_fraction": 0.0,
             "decay_steps": config_dict.placeholder(int),  # wsd only
             "end_lr_ratio": 0.1,
             "total_steps": config_dict.placeholder(int),
@@ -197,7 +200,7 @@ def make_optimizer(
         c["schedule"],
         peak_lr=c["peak_lr"],
         total_steps=c["total_steps"],
-        warmup_steps=c["warmup_steps"],
+        warmup_steps=warmup_steps(c),
         decay_steps=c["decay_steps"],
         end_lr_ratio=c["end_lr_ratio"],
     )
@@ -213,6 +216,21 @@ def make_optimizer(
         mask=lambda params: weight_decay_mask(params, decay_embeddings),
     )
     return optax.chain(clipper, adamw), schedule
+
+
+def warmup_steps(cfg: Mapping[str, Any]) -> int:
+    """The warmup length of an ``optimizer`` section: ``warmup_steps``, or ``warmup_fraction`` of
+    ``total_steps`` rounded to a step (Python's round: halves to even). Setting both is an error."""
+    steps, fraction = cfg.get("warmup_steps", 0), cfg.get("warmup_fraction", 0.0)
+    fraction = _number("warmup_fraction", 0.0 if fraction is None else fraction, minimum=0.0, maximum=1.0,
+                       open_max=True)
+    if not fraction:
+        return steps
+    if steps:
+        raise ValueError(f"{PREFIX}.warmup_steps={steps} and {PREFIX}.warmup_fraction={fraction} both set "
+                         f"the warmup; set the other one to 0")
+    total = _integer("total_steps", cfg.get("total_steps"), minimum=1)
+    return round(fraction * total)
 
 
 def opt_state_shardings(

@@ -47,6 +47,26 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("total_steps", "optimizer.total_steps", "optimizer.peak_lr", "optimizer.grad_clip_norm",
                      "checkpoint_every", "keep_checkpoints", "log_every", "num_samples", "max_new_tokens",
                      "mesh")
+# Keys added to a section after runs were saved without them, and the value such a run trained with:
+# a saved config that lacks one is read with it, so that a workdir of an older version resumes.
+ADDED_KEYS = {"optimizer": {"warmup_fraction": 0.0}, "pretrain": {"from_train": False}}
+
+
+def comparable(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config as a resumed run compares it: keys added since (`ADDED_KEYS`) filled in, and
+    the data and objective sections with their defaults spelt out (`sources.effective`,
+    `registry.resolved`), so that two spellings of the same run (the older defaults data.task="sort",
+    data.num_train=4000 and today's unset task and 0; CoH's normalization "sequence" and today's None)
+    agree."""
+    out = dict(resolved)
+    for section, added in ADDED_KEYS.items():
+        if isinstance(out.get(section), Mapping):
+            out[section] = {**added, **out[section]}
+    if isinstance(out.get("data"), Mapping):
+        out["data"] = sources.effective(out["data"])
+    if isinstance(out.get("objective"), Mapping):
+        out["objective"] = registry.resolved(out["objective"])
+    return out
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,8 +103,9 @@ class Run:
         it answers as), so readers rebuild and prompt the model without asking the objective. A workdir
         with checkpoints must hold a run of the same config (see `RESUMABLE_CHANGES`)."""
         if workdir_lib.is_workdir(self.workdir) and workdir_lib.committed_steps(self.workdir):
-            config_lib.check_same(workdir_lib.read_config(self.workdir), self.resolved,
-                                  f"workdir {self.workdir}", RESUMABLE_CHANGES)
+            saved = workdir_lib.read_config(self.workdir)
+            config_lib.check_same(comparable(saved), comparable(self.resolved), f"workdir {self.workdir}",
+                                  RESUMABLE_CHANGES)
         if jax.process_index() == 0:
             paths.write_atomic(self.workdir / workdir_lib.CONFIG, json.dumps(self.resolved, indent=2) + "\n")
             workdir_lib.write_description(self.workdir, cfg, prompt_template, dict(objective))
@@ -197,6 +218,18 @@ def write_samples(config: ml_collections.ConfigDict, cfg: models.ModelConfig, pa
     records = [r for r in data.eval if "prompt" in r][: config.num_samples]
     tok = data.tokenizer
     ids = [tok.encode(objective.prompt(r), add_bos=tok.bos_id is not None) for r in records]
+    # A long dialogue keeps its end, as `jaxalign eval` cuts it: prompt + reply within seq_len.
+    budget = min(config.seq_len, cfg.max_position_embeddings) - config.max_new_tokens
+    if budget <= 0:
+        log.warning("no samples: max_new_tokens=%d leaves no room for a prompt in seq_len=%d",
+                    config.max_new_tokens, config.seq_len)
+        return {}
+    cut = [sample.keep_end(p, budget, tok.bos_id) for p in ids]
+    shortened = sum(len(c) < len(p) for c, p in zip(cut, ids, strict=True))
+    if shortened:
+        log.info("samples: %d of %d prompts lost their start to fit seq_len=%d with max_new_tokens=%d",
+                 shortened, len(ids), config.seq_len, config.max_new_tokens)
+    ids = cut
     out = sample.generate(params, cfg, ids, mesh=mesh, max_new_tokens=config.max_new_tokens,
                           eos_id=tok.eos_id)
     prompts = [r["prompt"] for r in records]

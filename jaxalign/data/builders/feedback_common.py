@@ -173,6 +173,7 @@ def fingerprint(files: Sequence[SourceFile]) -> str:
 # --------------------------------------------------------------------------- the builder base
 
 FEATURES = {name: tfds.features.Text() for name in ("prompt", "chosen", "rejected", "id", "task")}
+REFERENCE_FEATURES = {**FEATURES, "reference": tfds.features.Text()}  # + raw upstream fields, JSON
 LABELS = ("unaligned", "aligned")  # the names of labels 0 and 1 in the dataset's features
 LABELLED_FEATURES = {
     "prompt": tfds.features.Text(), "text": tfds.features.Text(),

@@ -9,8 +9,10 @@ Details: docs/data.md#summarize-from-feedback-comparisons-summarize_feedbackpy
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import tensorflow_datasets as tfds
 from etils import epath
 
 from jaxalign.data.builders import feedback_common as common
@@ -44,7 +46,9 @@ def format_prompt(info: dict[str, Any]) -> str:
 
 
 def parse_line(text: str) -> dict[str, str]:
-    """One line of a comparisons file -> {"prompt", "chosen", "rejected", "split"}; raises Skip."""
+    """One line of a comparisons file -> {"prompt", "chosen", "rejected", "split", "reference"}; raises
+    Skip. ``reference`` keeps, as JSON, the raw post (None for news articles, as upstream has it) and
+    summaries, which CoH's official format renders as the reference code does."""
     obj: Any = reading.need(reading.load_json(text), dict, "the line")
     prompt = format_prompt(reading.get(obj, "info", dict))
     summaries = reading.get(obj, "summaries", list)
@@ -58,7 +62,10 @@ def parse_line(text: str) -> dict[str, str]:
     split = reading.get(obj, "split", str)
     if split not in SPLIT_NAMES:
         raise Skip("unknown_split", f"'split' is {split!r}, not one of {', '.join(SPLIT_NAMES)}")
-    return reading.make_pair(prompt, texts[choice], texts[1 - choice], split=SPLIT_NAMES[split])
+    info = obj["info"]
+    reference = {"post": info.get("post"), "answers": [texts[choice], texts[1 - choice]]}
+    return reading.make_pair(prompt, texts[choice], texts[1 - choice], split=SPLIT_NAMES[split],
+                             reference=json.dumps(reference, ensure_ascii=False))
 
 
 def source_files(source_dir: epath.Path) -> list[SourceFile]:
@@ -76,6 +83,10 @@ class SummarizeFeedback(common.FeedbackBuilder):
 
     name = "summarize_feedback"
     TASK = "summary"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {**common.FeedbackBuilder.RELEASE_NOTES,
+                     "1.1.0": "reference: the raw post and summaries, as JSON (CoH's official format)."}
+    RECORD_FEATURES = common.REFERENCE_FEATURES
     SPLITS = ("train", "validation")
     DESCRIPTION = "OpenAI summarize-from-feedback: pairs of summaries of a Reddit post or news article."
     HOMEPAGE = "https://github.com/openai/summarize-from-feedback"

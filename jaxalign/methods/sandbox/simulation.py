@@ -27,7 +27,7 @@ from etils import epath
 from jaxalign import api, paths, sample
 from jaxalign import config as config_lib
 from jaxalign import mesh as mesh_lib
-from jaxalign.data import jsonl, synthetic
+from jaxalign.data import dialogue, jsonl, synthetic
 from jaxalign.data import sandbox_records as records
 from jaxalign.methods.sandbox import observer as observer_lib
 from jaxalign.methods.sandbox import prompts
@@ -119,7 +119,8 @@ class Society:
 
     def _generate(self, lm: api.LM, texts: list[str], seed: int) -> list[str]:
         tok, sampling = lm.tokenizer, self.config.sampling
-        ids = [tok.encode(lm.prompt_template.format(prompt=t), add_bos=tok.bos_id is not None) for t in texts]
+        add_bos = tok.bos_id is not None
+        ids = [tok.encode(dialogue.render(lm.prompt_template, t), add_bos=add_bos) for t in texts]
         out = sample.generate(lm.params, lm.cfg, ids, mesh=lm.mesh, max_new_tokens=sampling.max_new_tokens,
                               temperature=sampling.temperature, top_p=sampling.top_p, seed=seed,
                               eos_id=tok.eos_id)
