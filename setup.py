@@ -29,6 +29,8 @@ setup(
         "rouge-score",  # jaxalign.eval.rouge: the CoH paper's summarisation metric
         "rapidfuzz>=3.0",  # jaxalign.objectives.edit_chain: edit operations over token ids (C++)
         "gcsfs",  # gs:// paths through etils.epath when tensorflow is absent (jaxalign/paths.py)
+        "matplotlib",  # jaxalign plot: metrics.jsonl curves to a PNG (Agg backend, no display)
+        "huggingface_hub>=0.30",  # Hub ids as model paths (jaxalign/hub.py)
     ],
     extras_require={
         "test": [

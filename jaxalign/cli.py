@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_pipeline(commands, "mistakes", "run (or resume) the Mistake Analysis pipeline: mix.jsonl",
                   "jaxalign.methods.mistakes.default_config", "every stage's records, config and summary")
     _add_plan(commands)
+    _add_plot(commands)
     # bench parses its own flags (jaxalign.bench.main), so they are passed through unparsed.
     commands.add_parser("bench", help="speed of training, forward and generation", add_help=False)
     return parser
@@ -143,6 +144,19 @@ def _add_plan(commands: Any) -> None:
     plan.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _add_plot(commands: Any) -> None:
+    plot = commands.add_parser("plot", help="draw runs' metrics.jsonl curves to a PNG (jaxalign.plot)")
+    plot.add_argument("workdirs", nargs="+", metavar="WORKDIR",
+                      help="train workdirs holding metrics.jsonl; each is one line, labelled by its name")
+    plot.add_argument("--out", required=True, metavar="FILE.png",
+                      help="the PNG to write (replaced atomically if it exists)")
+    plot.add_argument("--metrics", default=None,
+                      help="comma-separated keys, one subplot each, e.g. loss,feedback/loss,reward "
+                           "(default: those present of the losses, accuracy, reward, kl, task_score, "
+                           "grad_norm, lr, mfu, tokens_per_s)")
+    plot.add_argument("--x", default="step", help="the key on the x axis (default: step)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Quiet libraries' chatter ("Unable to initialize backend 'tpu'", orbax's per-save lines).
@@ -168,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "plot":  # reads files only: no JAX
+        return _plot(args)
     # Imported here so `jaxalign --help` answers without initialising JAX.
     from jaxalign import api
     from jaxalign import mesh as mesh_lib
@@ -261,6 +277,15 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export.export(args.checkpoint, args.out, step=args.step, fmt=args.fmt, dtype=args.dtype,
                         overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from jaxalign import plot
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics is not None else None
+    out = plot.plot_runs(args.workdirs, args.out, metrics=metrics, x=args.x)
     print(f"wrote {out}")
     return 0
 
