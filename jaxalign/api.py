@@ -22,10 +22,10 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from jaxalign import forward, hf, modeldir, models, paths, sample, workdir
+from jaxalign import forward, hf, hub, modeldir, models, paths, sample, workdir
 from jaxalign import mesh as mesh_lib
 from jaxalign.data import dialogue
-from jaxalign.data.tokenizer import Tokenizer
+from jaxalign.data.tokenizer import Tokenizer, demo_tokenizer
 from jaxalign.models import ModelConfig
 
 
@@ -94,13 +94,14 @@ class LM:
 
 
 def load(path: str | os.PathLike, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", **overrides: Any) -> LM:
-    """Loads a `jaxalign train` workdir (latest checkpoint), a jaxalign model directory or a
-    Hugging Face LLaMA-family directory.
+    """Loads a `jaxalign train` workdir (latest checkpoint), a jaxalign model directory, a
+    Hugging Face LLaMA-family directory or a Hugging Face Hub id (``org/name[@revision]``,
+    fetched once into the Hub cache; `jaxalign.hub`).
 
     `overrides` change execution options of the model config (e.g. dtype="bfloat16",
     scan_layers=False, attention_impl="cudnn"); they must not change its shape.
     """
-    path = paths.path(path)
+    path = paths.path(hub.resolve(path))
     mesh = mesh_lib.make_mesh(mesh) if isinstance(mesh, str) else mesh
     if workdir.is_workdir(path):  # the latest checkpoint's parameters; the optimizer state is not read
         cfg = workdir.model_config(path, **overrides)
@@ -124,12 +125,19 @@ def load(path: str | os.PathLike, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", **over
     return LM(cfg, params, mesh, tokenizer)
 
 
+DEMO_VOCAB = 256  # tokenizer.demo_tokenizer's default size
+
+
 def init(
     cfg: ModelConfig | str, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", seed: int = 0,
     tokenizer: Tokenizer | None = None,
 ) -> LM:
-    """A randomly initialised model (a preset name or a ModelConfig)."""
+    """A randomly initialised model (a preset name or a ModelConfig). Without a `tokenizer`, a model
+    with the bundled demo tokenizer's vocabulary (the "tiny" preset's 256 ids) gets that tokenizer,
+    as `jaxalign generate --preset` has it, so text prompts work out of the box."""
     cfg = models.get_preset(cfg) if isinstance(cfg, str) else cfg
+    if tokenizer is None and cfg.vocab_size == DEMO_VOCAB:
+        tokenizer = demo_tokenizer(DEMO_VOCAB)
     mesh = mesh_lib.make_mesh(mesh) if isinstance(mesh, str) else mesh
     return LM(cfg, models.init_params(cfg, mesh, seed), mesh, tokenizer)
 

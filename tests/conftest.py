@@ -12,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The CLI keeps a persistent compilation cache by default; in-process CLI calls in the tests would
 # switch it on for the whole worker. tests/test_compilation_cache.py turns it on where it is tested.
 os.environ.setdefault("JAXALIGN_COMPILATION_CACHE", "off")
+# No network at test time: Hub ids resolve from a Hub cache the test lays out (tests/test_hub.py).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -59,14 +59,19 @@ def test_save_hf_and_load_back(lm, tmp_path):
 def test_load_errors(lm, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a jaxalign model directory"):
         jaxalign.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        jaxalign.load(tmp_path / "missing")
     lm.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / modeldir.MODEL_FILE).read_text())
     meta["model"]["hidden_size"] = 32
     (tmp_path / "m" / modeldir.MODEL_FILE).write_text(json.dumps(meta))
     with pytest.raises(modeldir.CheckpointMismatchError, match="embed_tokens/embedding: saved shape"):
         jaxalign.load(tmp_path / "m")
+    tiny = jaxalign.init("tiny", mesh="dp:1,fsdp:-1,tp:1")  # the demo tokenizer: text prompts work
+    assert isinstance(tiny.generate(["hi"], max_new_tokens=2)[0], str)
     with pytest.raises(ValueError, match="text prompts need a tokenizer"):
-        jaxalign.init("tiny", mesh="dp:1,fsdp:-1,tp:1").generate(["hi"])
+        jaxalign.init(get_preset("tiny", vocab_size=300), mesh="dp:1,fsdp:-1,tp:1").generate(["hi"])
+    assert {"LM", "init", "load"} <= set(dir(jaxalign))  # tab completion sees the lazy names
 
 
 def test_cli_generate_import_export(lm, tmp_path, capsys):
@@ -97,7 +102,7 @@ def test_cli_generate_import_export(lm, tmp_path, capsys):
     [
         (["generate", "--preset", "tiny", "--prompt", "x", "--mesh", "3,-1,1"], "does not divide"),
         (["generate", "--preset", "huge", "--prompt", "x"], "unknown model preset 'huge'"),
-        (["generate", "--checkpoint", "/nonexistent", "--prompt", "x"], "neither a jaxalign"),
+        (["generate", "--checkpoint", "/nonexistent", "--prompt", "x"], "/nonexistent: no such file"),
     ],
 )
 def test_cli_bad_input_is_one_clear_error(argv, message, capsys):
