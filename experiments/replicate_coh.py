@@ -149,7 +149,26 @@ def table(results: dict[str, list[dict[str, float]]], task: str, seeds: list[int
         paper_sum, paper_dia = (value if value else "-" for value in paper)
         lines.append(f"| {LABELS[row]} | {score.mean():.3f} +- {score.std():.3f} | {pref.mean():.3f} +- "
                      f"{pref.std():.3f} | {paper_sum} | {paper_dia} |")
+    lines += ["", READING]
     return "\n".join(lines) + "\n"
+
+
+# What experiments/coh_marker_probe.py measured (results/coh_marker_probe.md, seed 0, harmless task).
+READING = (
+    "Reading the CoH rows: the budget decides them. On this task CoH learns to use its marker only "
+    "after about 200-280 fine-tuning steps (`experiments/results/coh_marker_probe.md`, one seed: the "
+    "marker's effect on the refuse-or-comply token stays within 0.4 nats up to step 240, then rises to "
+    "5 nats; greedy score 1.00 after the positive marker and 0.00 after the negative one at step 480, "
+    "in the full, no-pretraining and no-chain arms alike). Before that the model is prompt-blind: its "
+    "greedy answers refuse every prompt, so its score is the share of harmful held-out prompts, and "
+    "a refusal is more likely than compliance as a whole answer, so preference accuracy is that share "
+    "too. Not a defect: the generation prompt is token for token the trained prefix (800 of 800), "
+    "and CoH on p sequences alone learns the decision by step 80. The full objective needs the "
+    "prompt's harm and the marker together (every prompt appears under both markers), and "
+    "neither alone lowers the loss; pn/np first learn that the second answer is the other one. At "
+    "120 steps with the learning rate decayed to 0 the CoH rows never leave that plateau; "
+    "`--steps 480` gives them room."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
