@@ -14,6 +14,7 @@ in a notebook works the same in the trainer and the CLI.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,8 @@ from jaxalign import mesh as mesh_lib
 from jaxalign.data import dialogue
 from jaxalign.data.tokenizer import Tokenizer, demo_tokenizer
 from jaxalign.models import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -102,6 +105,7 @@ def load(path: str | os.PathLike, mesh: str | Mesh = "dp:1,fsdp:-1,tp:1", **over
     scan_layers=False, attention_impl="cudnn"); they must not change its shape.
     """
     path = paths.path(hub.resolve(path))
+    log.info("loading %s...", path)
     mesh = mesh_lib.make_mesh(mesh) if isinstance(mesh, str) else mesh
     if workdir.is_workdir(path):  # the latest checkpoint's parameters; the optimizer state is not read
         cfg = workdir.model_config(path, **overrides)

@@ -259,11 +259,25 @@ def bench_torch(cfg: ModelConfig, tokens: np.ndarray, prompts: np.ndarray, new_t
 # The run
 
 
+class _OldName(argparse.Action):
+    """A flag's former name: still taken, hidden from --help, with a one-line note on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _log(f"note: {option_string} is now {self.new}")
+        setattr(namespace, self.dest, values)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxalign bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--preset", "--config", dest="preset",
+    p.add_argument("--preset",
                    help="model preset (jaxalign.models.PRESETS); default small on CPU, 1b elsewhere")
+    # The former name of --preset: every other command's --config is a config file.
+    p.add_argument("--config", dest="preset", action=_OldName, new="--preset")
     p.add_argument("--batch", type=int, help="train/forward batch (default 8)")
     p.add_argument("--seq-len", type=int, help="train/forward tokens per row (256 CPU, 2048 GPU)")
     p.add_argument("--steps", type=int, default=10, help="timed repeats per phase (median)")

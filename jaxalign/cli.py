@@ -7,13 +7,59 @@ Bad input (a mesh spec, a checkpoint, a config key, a path) ends with one line o
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+class _OldName(argparse.Action):
+    """A flag's former name: still taken, hidden from --help, with a one-line note on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"jaxalign: note: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+class _HelpWithKeys(argparse.Action):
+    """-h/--help that ends with the top-level keys of a default config. They are read only when help
+    is asked for, since the default configs import JAX and `jaxalign --help` must answer without it."""
+
+    def __init__(self, option_strings: list[str], dest: str, default_config: str, **kwargs: Any):
+        super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="show this help message and exit")
+        self.default_config = default_config
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        module, _, name = self.default_config.rpartition(".")
+        keys = ", ".join(sorted(getattr(importlib.import_module(module), name)().keys()))
+        parser.epilog += f"\n\ntop-level keys of {self.default_config}():\n" + textwrap.fill(
+            keys, width=96, initial_indent="  ", subsequent_indent="  ")
+        parser.print_help()
+        parser.exit()
+
+
+def _config_command(commands: Any, name: str, help: str, default_config: str, example: str) -> Any:
+    """A command that reads a config file and takes --config.KEY=VALUE overrides (explained by its
+    --help, with `example` and the keys of `default_config`, the config such files start from)."""
+    command = commands.add_parser(name, help=help, add_help=False, description=help,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+        "--config.KEY=VALUE, after the flags and repeatable, sets a key of the config file: a dotted\n"
+        "KEY reaches into a section (--config.optimizer.peak_lr=3e-4); VALUE is a Python literal where\n"
+        "it parses (3, 1e-4, True), else a string. The key must exist (a typo is an error naming it),\n"
+        "except under model, which takes any ModelConfig field. --config FILE.py:ARG calls the file's\n"
+        f'get_config("ARG") instead of get_config(). For example:\n\n  {example}'))
+    command.add_argument("-h", "--help", action=_HelpWithKeys, default_config=default_config)
+    return command
 
 
 def _add_mesh(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_import_hf(commands)
     _add_export(commands)
     _add_pipeline(commands, "sandbox", "run (or resume) a SANDBOX simulation: records.jsonl",
-                  "jaxalign.methods.sandbox.simulation.default_config", "records, progress and config")
+                  "jaxalign.methods.sandbox.simulation.default_config", "records, progress and config",
+                  "jaxalign sandbox --config experiments/sandbox_synthetic.py --config.rounds=5 "
+                  "--config.agents.num_agents=9")
     _add_pipeline(commands, "mistakes", "run (or resume) the Mistake Analysis pipeline: mix.jsonl",
-                  "jaxalign.methods.mistakes.default_config", "every stage's records, config and summary")
+                  "jaxalign.methods.mistakes.default_config", "every stage's records, config and summary",
+                  "jaxalign mistakes --config experiments/mistake_analysis_synthetic.py:pipeline \\\n"
+                  "      --config.pairs.num=64")
     _add_plan(commands)
     _add_plot(commands)
     # bench parses its own flags (jaxalign.bench.main), so they are passed through unparsed.
@@ -57,14 +107,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_train(commands: Any) -> None:
-    train = commands.add_parser("train", help="train (or resume) from a config file")
-    train.add_argument("--config", required=True, help="experiments/<name>.py with get_config()")
+    train = _config_command(commands, "train", "train (or resume) from a config file",
+                            "jaxalign.train.defaults.default_train_config",
+                            "jaxalign train --config experiments/coh_synthetic.py:dpo "
+                            "--config.total_steps=500 \\\n      --config.model.remat=full")
+    train.add_argument("--config", required=True,
+                       help="experiments/<name>.py with get_config(), or FILE.py:ARG for get_config(\"ARG\")")
     train.add_argument("--workdir", default=None,
                        help="checkpoints, metrics and samples; re-running resumes (default: "
                             "workdirs/<config name>)")
-    train.add_argument("--coordinator", help="host:port of process 0 (multi-host GPU/CPU)")
-    train.add_argument("--num-processes", type=int)
-    train.add_argument("--process-id", type=int)
+    train.add_argument("--coordinator", help="host:port of process 0, for a multi-host run JAX does not "
+                                             "detect itself (Cloud TPU, SLURM, Open MPI need no flags); "
+                                             "$JAXALIGN_COORDINATOR")
+    train.add_argument("--num-processes", type=int,
+                       help="how many processes take part (with --coordinator; $JAXALIGN_NUM_PROCESSES)")
+    train.add_argument("--process-id", type=int,
+                       help="this process's index, 0 to --num-processes - 1 (with --coordinator; "
+                            "$JAXALIGN_PROCESS_ID)")
     _add_cache(train)
 
 
@@ -74,9 +133,11 @@ def _add_eval(commands: Any) -> None:
     ev.add_argument("--checkpoint", required=True, help="a train workdir, jaxalign model or HF directory")
     ev.add_argument("--out", help="report path (default: <checkpoint>/eval.json)")
     ev.add_argument("--num-eval", type=int, help="held-out records (default: config.data.num_eval)")
-    ev.add_argument("--max-new-tokens", type=int, help="default: config.max_new_tokens")
-    ev.add_argument("--temperature", type=float, default=0.0, help="0: greedy generations")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--max-new-tokens", type=int,
+                    help="tokens to generate per prompt (default: config.max_new_tokens)")
+    ev.add_argument("--temperature", type=float, default=0.0,
+                    help="sampling temperature; 0: greedy (default)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed of sampling (default 0)")
     ev.add_argument("--safety-judge", help="a safety classifier (experiments/safety_judge.py): report its "
                                            "harmless rate of the generations")
     _add_guided(ev)
@@ -87,14 +148,26 @@ def _add_eval(commands: Any) -> None:
 def _add_generate(commands: Any) -> None:
     gen = commands.add_parser("generate", help="continue prompts with a model")
     source = gen.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a jaxalign model directory or a Hugging Face directory")
+    source.add_argument("--checkpoint", help="a train workdir, jaxalign model directory, Hugging Face "
+                                             "directory or Hub id (org/name[@revision])")
     source.add_argument("--preset", help="a randomly initialised preset (e.g. tiny), for smoke tests")
-    gen.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--tokenizer", metavar="PATH",
+                     help="a tokenizer.json, a sentencepiece .model or a directory holding one, in place "
+                          "of the model's own (a Hugging Face export may have none)")
+    prompts = gen.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", action="append", help="a text prompt; repeat for a batch")
+    prompts.add_argument("--prompt-ids", action="append", metavar="IDS",
+                         help='a prompt of comma-separated token ids, e.g. "1,306,4966", answered with '
+                              "ids (no tokenizer needed); repeat for a batch")
+    gen.add_argument("--max-new-tokens", type=int, default=32,
+                     help="tokens to generate per prompt (default 32)")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="sampling temperature; 0: greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0,
+                     help="sample among the k most likely tokens only; 0: no limit (default)")
+    gen.add_argument("--top-p", type=float, default=1.0,
+                     help="nucleus sampling: the most likely tokens up to probability p; 1: all (default)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed of sampling (default 0)")
     _add_guided(gen)
     _add_mesh(gen)
     _add_cache(gen)
@@ -102,9 +175,11 @@ def _add_generate(commands: Any) -> None:
 
 def _add_import_hf(commands: Any) -> None:
     imp = commands.add_parser("import-hf", help="convert a Hugging Face checkpoint to jaxalign")
-    imp.add_argument("--from", dest="source", required=True)
-    imp.add_argument("--out", required=True)
-    imp.add_argument("--overwrite", action="store_true")
+    imp.add_argument("--from", dest="source", required=True,
+                     help="a Hugging Face LLaMA-family directory (config.json + safetensors) or Hub id "
+                          "(org/name[@revision])")
+    imp.add_argument("--out", required=True, help="the jaxalign model directory to write")
+    imp.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     _add_mesh(imp)
 
 
@@ -114,16 +189,18 @@ def _add_export(commands: Any) -> None:
     exp.add_argument("--checkpoint", required=True, help="a train workdir or a jaxalign model directory")
     exp.add_argument("--step", type=int, default=None,
                      help="a kept step of the workdir (default: the latest)")
-    exp.add_argument("--out", required=True)
+    exp.add_argument("--out", required=True, help="the directory to write")
     exp.add_argument("--format", dest="fmt", choices=["hf", "orbax"], default="hf",
                      help="hf: config.json + safetensors; orbax: a jaxalign model directory (params only)")
-    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    exp.add_argument("--overwrite", action="store_true")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                     help="the weights' dtype in --out (default: the model's param_dtype)")
+    exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
 
 
-def _add_pipeline(commands: Any, name: str, help: str, default_config: str, writes: str) -> None:
+def _add_pipeline(commands: Any, name: str, help: str, default_config: str, writes: str,
+                  example: str) -> None:
     """`sandbox` and `mistakes`: a config of the method's own and a resumable workdir."""
-    command = commands.add_parser(name, help=help)
+    command = _config_command(commands, name, help, default_config, example)
     command.add_argument("--config", required=True,
                          help=f"a config whose get_config() is a {name} config ({default_config})")
     command.add_argument("--workdir", default=None,
@@ -134,11 +211,14 @@ def _add_pipeline(commands: Any, name: str, help: str, default_config: str, writ
 def _add_plan(commands: Any) -> None:
     plan = commands.add_parser("plan", help="per-device memory of a config's train step and the largest "
                                             "batch that fits a device (jaxalign.plan)")
-    plan.add_argument("--config", required=True, help="experiments/<name>.py with get_config()")
+    plan.add_argument("--config", required=True,
+                      help="experiments/<name>.py with get_config(); --config.KEY=VALUE overrides as in "
+                           "train")
     plan.add_argument("--device", help="tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e, a100, a100-40gb, h100 or h200")
     plan.add_argument("--device-bytes", type=int, help="device memory in bytes (instead of --device's)")
-    plan.add_argument("--mesh-shape", help='the mesh to plan for, e.g. "dp:1,fsdp:256,tp:1" (default: '
-                                           "config.mesh on this machine's devices)")
+    plan.add_argument("--mesh", help='the mesh to plan for, every size given, e.g. "dp:1,fsdp:256,tp:1" '
+                                     "(default: config.mesh on this machine's devices)")
+    plan.add_argument("--mesh-shape", dest="mesh", action=_OldName, new="--mesh")
     plan.add_argument("--check", action="store_true",
                       help="also compile the real train step here and print XLA's figures beside")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
@@ -187,8 +267,6 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here so `jaxalign --help` answers without initialising JAX.
     from jaxalign import api
     from jaxalign import mesh as mesh_lib
-    from jaxalign.data.tokenizer import demo_tokenizer
-    from jaxalign.models import get_preset
 
     if hasattr(args, "compilation_cache"):
         cache = args.compilation_cache
@@ -201,20 +279,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in ("sandbox", "mistakes"):
         return _pipeline(args)
     if args.command == "generate":
-        if args.checkpoint:
-            lm = api.load(args.checkpoint, mesh=args.mesh)
-        else:
-            # A random model sized to the bundled demo tokenizer, so every id decodes.
-            tokenizer = demo_tokenizer()
-            cfg = get_preset(args.preset, vocab_size=tokenizer.vocab_size)
-            lm = api.init(cfg, mesh=args.mesh, tokenizer=tokenizer)
-        outputs = lm.generate(
-            _hinted(args, args.prompt), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        )
-        for prompt, text in zip(args.prompt, outputs, strict=True):
-            print(f"{prompt!r} -> {text!r}")
-        return 0
+        return _generate(args)
     if args.command == "import-hf":
         from jaxalign import modeldir
 
@@ -224,8 +289,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({lm.cfg.num_params():,} parameters)")
         if lm.tokenizer is None:
             print(f"jaxalign: warning: {args.source} holds no tokenizer (tokenizer.json or tokenizer.model), "
-                  f"so {out} has none: text prompts (generate --prompt, eval) will be refused; copy the "
-                  f"tokenizer files into {args.source} and import again", file=sys.stderr)
+                  f"so {out} has none: text prompts (generate --prompt, eval) will be refused (generate "
+                  f"takes --tokenizer PATH or --prompt-ids); copy the tokenizer files into {args.source} "
+                  "and import again", file=sys.stderr)
         return 0
     if args.command == "export":
         return _export(args)
@@ -270,6 +336,56 @@ def _train(args: argparse.Namespace) -> int:
     if "score" in summary:
         print(f"mean task score on {len(summary['samples'])} held-out prompts: {summary['score']:.3f}")
     return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from jaxalign import api
+    from jaxalign.data.tokenizer import Tokenizer, demo_tokenizer
+    from jaxalign.models import get_preset
+
+    tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None
+    if args.checkpoint:
+        lm = api.load(args.checkpoint, mesh=args.mesh)
+        if tokenizer is not None:
+            if tokenizer.vocab_size > lm.cfg.vocab_size:
+                raise ValueError(f"--tokenizer {args.tokenizer}: {tokenizer.vocab_size} token ids, more than "
+                                 f"the model's {lm.cfg.vocab_size}")
+            lm.tokenizer = tokenizer
+    else:
+        # A random model sized to the tokenizer (the bundled demo one by default), so every id decodes.
+        tokenizer = tokenizer or demo_tokenizer()
+        cfg = get_preset(args.preset, vocab_size=tokenizer.vocab_size)
+        lm = api.init(cfg, mesh=args.mesh, tokenizer=tokenizer)
+    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed)
+    if args.prompt_ids:
+        if _hint(args):
+            raise ValueError("--guided adds its hint to text: use it with --prompt, not --prompt-ids")
+        prompts = [_token_ids(text, lm.cfg.vocab_size) for text in args.prompt_ids]
+        for prompt, ids in zip(prompts, lm.generate(prompts, **sampling), strict=True):
+            print(f"{prompt} -> {ids}")
+        return 0
+    if lm.tokenizer is None:
+        raise ValueError(f"{args.checkpoint} has no tokenizer (tokenizer.json or tokenizer.model) to "
+                         "encode --prompt: give one with --tokenizer PATH, or prompt with token ids: "
+                         "--prompt-ids 1,2,3")
+    outputs = lm.generate(_hinted(args, args.prompt), **sampling)
+    for prompt, text in zip(args.prompt, outputs, strict=True):
+        print(f"{prompt!r} -> {text!r}")
+    return 0
+
+
+def _token_ids(text: str, vocab_size: int) -> list[int]:
+    """A --prompt-ids value ("1,306,4966") as ids, each checked to be in the model's vocabulary."""
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--prompt-ids {text!r}: not comma-separated token ids, e.g. 1,306,4966") from None
+    outside = [i for i in ids if not 0 <= i < vocab_size]
+    if outside:
+        raise ValueError(f"--prompt-ids {text!r}: {outside} outside the model's vocabulary "
+                         f"(0 to {vocab_size - 1})")
+    return ids
 
 
 def _export(args: argparse.Namespace) -> int:

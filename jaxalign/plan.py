@@ -3,7 +3,7 @@
     plan = estimate(get_preset("7b", dtype="bfloat16", remat="full"), {"fsdp": 64}, batch=256, seq_len=2048)
     plan.total / 2**30                                        # GiB per device
     largest_batch(cfg, {"fsdp": 64}, 2048, DEVICES["tpu-v4"])  # global rows
-    jaxalign plan --config experiments/default.py --device tpu-v4 --mesh-shape dp:1,fsdp:64,tp:1
+    jaxalign plan --config experiments/default.py --device tpu-v4 --mesh dp:1,fsdp:64,tp:1
 
 The model is analytic, so that a pod can be planned from a laptop: nothing is compiled and no mesh
 is built. It is a sum of named terms (params, opt_state, grads, inputs, and the larger of
@@ -320,7 +320,7 @@ def parse_mesh_shape(spec: str) -> dict[str, int]:
     """``"dp:1,fsdp:256,tp:1"`` (or ``"1,256,1"``) with every size given, for a mesh not at hand."""
     sizes = [part.rpartition(":")[2].strip() for part in spec.split(",") if part.strip()]
     if "-1" in sizes:
-        raise ValueError(f"--mesh-shape {spec!r}: give every axis size (no -1): it describes the mesh "
+        raise ValueError(f"--mesh {spec!r}: give every axis size (no -1): it describes the mesh "
                          "to plan for, not this machine's devices")
     # The product of the sizes as the device count makes parse_mesh_spec check only the syntax.
     count = math.prod(int(size) for size in sizes if size.lstrip("-").isdigit() and int(size) > 0)
@@ -349,8 +349,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise ValueError(f"--device-bytes {args.device_bytes} must be positive")
     cfg = model_config(config)
     batch, seq_len, microbatches = config.batch_size, config.seq_len, config.get("microbatches", 1)
-    if args.mesh_shape:
-        mesh_shape = parse_mesh_shape(args.mesh_shape)
+    if args.mesh:
+        mesh_shape = parse_mesh_shape(args.mesh)
     else:
         mesh_shape = mesh_lib.parse_mesh_spec(config.mesh, jax.device_count())
     if args.device is not None and args.device not in DEVICES:
@@ -370,8 +370,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.check:
         local = mesh_lib.parse_mesh_spec(config.mesh, jax.device_count())
         if mesh_shape != local:
-            raise ValueError(f"--check compiles on this machine's mesh {local}; --mesh-shape {mesh_shape} "
-                             "differs (drop --check or --mesh-shape)")
+            raise ValueError(f"--check compiles on this machine's mesh {local}; --mesh {mesh_shape} "
+                             "differs (drop --check or --mesh)")
         report["xla"] = xla_memory(cfg, mesh_lib.make_mesh(config.mesh), batch, seq_len, microbatches)
     print(json.dumps(report, indent=2) if args.json else format_report(report, cfg))
     return 0

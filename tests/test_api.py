@@ -97,10 +97,37 @@ def test_cli_generate_import_export(lm, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "jx").rglob("*")) == before
 
 
+def test_cli_generate_without_a_tokenizer(tmp_path, capsys):
+    """An HF export without tokenizer files: text prompts are refused naming both ways out, token-id
+    prompts are answered with ids, and --tokenizer gives it one."""
+    bare = jaxalign.init(get_preset("tiny", vocab_size=300), mesh="dp:1,fsdp:-1,tp:1", seed=1)
+    bare.save_hf(tmp_path / "hf")
+    hf = str(tmp_path / "hf")
+    assert cli.main(["generate", "--checkpoint", hf, "--prompt", "hello"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxalign: error:") and "\n" not in err
+    assert "--tokenizer PATH" in err and "--prompt-ids" in err
+
+    assert cli.main(["generate", "--checkpoint", hf, "--prompt-ids", "1,5,6", "--prompt-ids", "1, 7",
+                     "--max-new-tokens", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = bare.generate([[1, 5, 6], [1, 7]], max_new_tokens=3)
+    assert lines == [f"[1, 5, 6] -> {expected[0]}", f"[1, 7] -> {expected[1]}"]
+
+    demo_tokenizer().save_pretrained(tmp_path / "tok")
+    assert cli.main(["generate", "--checkpoint", hf, "--tokenizer", str(tmp_path / "tok"),
+                     "--prompt", "hello", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("'hello' -> ")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["generate", "--preset", "tiny", "--prompt", "x", "--mesh", "3,-1,1"], "does not divide"),
+        (["generate", "--preset", "tiny", "--prompt-ids", "1,x"], "not comma-separated token ids"),
+        (["generate", "--preset", "tiny", "--prompt-ids", "1,256"], "[256] outside the model's vocabulary"),
+        (["generate", "--preset", "tiny", "--prompt-ids", "1", "--guided"], "use it with --prompt"),
+        (["generate", "--preset", "tiny", "--prompt", "x", "--tokenizer", "/nonexistent"], "/nonexistent"),
         (["generate", "--preset", "huge", "--prompt", "x"], "unknown model preset 'huge'"),
         (["generate", "--checkpoint", "/nonexistent", "--prompt", "x"], "/nonexistent: no such file"),
     ],

@@ -49,6 +49,14 @@ def test_bad_model_override_is_named():
         bench.main(["--preset", "tiny", "--model", "remats=full"])
 
 
+def test_preset_flag_and_its_former_name(capsys):
+    assert bench._parser().parse_args(["--preset", "tiny"]).preset == "tiny"
+    assert capsys.readouterr().err == ""
+    assert bench._parser().parse_args(["--config", "tiny"]).preset == "tiny"  # every other --config is a file
+    assert capsys.readouterr().err == "bench: note: --config is now --preset\n"
+    assert "--config" not in bench._parser().format_help()
+
+
 def test_tiny_run_prints_one_json_object(capsys):
     code = bench.main([
         "--json", "--preset", "tiny", "--batch", "8", "--seq-len", "32", "--steps", "2",

@@ -120,7 +120,7 @@ def test_cli_plans_a_pod_and_checks_against_xla(devices, tmp_path, capsys):
     path = tmp_path / "tiny_plan.py"
     path.write_text(CONFIG)
     pod = _plan_json(capsys, "--config", str(path), "--device", "tpu-v4",
-                     "--mesh-shape", "dp:1,fsdp:256,tp:1",
+                     "--mesh", "dp:1,fsdp:256,tp:1",
                      "--config.model.remat=none", "--config.batch_size=512")
     for key in ("params", "opt_state", "grads", "activations", "total", "largest_batch", "mesh_shape",
                 "rows_per_device", "terms", "device_bytes"):

@@ -197,3 +197,24 @@ def test_ml_collections_sections_and_dicts_agree():
     section = ml_collections.ConfigDict({**sources.default_data_config().to_dict(), "jsonl": "x"})
     assert sources.synthetic_task(section) == sources.synthetic_task(section.to_dict()) == ""
     assert sources.synthetic_task(sources.default_data_config()) == sources.DEFAULT_TASK
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"objective": {"name": "coh", "format": "paper"}}, "objective.format='paper'"),
+    ({"objective": {"name": "sft", "alpha": 1.0}}, r"unknown key\(s\) \['alpha'\]"),
+    ({"data": {"task": "harmless", "dataset": "hh_rlhf"}}, "both give the training records"),
+    ({"optimizer": {"warmup_steps": 5, "warmup_fraction": 0.1}}, "warmup"),
+])
+def test_a_bad_config_writes_nothing(tmp_path, change, message):
+    """Checks that need no data run before the workdir (and its tokenizer) is written."""
+    from jaxalign.train import loop
+
+    config = default_train_config()
+    for section, values in change.items():
+        if section == "objective":
+            config.objective = ml_collections.ConfigDict(values)
+        else:
+            config[section].update(values)
+    with pytest.raises(ValueError, match=message):
+        loop.train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

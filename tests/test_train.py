@@ -17,7 +17,7 @@ import jaxalign
 from jaxalign import cli
 from jaxalign import config as config_lib
 from jaxalign.data.packing import TruncationWarning
-from jaxalign.train import loop, run
+from jaxalign.train import loop, metrics, run
 from jaxalign.train.checkpointer import Checkpointer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +119,12 @@ def test_nan_loss_sets_aside_the_diverged_checkpoint_and_the_advice_works(tmp_pa
     assert (tmp_path / "checkpoints" / "diverged-1" / "state").is_dir()  # kept for a look, not listed
     rerun = loop.train(_config("--config.total_steps=6", "--config.checkpoint_every=1"), tmp_path)
     assert rerun["status"] == "done"
+
+
+def test_progress_bar_shows_mfu_in_percent():
+    shown = metrics.progress_postfix({"step": 3, "loss": 1.234567, "lr": 1e-3, "tokens_per_s": 51234.5,
+                                      "mfu": 0.08078, "grad_norm": 2.0})
+    assert shown == {"loss": "1.235", "lr": "0.001", "tokens_per_s": "5.123e+04", "mfu": "8.1%"}
 
 
 def test_malformed_record_is_exit_2_naming_file_and_line(tmp_path, capsys):

@@ -106,24 +106,34 @@ class Data:
         return [r["prompt"] for r in self.eval if "prompt" in r]
 
 
-def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed: int,
-          pretrain_cfg: ml_collections.ConfigDict | None = None, tokenizer: Tokenizer | None = None) -> Data:
-    """Records and a tokenizer: `tokenizer` if given, else the workdir's, data.tokenizer, or a new one
-    trained on the data (saved in the workdir, so a resumed run keeps its ids)."""
+def check(data_cfg: ml_collections.ConfigDict, pretrain_cfg: ml_collections.ConfigDict | None = None) -> None:
+    """The errors of a data (and pretrain) section that need no data read: run before anything is
+    written, so a bad config leaves no workdir or tokenizer behind."""
     check_keys(data_cfg, DATA_KEYS, "config.data")
-    workdir = paths.path(workdir)
     chosen = [k for k in ("task", "jsonl", "dataset") if data_cfg.get(k)]
     if len(chosen) > 1:
         given = " and ".join(f"data.{k}={data_cfg[k]!r}" for k in chosen)
         raise ValueError(
             f"config.data: {given} both give the training records; set only one of data.task, data.jsonl "
             f"and data.dataset (data.task left unset gives way to the others)")
-    task, eval_split, task_name = None, "eval", synthetic_task(data_cfg)
+    task_name = synthetic_task(data_cfg)
     if not chosen and not task_name:
         raise ValueError(f"config.data: no training records: set data.jsonl or data.dataset (data.task="
                          f"{data_cfg.get('task')!r} turns the bundled {DEFAULT_TASK!r} task off)")
-    stages = _stages(data_cfg)
+    if task_name:
+        synthetic.get_task(task_name)  # an unknown task name
+    _stages(data_cfg)
     _check_pretrain_source(pretrain_cfg, task_name)  # before a dataset is built, not after
+
+
+def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed: int,
+          pretrain_cfg: ml_collections.ConfigDict | None = None, tokenizer: Tokenizer | None = None) -> Data:
+    """Records and a tokenizer: `tokenizer` if given, else the workdir's, data.tokenizer, or a new one
+    trained on the data (saved in the workdir, so a resumed run keeps its ids)."""
+    check(data_cfg, pretrain_cfg)
+    workdir = paths.path(workdir)
+    task, eval_split, task_name = None, "eval", synthetic_task(data_cfg)
+    stages = _stages(data_cfg)
     if task_name:
         task = synthetic.get_task(task_name)
         num_train = data_cfg.num_train or SYNTHETIC_NUM_TRAIN

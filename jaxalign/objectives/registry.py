@@ -30,6 +30,7 @@ from jaxalign.objectives import (
     coh,
     dpo,
     edit_chain,
+    lm,
     policy_gradient,
     reward,
     sft,
@@ -40,7 +41,7 @@ from jaxalign.objectives import (
 from jaxalign.objectives.objective import ExpandedSource, Objective
 
 __all__ = ["OBJECTIVES", "RL", "SCHEMAS", "ExpandedSource", "Objective", "check_schema", "default_config",
-           "head", "is_rl", "make", "prompt_template", "resolved"]
+           "check", "head", "is_rl", "make", "prompt_template", "resolved"]
 
 SCHEMAS = ("preference", "text", "labelled", "group")  # the record schemas `make` knows
 RL = "rl"  # policy-gradient refinement: options in policy_gradient, its loop in jaxalign.methods.rl
@@ -94,6 +95,23 @@ def resolved(objective_cfg: Mapping[str, Any]) -> dict[str, Any]:
     opts = {"name": name, **module.DEFAULTS, **objective_cfg}
     resolve = getattr(module, "resolve", None)
     return resolve(opts) if resolve is not None else opts
+
+
+def check(objective_cfg: Mapping[str, Any]) -> None:
+    """The errors of an objective section that need no tokenizer or data (unknown name or key, bad
+    options), so that a run can stop before it writes anything."""
+    name = _name(objective_cfg)
+    if name == RL:
+        return  # checked by jaxalign.methods.rl before its run starts
+    if name not in OBJECTIVES:
+        raise ValueError(f"config.objective.name={name!r}; known: {', '.join([*OBJECTIVES, RL])}")
+    module = OBJECTIVES[name]
+    check_keys(objective_cfg, ("name", *module.DEFAULTS), f"config.objective (name={name!r})")
+    opts = resolved(objective_cfg)
+    if "normalization" in opts:
+        lm.make_loss_fn(opts["normalization"])
+    if hasattr(module, "make_format"):  # CoH: markers, variants and format
+        module.make_format(opts)
 
 
 def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed: int = 0,

@@ -55,9 +55,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
     if registry.is_rl(config.get("objective", {})):
         raise ValueError("config.objective.name='rl' is trained by jaxalign.methods.rl.train "
                          "(`jaxalign train` dispatches there)")
-    # The model section's errors, before data writes a tokenizer (the vocabulary is not known yet).
+    # Every error a config can show without data, before the workdir or a tokenizer is written (the
+    # model section's with a stand-in vocabulary: the real one is not known yet).
     run_lib.check_context(model_config(config, vocab_size=256), config.seq_len)
+    registry.check(config.get("objective", {}))
+    sources.check(run_lib.data_config(config), config.get("pretrain"))
+    optim.make_optimizer(config.optimizer)
     with run_lib.Run(config, workdir) as run:
+        log.info("reading the data and its tokenizer (a new data set is built once)...")
         data = _build_data(run_lib.data_config(config), run.workdir, config)
         vocab = data.tokenizer.vocab_size
         objective = registry.make(config.objective, data.tokenizer, seed=config.seed, schema=data.schema)
@@ -73,6 +78,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
         tx, schedule = optim.make_optimizer(config.optimizer)
         batches, pack_stats = _batches(config, data, objective, run.mesh)
         run.describe(cfg, objective.prompt_template, config.objective.to_dict())
+        log.info("the model: the latest checkpoint if there is one, else %s...",
+                 f"init_from={config.init_from}" if config.get("init_from") else "a random initialisation")
         state, reference = _start(run, cfg, tx, batches, objective.reference)
         train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=_streams(config, objective),
                                               schedule=schedule, reference_params=reference)
@@ -122,6 +129,8 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
     unverified = None  # a checkpoint whose parameters have not yet given a loss
     empty = 0  # of the first steps, how many in a row had no loss token
     report_step = min(first + TRUNCATION_REPORT_STEPS - 1, config.total_steps)
+    if first <= config.total_steps:
+        log.info("compiling the train step (the first step takes longer)...")
     data_metrics: dict[str, float] = {}  # packing's truncation figures, for the next metrics line
     try:
         for step in range(first, config.total_steps + 1):

@@ -59,6 +59,14 @@ def device_peak_flops(device: jax.Device | None = None) -> float | None:
     return None
 
 
+def progress_postfix(values: dict[str, Any]) -> dict[str, str]:
+    """What the progress bar shows of a step's metrics: MFU in percent (metrics.jsonl keeps the fraction)."""
+    shown = {k: f"{values[k]:.4g}" for k in ("loss", "lr", "tokens_per_s") if k in values}
+    if "mfu" in values:
+        shown["mfu"] = f"{100 * values['mfu']:.1f}%"
+    return shown
+
+
 class MetricsWriter:
     """Writes every logged step to JSONL and TensorBoard; only process 0 writes."""
 
@@ -92,8 +100,7 @@ class MetricsWriter:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(key, value, step)
         if not prefix:
-            shown = {k: values[k] for k in ("loss", "lr", "tokens_per_s", "mfu") if k in values}
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            self.bar.set_postfix(progress_postfix(values), refresh=False)
 
     def flush(self) -> None:
         """Writes the buffered lines (a checkpoint was saved: they must outlive a crash)."""

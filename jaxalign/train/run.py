@@ -27,8 +27,8 @@ from etils import epath
 from jax.sharding import Mesh
 
 from jaxalign import config as config_lib
+from jaxalign import hub, models, paths, sample
 from jaxalign import mesh as mesh_lib
-from jaxalign import models, paths, sample
 from jaxalign import workdir as workdir_lib
 from jaxalign.data import sources
 from jaxalign.objectives import registry
@@ -186,7 +186,7 @@ def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         return config.data
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     try:
-        data_cfg.tokenizer = str(workdir_lib.tokenizer_dir(init_from))
+        data_cfg.tokenizer = str(workdir_lib.tokenizer_dir(hub.resolve(init_from)))  # a Hub id too
     except FileNotFoundError:
         raise FileNotFoundError(f"config.init_from={str(init_from)!r}: no tokenizer found there") from None
     return data_cfg
