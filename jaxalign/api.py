@@ -86,13 +86,18 @@ class LM:
 
     def save_hf(self, path: str | os.PathLike, dtype: str | None = None,
                 overwrite: bool = False) -> epath.Path:
-        """A Hugging Face directory that transformers.AutoModelForCausalLM loads."""
-        cfg = self.cfg
-        if self.tokenizer is not None and cfg.pad_token_id is None:
-            # Trained tokenizers have a real pad id; HF's generate wants it in the config.
-            cfg = cfg.replace(pad_token_id=self.tokenizer.pad_id)
+        """A Hugging Face directory that transformers.AutoModelForCausalLM loads; its tokenizer
+        carries a chat template that renders a conversation as `generate` renders a prompt
+        (`dialogue.chat_template` of `prompt_template`)."""
+        cfg, tok, chat = self.cfg, self.tokenizer, None
+        if tok is not None:
+            if cfg.pad_token_id is None:
+                # Trained tokenizers have a real pad id; HF's generate wants it in the config.
+                cfg = cfg.replace(pad_token_id=tok.pad_id)
+            if self.prompt_template != modeldir.DEFAULT_TEMPLATE:  # else keep an imported model's own
+                chat = dialogue.chat_template(self.prompt_template, tok.bos_token, tok.eos_token)
         return hf.export_checkpoint(
-            self.params, cfg, path, tokenizer=self.tokenizer, dtype=dtype, overwrite=overwrite
+            self.params, cfg, path, tokenizer=tok, dtype=dtype, overwrite=overwrite, chat_template=chat
         )
 
 

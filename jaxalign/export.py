@@ -14,9 +14,11 @@ it. It is streamed too: orbax's partial save adds one leaf at a time to a pendin
 copied up).
 
 Both formats carry the tokenizer and a model card (README.md: shape, step, objective, the
-training config). Everything is written through `modeldir.staged_directory`: an existing
-directory is replaced only with `overwrite`, and only once the new one is complete. Source and
-output may be local paths or URLs (``gs://``; `jaxalign.paths`).
+training config). The HF tokenizer carries a chat template (`dialogue.chat_template`) that renders
+a conversation as the run's prompt template does, so transformers prompts it as it was trained.
+Everything is written through `modeldir.staged_directory`: an existing directory is replaced only
+with `overwrite`, and only once the new one is complete. Source and output may be local paths or
+URLs (``gs://``; `jaxalign.paths`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from etils import epath
 from orbax.checkpoint.experimental.v1 import partial
 
 from jaxalign import hf, modeldir, models, paths, workdir
+from jaxalign.data import dialogue
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models.config import ModelConfig
 
@@ -148,7 +151,12 @@ def _write_hf(source: Source, tmp: epath.Path, np_dtype: Any, max_shard_bytes: i
             del leaf
         hf.save_safetensors(tensors, tmp / file)
         del tensors
-    hf.write_metadata(tmp, cfg, np_dtype, source.tokenizer, {"total_size": total}, weight_map, len(files))
+    tok, chat = source.tokenizer, None
+    # A chat template that renders conversations as the run was prompted; a plain LM ("{prompt}",
+    # e.g. an imported chat model) keeps the template its tokenizer came with.
+    if tok is not None and source.prompt_template != modeldir.DEFAULT_TEMPLATE:
+        chat = dialogue.chat_template(source.prompt_template, tok.bos_token, tok.eos_token)
+    hf.write_metadata(tmp, cfg, np_dtype, tok, {"total_size": total}, weight_map, len(files), chat)
 
 
 def _plan(source: Source, cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[tuple]]:

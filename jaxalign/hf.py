@@ -380,9 +380,11 @@ def _check_tensors(path: epath.Path, expected: dict[str, _Tensor], where: dict[s
 def export_checkpoint(
     params: Any, cfg: ModelConfig, out_dir: str | os.PathLike, tokenizer: Any = None,
     max_shard_bytes: int = 2**30, dtype: str | None = None, overwrite: bool = False,
+    chat_template: str | None = None,
 ) -> epath.Path:
     """Writes an HF directory that transformers.AutoModelForCausalLM.from_pretrained loads
-    (AutoModelForSequenceClassification for a score model).
+    (AutoModelForSequenceClassification for a score model). `chat_template` (Jinja; callers make
+    it with `jaxalign.data.dialogue.chat_template`) is saved with the tokenizer.
 
     Every process must call this (the gathers are collective); only process 0 writes. A
     non-empty `out_dir` (local or a URL) is replaced only with overwrite=True, and only once the
@@ -407,7 +409,8 @@ def export_checkpoint(
             if writer:
                 save_safetensors(tensors, tmp / file)
         if writer:
-            write_metadata(tmp, cfg, np_dtype, tokenizer, {"total_size": total}, weight_map, len(files))
+            write_metadata(tmp, cfg, np_dtype, tokenizer, {"total_size": total}, weight_map, len(files),
+                           chat_template)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxalign.hf.export_checkpoint")
     return out
@@ -444,10 +447,10 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
 
 def write_metadata(
     tmp: epath.Path, cfg: ModelConfig, np_dtype: Any, tokenizer: Any, metadata: dict, weight_map: dict,
-    num_files: int,
+    num_files: int, chat_template: str | None = None,
 ) -> None:
     """Everything of an HF directory but the tensors: the shard index (when sharded), config.json,
-    generation_config.json and the tokenizer, written into `tmp`."""
+    generation_config.json and the tokenizer (with `chat_template`, if any), written into `tmp`."""
     if num_files > 1:
         _write_json(tmp / INDEX_FILE, {"metadata": metadata, "weight_map": weight_map})
     config = config_to_hf(cfg)
@@ -456,7 +459,9 @@ def write_metadata(
     if cfg.head == "lm":  # a classifier generates nothing
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         _write_json(tmp / "generation_config.json", generation)
-    if tokenizer is not None:
+    if tokenizer is not None and chat_template is not None:
+        tokenizer.save_pretrained(tmp, chat_template=chat_template)
+    elif tokenizer is not None:
         tokenizer.save_pretrained(tmp)
 
 

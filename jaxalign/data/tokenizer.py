@@ -5,6 +5,7 @@
     [chain] = tok.add_special_tokens(["<|chain|>"])
     ids = tok.encode("Good: <|chain|> fine", add_bos=True)
     tok.save_pretrained("out/")             # transformers.AutoTokenizer loads the same ids
+    tok.save_pretrained("out/", chat_template=dialogue.chat_template(template, tok.bos_token))
 
 Paths may be local or URLs (``gs://...``): files are read and written whole, as bytes or text,
 through `jaxalign.paths`, never handed to sentencepiece or tokenizers by name.
@@ -48,6 +49,7 @@ SP_FILE = "tokenizer.model"
 JSON_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_MAP_FILE = "special_tokens_map.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # what transformers 5 saves; it reads it before the config's key
 
 # When a bare tokenizer.json names no special tokens, these spellings (most common first) are
 # recognised as bos / eos / pad / unk.
@@ -107,6 +109,18 @@ class Tokenizer:
         """The id of a whole token (piece), or None if the vocabulary lacks it."""
         raise NotImplementedError
 
+    def id_to_token(self, token_id: int) -> str:
+        """The token (piece) of an id, as the vocabulary spells it."""
+        raise NotImplementedError
+
+    @property
+    def bos_token(self) -> str | None:
+        return None if self.bos_id is None else self.id_to_token(self.bos_id)
+
+    @property
+    def eos_token(self) -> str | None:
+        return None if self.eos_id is None else self.id_to_token(self.eos_id)
+
     def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
         """Makes each token one id that is matched atomically anywhere in text; returns the ids.
 
@@ -115,9 +129,11 @@ class Tokenizer:
         """
         raise NotImplementedError
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> epath.Path:
+    def save_pretrained(self, out_dir: str | os.PathLike, chat_template: str | None = None) -> epath.Path:
         """Writes files that `Tokenizer.load` and `transformers.AutoTokenizer` both read into
-        `out_dir` (local or a URL); returns it."""
+        `out_dir` (local or a URL); returns it. A `chat_template` (Jinja, e.g.
+        `dialogue.chat_template`) goes into tokenizer_config.json and chat_template.jinja, which
+        transformers 5 reads first; without one, a loaded tokenizer_config.json's is kept."""
         raise NotImplementedError
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
@@ -220,6 +236,9 @@ class SentencePieceTokenizer(Tokenizer):
         i = self._sp.piece_to_id(token)  # answers unk_id for unknown pieces
         return i if self._sp.id_to_piece(i) == token else None
 
+    def id_to_token(self, token_id: int) -> str:
+        return self._sp.id_to_piece(token_id)
+
     def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
         ids = []
         for token in _check_special(tokens):
@@ -246,7 +265,7 @@ class SentencePieceTokenizer(Tokenizer):
     def _piece(self, i: int | None) -> str | None:
         return None if i is None else self._sp.id_to_piece(i)
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> epath.Path:
+    def save_pretrained(self, out_dir: str | os.PathLike, chat_template: str | None = None) -> epath.Path:
         out = paths.path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / SP_FILE).write_bytes(self.model_proto)
@@ -274,7 +293,7 @@ class SentencePieceTokenizer(Tokenizer):
             "clean_up_tokenization_spaces": False,
             "extra_special_tokens": self._user_defined(),
         }
-        _write_configs(out, config, special, self._user_defined())
+        _write_configs(out, config, special, self._user_defined(), chat_template)
         return out
 
     def __getstate__(self) -> dict:
@@ -440,6 +459,12 @@ class HFTokenizer(Tokenizer):
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def id_to_token(self, token_id: int) -> str:
+        token = self._tok.id_to_token(token_id)
+        if token is None:
+            raise ValueError(f"{self!r} has no token {token_id}")
+        return token
+
     def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
         tokens = _check_special(tokens)
         self._tok.add_special_tokens(
@@ -452,7 +477,7 @@ class HFTokenizer(Tokenizer):
         added = self._tok.get_added_tokens_decoder()
         return [t.content for _, t in sorted(added.items()) if t.special and t.content not in named]
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> epath.Path:
+    def save_pretrained(self, out_dir: str | os.PathLike, chat_template: str | None = None) -> epath.Path:
         out = paths.path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / JSON_FILE).write_text(self._tok.to_str(pretty=True), encoding="utf-8")  # what save() writes
@@ -463,7 +488,7 @@ class HFTokenizer(Tokenizer):
         markers = self._markers()
         config.update(tokenizer_class="PreTrainedTokenizerFast", **special, extra_special_tokens=markers)
         config.setdefault("clean_up_tokenization_spaces", False)
-        _write_configs(out, config, special, markers)
+        _write_configs(out, config, special, markers, chat_template)
         return out
 
     def __repr__(self) -> str:
@@ -473,7 +498,12 @@ class HFTokenizer(Tokenizer):
 # --------------------------------------------------------------------------- helpers
 
 
-def _write_configs(out: epath.Path, config: dict, special: dict, markers: list[str]) -> None:
+def _write_configs(out: epath.Path, config: dict, special: dict, markers: list[str],
+                   chat_template: str | None = None) -> None:
+    if chat_template is not None:
+        # transformers 5 reads chat_template.jinja first, then the config's key (all 4.x reads).
+        config = {**config, "chat_template": chat_template}
+        (out / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
     _write_json(out / CONFIG_FILE, config)
     # transformers 5 reads tokenizer_config.json only; 4.x also reads this one.
     _write_json(out / SPECIAL_MAP_FILE, {**special, "additional_special_tokens": markers})
