@@ -217,7 +217,9 @@ def test_import_hf_names_a_truncated_safetensors_file_and_warns_without_a_tokeni
     from jaxalign import cli
 
     hf = tmp_path / "hf"
-    jaxalign.init("tiny").save_hf(hf)
+    from jaxalign.models import get_preset
+
+    jaxalign.init(get_preset("tiny", vocab_size=300)).save_hf(hf)  # no demo tokenizer: it has 256 ids
     weights = hf / "model.safetensors"
     intact = weights.read_bytes()
     weights.write_bytes(intact[:1000])
