@@ -13,7 +13,6 @@ accuracy, reward, kl, task_score, grad_norm, lr, mfu, tokens_per_s. Workdirs and
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -23,10 +22,11 @@ from typing import Any
 from etils import epath
 
 from jaxalign import paths
+from jaxalign import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = workdir_lib.METRICS
 # The default subplots, in this order (a stream's `feedback/loss` follows `loss`).
 DEFAULT_METRICS = ("loss", "accuracy", "reward", "kl", "task_score", "grad_norm", "lr", "mfu", "tokens_per_s")
 _COLUMNS = 3  # subplots per row
@@ -48,21 +48,7 @@ def read_metrics(workdir: paths.PathLike) -> list[dict[str, Any]]:
     if not file.exists():
         raise FileNotFoundError(f"{workdir} holds no {METRICS_FILE} (not a train workdir, or it has "
                                 f"not logged a step yet)")
-    lines = file.read_text().split("\n")
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if any(rest.strip() for rest in lines[number:]):
-                raise ValueError(f"{file}:{number}: not a JSON line ({e})") from None
-            log.warning("%s:%d: ignoring a torn last line (%d bytes)", file, number, len(line))
-            continue
-        if not isinstance(row, dict):
-            raise ValueError(f"{file}:{number}: not a JSON object")
-        rows.append(row)
+    rows = [row for _, row in workdir_lib.metrics_lines(file)]
     if not rows:
         log.warning("%s holds no metrics lines yet", file)
     return rows

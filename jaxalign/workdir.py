@@ -13,6 +13,7 @@ Readers (the notebook API, export, eval) restore the parameters alone, a partial
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -24,12 +25,37 @@ from jaxalign import modeldir, paths
 from jaxalign.models.config import ModelConfig
 
 CHECKPOINTS, CONFIG, TOKENIZER, SAMPLES = "checkpoints", "config.json", "tokenizer", "samples.jsonl"
+METRICS = "metrics.jsonl"
+log = logging.getLogger(__name__)
 STATE = "state"  # the train state's item in a checkpoint step; its params are under "params"
 
 
 def is_workdir(path: str | os.PathLike) -> bool:
     path = paths.path(path)
     return (path / CHECKPOINTS).is_dir() and (path / CONFIG).is_file()
+
+
+def metrics_lines(file: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
+    """The (line, object) pairs of a metrics.jsonl. A torn last line (what a crash or a full disk
+    leaves) is skipped with a warning; a bad line before others is an error naming file and line,
+    since lines after it could not have been written after it."""
+    file = paths.path(file)
+    lines = file.read_text().split("\n")
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if any(rest.strip() for rest in lines[number:]):
+                raise ValueError(f"{file}:{number}: not a JSON line ({e}); fix or delete the line") from None
+            log.warning("%s:%d: skipping a torn last line (%d bytes)", file, number, len(line))
+            continue
+        if not isinstance(row, dict):
+            raise ValueError(f"{file}:{number}: not a JSON object")
+        out.append((line, row))
+    return out
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

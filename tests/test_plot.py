@@ -95,7 +95,7 @@ def test_torn_last_line_is_ignored_and_a_bad_line_is_an_error(tmp_path, caplog):
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 3, "lo')
     assert [row["step"] for row in plot.read_metrics(run)] == [1, 2]
-    assert "metrics.jsonl:3: ignoring a torn last line" in caplog.text
+    assert "metrics.jsonl:3: skipping a torn last line" in caplog.text
     with (run / "metrics.jsonl").open("a") as f:
         f.write('\n{"step": 4, "loss": 0.2}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:3: not a JSON line"):

@@ -64,7 +64,7 @@ def test_resume_drops_a_torn_metrics_line(reference, tmp_path, caplog):
         f.write('{"step": 4, "loss": 1.')
     loop.train(_config("--config.total_steps=6"), tmp_path)
     assert _losses(tmp_path) == reference
-    assert "metrics.jsonl:4: dropping a torn last line" in caplog.text
+    assert "metrics.jsonl:4: skipping a torn last line" in caplog.text
 
 
 def test_a_corrupt_metrics_line_before_others_is_named(tmp_path):

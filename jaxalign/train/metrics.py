@@ -29,6 +29,7 @@ import tqdm
 from etils import epath
 
 from jaxalign import paths
+from jaxalign import workdir as workdir_lib
 from jaxalign.models import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -135,20 +136,7 @@ def _truncate_after(path: epath.Path, step: int) -> None:
     naming file and line, since lines before it could not have been written after it."""
     if not path.exists():
         return
-    lines = path.read_text().split("\n")
-    kept = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if any(rest.strip() for rest in lines[number:]):
-                raise ValueError(f"{path}:{number}: not a JSON line ({e}); fix or delete the line") from None
-            log.warning("%s:%d: dropping a torn last line (%d bytes)", path, number, len(line))
-            continue
-        if row["step"] <= step:
-            kept.append(line)
+    kept = [line for line, row in workdir_lib.metrics_lines(path) if row["step"] <= step]
     # Atomic: a crash here leaves the old file or the new one, never half of one.
     paths.write_atomic(path, "".join(line + "\n" for line in kept))
 
