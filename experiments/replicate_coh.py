@@ -156,7 +156,8 @@ def table(results: dict[str, list[dict[str, float]]], task: str, seeds: list[int
 # What experiments/coh_marker_probe.py measured (results/coh_marker_probe.md, seed 0, harmless task).
 READING = (
     "Reading the CoH rows: the budget decides them. On this task CoH learns to use its marker only "
-    "after about 200-280 fine-tuning steps (`experiments/results/coh_marker_probe.md`, one seed: the "
+    "after about 160-280 fine-tuning steps (`experiments/results/coh_marker_probe.md`; seed 1 in "
+    "`coh_marker_probe_seed1.md` escapes at 160-200, seed 0 at 280; the "
     "marker's effect on the refuse-or-comply token stays within 0.4 nats up to step 240, then rises to "
     "5 nats; greedy score 1.00 after the positive marker and 0.00 after the negative one at step 480, "
     "in the full, no-pretraining and no-chain arms alike). Before that the model is prompt-blind: its "
