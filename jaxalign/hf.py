@@ -1,5 +1,12 @@
 """Hugging Face interop for LLaMA-family checkpoints: config.json + safetensors, in and out.
 
+Families: LLaMA 1-3, Mistral (sliding window too), Qwen2 and Qwen3 (with use_sliding_window /
+max_window_layers / layer_types), Gemma 2 and Gemma 3 text (Gemma3ForCausalLM, and the text model of
+Gemma3ForConditionalGeneration checkpoints). Export picks the
+architecture from the features of the ModelConfig (`_family`): Gemma norms and q/k norms give
+Gemma 3, Gemma norms alone Gemma 2, q/k norms alone Qwen3, q/k/v biases Qwen2, a sliding window on
+every layer Mistral, otherwise LLaMA.
+
 Import builds every parameter directly in its shards: each device's callback reads only its own
 slice from the memory-mapped safetensors files (one layer at a time for scanned layers), so a
 70B checkpoint is never whole in one host's memory. Export gathers one tensor at a time to the host
@@ -52,11 +59,39 @@ _ARCHITECTURES = {
     "LlamaForCausalLM": ("llama", "lm"),
     "MistralForCausalLM": ("mistral", "lm"),
     "Qwen2ForCausalLM": ("qwen2", "lm"),
+    "Qwen3ForCausalLM": ("qwen3", "lm"),
+    "Gemma2ForCausalLM": ("gemma2", "lm"),
+    "Gemma3ForCausalLM": ("gemma3_text", "lm"),
+    # Gemma 3's multimodal checkpoints (4b and up): the text model only (see _MULTIMODAL).
+    "Gemma3ForConditionalGeneration": ("gemma3_text", "lm"),
     "LlamaForSequenceClassification": ("llama", "score"),
     "MistralForSequenceClassification": ("mistral", "score"),
     "Qwen2ForSequenceClassification": ("qwen2", "score"),
+    "Qwen3ForSequenceClassification": ("qwen3", "score"),
 }
-_CLASS_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+_CLASS_NAMES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3",
+                "gemma2": "Gemma2", "gemma3_text": "Gemma3"}
+_GEMMA = ("gemma2", "gemma3_text")
+# Multimodal architectures read as their text model: config.json's text_config, the language
+# model's tensors under a prefix, and the other towers' tensors left unread. Export writes the
+# text model (Gemma3ForCausalLM).
+_MULTIMODAL = {
+    "Gemma3ForConditionalGeneration": ("language_model.", ("vision_tower.", "multi_modal_projector.")),
+}
+
+
+def _text_config(d: Mapping[str, Any]) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+    """(config, tensor name prefix, ignored tensor prefixes): a multimodal config's text model."""
+    archs = d.get("architectures") or []
+    if len(archs) != 1 or archs[0] not in _MULTIMODAL:
+        return dict(d), "", ()
+    prefix, ignored = _MULTIMODAL[archs[0]]
+    text = dict(d.get("text_config") or {})
+    # The top level holds tie_word_embeddings (and, in older files, the token ids) for the whole model.
+    for key in ("tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
+        if key not in text and key in d:
+            text[key] = d[key]
+    return {**text, "architectures": archs}, prefix, ignored
 _IGNORED_SUFFIX = "rotary_emb.inv_freq"  # a buffer old transformers saved; recomputed from config
 
 
@@ -90,7 +125,7 @@ def tensor_table(cfg: ModelConfig) -> dict[tuple[str, ...], _Tensor]:
     vec = lambda name, n: _Tensor(name, ((n,),), (0,))  # noqa: E731
     linear = lambda name, n_in, n_out: _Tensor(name, ((n_out,), (n_in,)), (1, 0))  # noqa: E731
     L, A = "model.layers.{i}.", "model.layers.{i}.self_attn."  # noqa: N806
-    table = {
+    table: dict[tuple[str, ...], _Tensor] = {
         ("embed_tokens", "embedding"): _Tensor("model.embed_tokens.weight", ((v,), (h,)), (0, 1)),
         ("norm", "scale"): vec("model.norm.weight", h),
         ("layers", "input_layernorm", "scale"): vec(L + "input_layernorm.weight", h),
@@ -109,6 +144,12 @@ def tensor_table(cfg: ModelConfig) -> dict[tuple[str, ...], _Tensor]:
             table["layers", "self_attn", proj, "bias"] = _Tensor(A + f"{proj}.bias", (shape,), (0, 1))
     if cfg.attention_out_bias:
         table["layers", "self_attn", "o_proj", "bias"] = vec(A + "o_proj.bias", h)
+    if cfg.qk_norm:
+        for norm in ("q_norm", "k_norm"):
+            table["layers", "self_attn", norm, "scale"] = vec(A + f"{norm}.weight", cfg.dims_per_head)
+    if cfg.sandwich_norms:  # Gemma: post_attention_layernorm follows attention; these surround the MLP
+        for norm in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            table["layers", norm, "scale"] = vec(L + f"{norm}.weight", h)
     if cfg.head == "score":
         table["score", "kernel"] = linear("score.weight", h, cfg.num_labels)
     elif not cfg.tie_word_embeddings:
@@ -127,6 +168,7 @@ def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig
     is read as the causal LM of its model_type.
     """
     d, where = _read_config(source)
+    d = _text_config(d)[0]
     causal = [a for a, kind in _ARCHITECTURES.items() if kind == (d.get("model_type"), "lm")]
     archs = d.get("architectures") or causal
     if len(archs) != 1 or archs[0] not in _ARCHITECTURES:
@@ -136,7 +178,14 @@ def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig
 
     _check_supported(d, where, family)
     max_pos = d.get("max_position_embeddings", 4096)
-    rope, scaling = _rope(d, where, max_pos)
+    gemma = family in _GEMMA
+    local_types = _local_layers(d, family)
+    window = d.get("sliding_window") if any(local_types) else None
+    local_theta = None
+    if family == "gemma3_text":
+        rope, scaling, local_theta = _gemma3_rope(d, where, max_pos)
+    else:
+        rope, scaling = _rope(d, where, max_pos)
 
     heads, hidden = d["num_attention_heads"], d["hidden_size"]
     head_dim = d.get("head_dim")
@@ -150,20 +199,61 @@ def config_from_hf(source: Mapping[str, Any] | str | os.PathLike) -> ModelConfig
         rms_norm_eps=d.get("rms_norm_eps", 1e-6),
         rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
         rope_scaling=scaling, max_position_embeddings=max_pos,
-        # LLaMA's attention_bias puts biases on q, k, v and o; Qwen2 has them on q, k, v only.
+        # LLaMA, Qwen3 and Gemma's attention_bias puts biases on q, k, v and o; Qwen2 has them on
+        # q, k, v only.
         attention_bias=family == "qwen2" or bool(d.get("attention_bias", False)),
-        attention_out_bias=family == "llama" and bool(d.get("attention_bias", False)),
-        # A classifier has no output embedding: HF ties nothing whatever the flag says.
-        tie_word_embeddings=head == "lm" and bool(d.get("tie_word_embeddings", False)),
+        attention_out_bias=family != "qwen2" and bool(d.get("attention_bias", False)),
+        # A classifier has no output embedding: HF ties nothing whatever the flag says. Gemma ties
+        # by default.
+        tie_word_embeddings=head == "lm" and bool(d.get("tie_word_embeddings", gemma)),
         initializer_range=d.get("initializer_range", 0.02),
         bos_token_id=d.get("bos_token_id"), eos_token_id=eos_list[0] if eos_list else eos,
         pad_token_id=d.get("pad_token_id"),
     )
     if eos_list:  # all stop ids, kept for generation_config.json
         values["eos_token_ids"] = tuple(eos_list)
+    if any(local_types):
+        values["sliding_window"] = int(window)
+        if not all(local_types):
+            values["layer_types"] = tuple("sliding_attention" if t else "full_attention" for t in local_types)
+    values["local_rope_theta"] = local_theta
+    if family in ("qwen3", "gemma3_text"):
+        values["qk_norm"] = True
+    if gemma:
+        values.update(
+            hidden_act="gelu_tanh", norm_unit_offset=True, sandwich_norms=True, scale_embeddings=True,
+            query_pre_attn_scalar=float(d.get("query_pre_attn_scalar", 256)),
+            attn_logit_softcapping=_float_or_none(
+                d.get("attn_logit_softcapping", 50.0 if family == "gemma2" else None)),
+            final_logit_softcapping=_float_or_none(
+                d.get("final_logit_softcapping", 30.0 if family == "gemma2" else None)),
+        )
     if head == "score":
         values.update(head="score", num_labels=_num_labels(d, where))
     return models.from_dict(values, source=where)
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _local_layers(d: Mapping[str, Any], family: str) -> list[bool]:
+    """Per layer: sliding-window attention? As transformers decides it for each family."""
+    n = d["num_hidden_layers"]
+    if family == "mistral":
+        return [d.get("sliding_window") is not None] * n
+    if family in ("qwen2", "qwen3") and not (d.get("use_sliding_window") and d.get("sliding_window")):
+        return [False] * n  # transformers sets sliding_window to None then: every layer is full
+    if d.get("layer_types"):
+        return [t == "sliding_attention" for t in d["layer_types"]]
+    if family in ("qwen2", "qwen3"):
+        return [i >= d.get("max_window_layers", 28) for i in range(n)]
+    if family == "gemma2":
+        return [bool((i + 1) % 2) for i in range(n)]
+    if family == "gemma3_text":
+        pattern = d.get("sliding_window_pattern", 6)
+        return [bool((i + 1) % pattern) for i in range(n)]
+    return [False] * n
 
 
 def _check_supported(d: Mapping[str, Any], where: str, family: str) -> None:
@@ -171,22 +261,32 @@ def _check_supported(d: Mapping[str, Any], where: str, family: str) -> None:
     def reject(field: str, why: str) -> None:
         raise HFCheckpointError(f"{where}: {field}={d.get(field)!r} is not supported ({why})")
 
-    if d.get("hidden_act", "silu") not in ("silu", "swish"):
+    if family in _GEMMA:
+        act_field = "hidden_activation" if "hidden_activation" in d else "hidden_act"
+        if d.get(act_field, "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            reject(act_field, "jaxalign's Gemma MLP is GeGLU with the tanh GELU")
+        if d.get("use_bidirectional_attention"):
+            reject("use_bidirectional_attention", "jaxalign's decoder is causal")
+    elif d.get("hidden_act", "silu") not in ("silu", "swish"):
         reject("hidden_act", "jaxalign's MLP is SwiGLU")
     if d.get("mlp_bias"):
         reject("mlp_bias", "jaxalign's MLP has no biases")
-    max_pos = d.get("max_position_embeddings", 4096)
-    if family == "mistral" and d.get("sliding_window") is not None and d["sliding_window"] < max_pos:
-        reject("sliding_window", "sliding-window attention is not implemented; it must be null")
-    if family == "qwen2" and d.get("use_sliding_window") and d.get("max_window_layers", 28) < d.get(
-            "num_hidden_layers", 0):
-        reject("use_sliding_window", "sliding-window attention is not implemented")
-    if any(t != "full_attention" for t in d.get("layer_types") or []):
-        reject("layer_types", "only full attention is implemented")
+    if family == "llama" and d.get("sliding_window") is not None:
+        reject("sliding_window", "LLaMA has no sliding-window attention")
+    if family != "mistral":  # transformers' Mistral ignores layer_types (with a warning)
+        for t in d.get("layer_types") or []:
+            if t not in ("full_attention", "sliding_attention"):
+                reject("layer_types", f"layer type {t!r}; supported: full_attention, sliding_attention")
+        if d.get("layer_types") and len(d["layer_types"]) != d.get("num_hidden_layers"):
+            reject("layer_types", "one entry per layer is needed")
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                   "num_attention_heads"):
         if field not in d:
             raise HFCheckpointError(f"{where}: required field {field!r} is missing")
+    if any(_local_layers(d, family)):
+        window = d.get("sliding_window")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            reject("sliding_window", "sliding layers need a positive integer window")
 
 
 def _rope(d: Mapping[str, Any], where: str, max_pos: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -213,6 +313,33 @@ def _rope(d: Mapping[str, Any], where: str, max_pos: int) -> tuple[dict[str, Any
     return rope, scaling
 
 
+def _gemma3_rope(d: Mapping[str, Any], where: str, max_pos: int
+                 ) -> tuple[dict[str, Any], dict[str, Any] | None, float | None]:
+    """Gemma 3's two RoPEs: the global one (rope_theta + scaling) and the sliding layers' plain one.
+    transformers 5 writes rope_parameters per layer type; older files have rope_theta,
+    rope_scaling and rope_local_base_freq."""
+    params = d.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:
+        full = dict(params.get("full_attention") or {"rope_type": "default"})
+        full.setdefault("rope_theta", 1_000_000.0)
+        local = dict(params.get("sliding_attention") or {"rope_type": "default"})
+        local.setdefault("rope_theta", 10_000.0)
+    else:
+        full = {**(d.get("rope_scaling") or {}), "rope_theta": d.get("rope_theta", 1_000_000.0)}
+        local = {"rope_type": "default", "rope_theta": d.get("rope_local_base_freq", 10_000.0)}
+    local_type = local.get("rope_type", local.get("type", "default"))
+    if local_type != "default":
+        raise HFCheckpointError(f"{where}: rope_parameters.sliding_attention rope type {local_type!r} "
+                                "is not supported; the sliding layers' RoPE must be 'default'")
+    _, scaling = _rope({"rope_parameters": full}, where, max_pos)
+    local_theta = float(local["rope_theta"])
+    if scaling is None and local_theta == float(full["rope_theta"]):
+        local_theta = None  # one RoPE for every layer
+    if not any(_local_layers(d, "gemma3_text")):
+        local_theta = None
+    return full, scaling, local_theta
+
+
 def _num_labels(d: Mapping[str, Any], where: str) -> int:
     """HF's num_labels: len(id2label) (what save_pretrained writes), else "num_labels", else 2."""
     n = len(d["id2label"]) if d.get("id2label") else d.get("num_labels", 2)
@@ -221,20 +348,60 @@ def _num_labels(d: Mapping[str, Any], where: str) -> int:
     return n
 
 
-def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """The config.json we export: LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v-only biases
-    (``*ForSequenceClassification`` with id2label/label2id for head="score")."""
+def _family(cfg: ModelConfig) -> str:
+    """The HF family whose architecture computes what `cfg` computes (an error when none does)."""
+    def no(why: str) -> HFCheckpointError:
+        return HFCheckpointError(f"no Hugging Face architecture has {why}")
+
     if cfg.attention_out_bias and not cfg.attention_bias:
-        raise HFCheckpointError("an o_proj bias without q/k/v biases has no Hugging Face architecture")
-    qwen2 = cfg.attention_bias and not cfg.attention_out_bias
+        raise no("an o_proj bias without q/k/v biases")
+    gemma = (cfg.hidden_act == "gelu_tanh", cfg.norm_unit_offset, cfg.sandwich_norms, cfg.scale_embeddings,
+             cfg.query_pre_attn_scalar is not None)
+    if any(gemma):
+        if not all(gemma):
+            raise no("only some of Gemma's features (hidden_act='gelu_tanh', norm_unit_offset, "
+                     "sandwich_norms, scale_embeddings, query_pre_attn_scalar): set all or none")
+        if cfg.attention_bias != cfg.attention_out_bias:
+            raise no("Gemma with q/k/v biases but no o_proj bias")
+        family = "gemma3_text" if cfg.qk_norm else "gemma2"
+        if family == "gemma2" and cfg.local_rope_theta is not None:
+            raise no("Gemma 2 with local_rope_theta (a second RoPE is Gemma 3's)")
+        return family
+    if cfg.attn_logit_softcapping is not None or cfg.final_logit_softcapping is not None:
+        raise no("soft-capping outside Gemma")
+    if cfg.local_rope_theta is not None:
+        raise no("local_rope_theta outside Gemma 3")
+    if cfg.qk_norm:
+        if cfg.attention_bias != cfg.attention_out_bias:
+            raise no("Qwen3 (q/k norms) with q/k/v biases but no o_proj bias")
+        return "qwen3"
+    if cfg.attention_bias and not cfg.attention_out_bias:
+        return "qwen2"
+    if any(cfg.local_layers):
+        if cfg.attention_bias or not all(cfg.local_layers):
+            raise no("sliding-window layers here: Mistral slides on every layer and has no biases; "
+                     "Qwen2 (q/k/v biases) and Qwen3 (qk_norm) may mix layer types")
+        return "mistral"
+    return "llama"
+
+
+def _int_if_whole(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json we export: the architecture of `_family` (``*ForSequenceClassification``
+    with id2label/label2id for head="score")."""
+    family = _family(cfg)
+    if cfg.head == "score" and family not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise HFCheckpointError(f"a score model (head='score') of family {family!r} is not exported")
     scaling = dict(cfg.rope_scaling or {})
     rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
     eos = list(cfg.eos_token_ids or []) or cfg.eos_token_id
-    family = "qwen2" if qwen2 else "llama"
     suffix = "ForSequenceClassification" if cfg.head == "score" else "ForCausalLM"
     out = {
         "architectures": [_CLASS_NAMES[family] + suffix],
-        "model_type": "qwen2" if qwen2 else "llama",
+        "model_type": family,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
         "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.kv_heads,
@@ -248,10 +415,34 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "pad_token_id": cfg.pad_token_id,
         "attention_dropout": 0.0, "use_cache": True,
     }
-    if qwen2:
-        out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_hidden_layers)
-    else:
+    layer_types = ["sliding_attention" if local else "full_attention" for local in cfg.local_layers]
+    if family in ("qwen2", "qwen3"):
+        sliding = any(cfg.local_layers)
+        out.update(use_sliding_window=sliding, sliding_window=cfg.sliding_window if sliding else None,
+                   max_window_layers=cfg.local_layers.index(True) if sliding else cfg.num_hidden_layers,
+                   layer_types=layer_types)
+        # max_window_layers is what older transformers read; layer_types is exact either way.
+    if family != "qwen2":
         out.update(attention_bias=cfg.attention_bias, mlp_bias=False)
+    if family == "mistral":
+        out["sliding_window"] = cfg.sliding_window
+    if family in _GEMMA:
+        del out["hidden_act"]
+        out.update(
+            hidden_activation="gelu_pytorch_tanh",
+            # an int where it is one: transformers 5's config class checks the type
+            query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar),
+            # transformers builds a sliding mask even when no layer uses it: it needs some window.
+            sliding_window=cfg.sliding_window or cfg.max_position_embeddings, layer_types=layer_types,
+            attn_logit_softcapping=cfg.attn_logit_softcapping,
+            final_logit_softcapping=cfg.final_logit_softcapping,
+        )
+    if family == "gemma3_text":
+        full = {"rope_type": rope_type, "rope_theta": cfg.rope_theta, **scaling}
+        local = full if cfg.local_rope_theta is None else {"rope_type": "default",
+                                                           "rope_theta": cfg.local_rope_theta}
+        out["rope_parameters"] = {"full_attention": full, "sliding_attention": local}
+        out["rope_local_base_freq"] = local["rope_theta"]
     if cfg.head == "score":  # HF derives num_labels from id2label, which save_pretrained writes
         out["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
         out["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
@@ -300,14 +491,16 @@ def import_checkpoint(
     path = paths.path(path)
     cfg = config_from_hf(path)
     cfg = cfg.replace(**config_overrides) if config_overrides else cfg
-    table = tensor_table(cfg)
+    _, prefix, ignored = _text_config(_read_config(path)[0])
+    table = {key: dataclasses.replace(t, name=prefix + t.name) for key, t in tensor_table(cfg).items()}
     shardings = models.param_shardings(cfg, mesh)
     dtype = jnp.dtype(cfg.param_dtype)
     with contextlib.ExitStack() as stack:
         where, handles = _open_tensors(path, stack)
         expected = {t.name.format(i=i): t for key, t in table.items()
                     for i in (range(cfg.num_hidden_layers) if key[0] == "layers" else [0])}
-        _check_tensors(path, expected, where, handles)
+        _check_tensors(path, expected, {n: f for n, f in where.items() if not n.startswith(ignored)},
+                       handles)
 
         def build(key_path: tuple[Any, ...], sharding: Any) -> jax.Array:
             keys = tuple(k.key for k in key_path)

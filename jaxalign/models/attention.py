@@ -9,6 +9,10 @@ platform. `segment_ids` [b, l] is the caller's promise that the mask is exactly 
 self-attention within equal segment ids; pass None whenever it is anything else (an extra mask, a
 KV cache), and "splash" then raises while "auto" does not choose it. Each backend, the promise and
 fully masked rows are described in docs/models.md.
+
+`scale` replaces 1/sqrt(d) (Gemma's query_pre_attn_scalar) and `softcap` caps the scaled scores to
+``softcap * tanh(scores / softcap)`` before the mask (Gemma 2's attn_logit_softcapping). jax.nn's
+"dot_product"/"cudnn" cannot soft-cap: they raise, and "auto" does not choose cuDNN then.
 """
 
 from __future__ import annotations
@@ -46,35 +50,47 @@ def dot_product_attention(
     *,
     segment_ids: Array | None = None,
     chunk_size: int | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> Array:
     """Attention output [b, l, H, d] in q's dtype (module docstring for `impl` and `segment_ids`).
 
     q [b, l, H, d]; k, v [b, s, K, d]; mask [b, 1, l, s] bool; segment_ids [b, l] or None;
-    chunk_size: the query/key chunk of "chunked" (None: CHUNK_SIZE).
+    chunk_size: the query/key chunk of "chunked" (None: CHUNK_SIZE); scale: the score scale
+    (None: 1/sqrt(d)); softcap: soft-capping of the scaled scores (None: off).
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention_impl={impl!r}; choose one of {ATTENTION_IMPLS}")
     if impl == "auto":
-        impl = auto_impl(q, k, segment_ids)
+        impl = auto_impl(q, k, segment_ids, softcap=softcap)
         _log_choice(impl, q.shape, k.shape, jax.default_backend())
     if impl == "xla":
-        return xla_attention(q, k, v, mask)
+        return xla_attention(q, k, v, mask, scale=scale, softcap=softcap)
     if impl in ("dot_product", "cudnn"):
+        if softcap is not None:
+            raise ValueError(f"model.attention_impl={impl!r} cannot soft-cap attention logits "
+                             "(attn_logit_softcapping); use 'xla', 'chunked', 'splash' or 'auto'")
         return jax.nn.dot_product_attention(
-            q, k, v, mask=mask, implementation="cudnn" if impl == "cudnn" else None
+            q, k, v, mask=mask, scale=scale, implementation="cudnn" if impl == "cudnn" else None
         )
     if impl == "chunked":
-        return chunked_attention(q, k, v, mask, chunk_size=CHUNK_SIZE if chunk_size is None else chunk_size)
+        return chunked_attention(q, k, v, mask, chunk_size=CHUNK_SIZE if chunk_size is None else chunk_size,
+                                 scale=scale, softcap=softcap)
     if segment_ids is None:
         raise ValueError(
             "model.attention_impl='splash' needs a plain causal mask with segment ids: it cannot "
             "take an extra attention mask (Chain of Hindsight) or attend over a KV cache "
             "(decoding); use attention_impl='auto', which falls back to 'xla'/'chunked' there"
         )
-    return splash_attention(q, k, v, segment_ids)
+    return splash_attention(q, k, v, segment_ids, scale=scale, softcap=softcap)
 
 
-def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+def _scale(dim: int, scale: float | None) -> np.float32:
+    return np.float32(1.0 / np.sqrt(dim) if scale is None else scale)
+
+
+def xla_attention(q: Array, k: Array, v: Array, mask: Array, *, scale: float | None = None,
+                  softcap: float | None = None) -> Array:
     """The reference: whole score matrix, float32 softmax, finfo.min at masked entries."""
     b, length, heads, dim = q.shape
     kv_heads = k.shape[2]
@@ -84,7 +100,12 @@ def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     q = q.reshape(b, length, kv_heads, heads // kv_heads, dim).transpose(0, 2, 3, 1, 4)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     scores = jnp.einsum("bkgld,bksd->bkgls", q, k, preferred_element_type=jnp.float32)
-    scores = scores / np.sqrt(dim).astype(np.float32)
+    if scale is None:
+        scores = scores / np.sqrt(dim).astype(np.float32)
+    else:
+        scores = scores * _scale(dim, scale)
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
     scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgls,bksd->bkgld", probs, v).transpose(0, 3, 1, 2, 4)
@@ -94,12 +115,13 @@ def xla_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 # --------------------------------------------------------------------------- auto
 
 
-def auto_impl(q: Array, k: Array, segment_ids: Array | None, platform: str | None = None) -> str:
+def auto_impl(q: Array, k: Array, segment_ids: Array | None, platform: str | None = None,
+              softcap: float | None = None) -> str:
     """The backend "auto" uses for these shapes on `platform` (default: jax.default_backend())."""
     platform = platform or jax.default_backend()
     if platform == "tpu" and segment_ids is not None:
         return "splash"
-    if platform == "gpu" and cudnn_supported(q, k):
+    if platform == "gpu" and softcap is None and cudnn_supported(q, k):
         return "cudnn"
     return "chunked" if k.shape[1] > AUTO_CHUNKED_ABOVE else "xla"
 
@@ -128,7 +150,8 @@ def cudnn_supported(q: Array, k: Array) -> bool:
 # --------------------------------------------------------------------------- chunked
 
 
-def chunked_attention(q: Array, k: Array, v: Array, mask: Array, *, chunk_size: int = CHUNK_SIZE) -> Array:
+def chunked_attention(q: Array, k: Array, v: Array, mask: Array, *, chunk_size: int = CHUNK_SIZE,
+                      scale: float | None = None, softcap: float | None = None) -> Array:
     """Flash attention in plain JAX: memory O(chunk^2) per head in the forward and backward pass.
 
     Lengths that are not a multiple of the chunk are split into equal chunks of at most
@@ -151,7 +174,7 @@ def chunked_attention(q: Array, k: Array, v: Array, mask: Array, *, chunk_size: 
     k = jnp.pad(k, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
     v = jnp.pad(v, ((0, 0), (0, k_pad), (0, 0), (0, 0)))
     mask = jnp.pad(mask, ((0, 0), (0, q_pad), (0, k_pad)))
-    out = _flash(q5, k, v, mask, q_chunk, k_chunk, kv_len)
+    out = _flash(q5, k, v, mask, q_chunk, k_chunk, kv_len, (scale, softcap))
     return out[:, :length].reshape(b, length, heads, dim)
 
 
@@ -162,10 +185,17 @@ def _split(length: int, chunk_size: int) -> tuple[int, int]:
     return chunk, n * chunk - length
 
 
-def _scores(q_blk: Array, k_blk: Array, mask_blk: Array) -> Array:
-    """Scaled float32 scores [b, K, G, cq, ck], -inf where masked."""
+def _scores(q_blk: Array, k_blk: Array, mask_blk: Array, opts: tuple = (None, None)) -> Array:
+    """Scaled (and soft-capped) float32 scores [b, K, G, cq, ck], -inf where masked.
+    opts: (scale, softcap), see dot_product_attention."""
+    scale, softcap = opts
     s = jnp.einsum("bqkgd,bskd->bkgqs", q_blk, k_blk, preferred_element_type=jnp.float32)
-    s = s / np.sqrt(q_blk.shape[-1]).astype(np.float32)
+    if scale is None:
+        s = s / np.sqrt(q_blk.shape[-1]).astype(np.float32)
+    else:
+        s = s * _scale(q_blk.shape[-1], scale)
+    if softcap is not None:
+        s = softcap * jnp.tanh(s / softcap)
     return jnp.where(mask_blk[:, None, None], s, -jnp.inf)
 
 
@@ -187,7 +217,7 @@ def _tie(q: Array, mask: Array) -> tuple[Array, Array]:
     return jax.lax.optimization_barrier((q, mask))
 
 
-def _forward(q, k, v, mask, q_chunk, k_chunk):
+def _forward(q, k, v, mask, q_chunk, k_chunk, opts=(None, None)):
     """Online softmax. Returns the unnormalised output, the row max and the softmax denominator,
     stacked per query chunk: acc [nq, b, K, G, cq, d], m and denom [nq, b, K, G, cq]."""
     b, _, kv_heads, groups, dim = q.shape
@@ -202,7 +232,7 @@ def _forward(q, k, v, mask, q_chunk, k_chunk):
 
             def update(carry):
                 m, denom, acc = carry
-                s = _scores(q_blk, _block(k, j, k_chunk, 1), mask_blk)
+                s = _scores(q_blk, _block(k, j, k_chunk, 1), mask_blk, opts)
                 m_new = jnp.maximum(m, s.max(-1))
                 m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # rows that saw no key yet
                 p = jnp.exp(s - m_safe[..., None])
@@ -234,20 +264,20 @@ def _uniform_average(v: Array, kv_len: int) -> Array:
     return v[:, :kv_len].astype(jnp.float32).mean(1)[:, None, :, None, :]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _flash(q, k, v, mask, q_chunk, k_chunk, kv_len):
-    return _flash_fwd(q, k, v, mask, q_chunk, k_chunk, kv_len)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _flash(q, k, v, mask, q_chunk, k_chunk, kv_len, opts):
+    return _flash_fwd(q, k, v, mask, q_chunk, k_chunk, kv_len, opts)[0]
 
 
-def _flash_fwd(q, k, v, mask, q_chunk, k_chunk, kv_len):
-    acc, m, denom = (_to_rows(x) for x in _forward(q, k, v, mask, q_chunk, k_chunk))
+def _flash_fwd(q, k, v, mask, q_chunk, k_chunk, kv_len, opts):
+    acc, m, denom = (_to_rows(x) for x in _forward(q, k, v, mask, q_chunk, k_chunk, opts))
     seen = (denom > 0)[..., None]  # False: a fully masked row
     out = jnp.where(seen, acc / jnp.where(seen, denom[..., None], 1.0), _uniform_average(v, kv_len))
     out = out.astype(q.dtype)
     return out, (q, k, v, mask, out, m, denom)
 
 
-def _flash_bwd(q_chunk, k_chunk, kv_len, res, d_out):
+def _flash_bwd(q_chunk, k_chunk, kv_len, opts, res, d_out):
     q, k, v, mask, out, m, denom = res
     q, mask = _tie(q, mask)  # first-order training does not need it here; a differentiated bwd would
     b, _, kv_heads, _, dim = q.shape
@@ -257,7 +287,8 @@ def _flash_bwd(q_chunk, k_chunk, kv_len, res, d_out):
     delta = jnp.einsum("blkgd,blkgd->blkg", d_out.astype(jnp.float32), out.astype(jnp.float32))
     m = jnp.where(m == -jnp.inf, 0.0, m)
     inv_denom = 1.0 / jnp.where(denom > 0, denom, 1.0)
-    inv_sqrt_d = 1.0 / np.sqrt(dim).astype(np.float32)
+    inv_sqrt_d = _scale(dim, opts[0])  # d score / d (q . k)
+    softcap = opts[1]
     kv_rows = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, -1, kv_heads, dim)  # noqa: E731
 
     def q_step(dkv, i):
@@ -273,12 +304,15 @@ def _flash_bwd(q_chunk, k_chunk, kv_len, res, d_out):
 
             def grads(dq):
                 k_blk, v_blk = _block(k, j, k_chunk, 1), _block(v, j, k_chunk, 1)
-                s = _scores(q_blk, k_blk, mask_blk)
+                s = _scores(q_blk, k_blk, mask_blk, opts)
                 p = jnp.exp(s - m_i[..., None]) * inv_denom_i[..., None]  # [b, K, G, cq, ck]
                 dv = jnp.einsum("bkgqs,bqkgd->bskd", p.astype(d_out.dtype), do_blk,
                                 preferred_element_type=jnp.float32)
                 dp = jnp.einsum("bqkgd,bskd->bkgqs", do_blk, v_blk, preferred_element_type=jnp.float32)
-                ds = (p * (dp - delta_i[..., None]) * inv_sqrt_d).astype(q.dtype)
+                ds = p * (dp - delta_i[..., None]) * inv_sqrt_d
+                if softcap is not None:  # d(c tanh(x / c)) = 1 - tanh^2; s is 0-weighted (-inf) where masked
+                    ds = ds * (1.0 - jnp.square(jnp.where(p > 0, s, 0.0) / softcap))
+                ds = ds.astype(q.dtype)
                 dq = dq + jnp.einsum("bkgqs,bskd->bqkgd", ds, k_blk, preferred_element_type=jnp.float32)
                 dk = jnp.einsum("bkgqs,bqkgd->bskd", ds, q_blk, preferred_element_type=jnp.float32)
                 return dq, (dk, dv)
@@ -307,7 +341,8 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def splash_attention(
-    q: Array, k: Array, v: Array, segment_ids: Array, *, interpret: bool | None = None
+    q: Array, k: Array, v: Array, segment_ids: Array, *, interpret: bool | None = None,
+    scale: float | None = None, softcap: float | None = None,
 ) -> Array:
     """Causal self-attention within segments with the Pallas splash kernel.
 
@@ -325,7 +360,7 @@ def splash_attention(
         )
     if interpret is None:
         interpret = jax.default_backend() != "tpu"
-    kernel = functools.partial(_splash_local, interpret=interpret)
+    kernel = functools.partial(_splash_local, interpret=interpret, scale=scale, softcap=softcap)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return kernel(q, k, v, segment_ids)
@@ -341,20 +376,24 @@ def splash_attention(
     return sharded(q, k, v, segment_ids)
 
 
-def _splash_local(q: Array, k: Array, v: Array, segment_ids: Array, *, interpret: bool) -> Array:
+def _splash_local(q: Array, k: Array, v: Array, segment_ids: Array, *, interpret: bool,
+                  scale: float | None = None, softcap: float | None = None) -> Array:
     _, length, heads, dim = q.shape
     pad = -length % _LANES
     padded = length + pad
     # The kernel does not scale the scores; it takes [heads, length, d] per example.
-    q = (q / np.sqrt(dim).astype(np.float32)).astype(q.dtype)
+    if scale is None:
+        q = (q / np.sqrt(dim).astype(np.float32)).astype(q.dtype)
+    else:
+        q = (q * _scale(dim, scale)).astype(q.dtype)
     q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3) for x in (q, k, v))
     segment_ids = jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, pad)), constant_values=-1)
-    kernel = _splash_kernel(heads, padded, interpret)
+    kernel = _splash_kernel(heads, padded, interpret, softcap)
     out = jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(segment_ids, segment_ids))
     return out.transpose(0, 2, 1, 3)[:, :length].astype(q.dtype)
 
 
-def _splash_kernel(heads: int, length: int, interpret: bool):
+def _splash_kernel(heads: int, length: int, interpret: bool, softcap: float | None = None):
     """A causal splash kernel for [heads, length, d] (GQA: K heads dividing `heads`).
 
     Built per trace, not cached: the kernel holds its block tables as jax arrays, which would leak
@@ -367,7 +406,7 @@ def _splash_kernel(heads: int, length: int, interpret: bool):
     )
     mask = splash.MultiHeadMask([splash.CausalMask((length, length)) for _ in range(heads)])
     return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                  interpret=interpret)
+                                  attn_logits_soft_cap=softcap, interpret=interpret)
 
 
 __all__ = [

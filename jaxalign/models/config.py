@@ -23,6 +23,8 @@ REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "chunked", "splash", "auto")
 ROPE_TYPES = ("default", "linear", "llama3")
 HEADS = ("lm", "score")
+HIDDEN_ACTS = ("silu", "gelu_tanh")  # SwiGLU (LLaMA, Qwen, Mistral); GeGLU with tanh GELU (Gemma)
+LAYER_TYPES = ("full_attention", "sliding_attention")  # HF's names, per layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +63,31 @@ class ModelConfig:
     scan_unroll: int = 1
     remat: str = "none"
     attention_impl: str = "xla"
+    # Family features (Qwen3, Mistral sliding window, Gemma 2/3). Every default is off, so a config
+    # without these keys (an older model directory) computes exactly what it did before.
+    hidden_act: str = "silu"  # the MLP's gate activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    qk_norm: bool = False  # RMSNorm over head_dim of q and k before RoPE (Qwen3, Gemma 3)
+    norm_unit_offset: bool = False  # RMSNorms scale by (1 + weight), weights start at 0 (Gemma)
+    sandwich_norms: bool = False  # norms after attention and after the MLP as well (Gemma 2/3)
+    scale_embeddings: bool = False  # embeddings times sqrt(hidden_size), in the compute dtype (Gemma)
+    query_pre_attn_scalar: float | None = None  # scores scaled by this ** -0.5 (None: head_dim)
+    attn_logit_softcapping: float | None = None  # scores -> c * tanh(scores / c) (Gemma 2)
+    final_logit_softcapping: float | None = None  # logits -> c * tanh(logits / c) (Gemma 2)
+    # Sliding-window attention: a query sees the last `sliding_window` keys (itself included).
+    # layer_types (HF's per-layer "full_attention" / "sliding_attention") says which layers;
+    # None with a sliding_window means every layer (Mistral), None without one means none.
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    # RoPE base of the sliding layers, without rope_scaling (Gemma 3: 10000 locally, rope_theta
+    # and rope_scaling on the global layers). None: sliding layers use the global RoPE.
+    local_rope_theta: float | None = None
 
     def __post_init__(self) -> None:
+        if self.layer_types is not None and not isinstance(self.layer_types, tuple):
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))  # JSON gives a list
+        if self.eos_token_ids is not None and not isinstance(self.eos_token_ids, tuple):
+            object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
+        self._check_family()
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r}; choose one of {REMAT_POLICIES}")
         if type(self.scan_unroll) is not int or self.scan_unroll < 1:
@@ -87,6 +112,38 @@ class ModelConfig:
                 raise ValueError(
                     f"rope_scaling type {rope_type!r} is not supported; supported: {ROPE_TYPES}"
                 )
+
+    def _check_family(self) -> None:
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"model.hidden_act={self.hidden_act!r}; choose one of {HIDDEN_ACTS}")
+        for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+                     "local_rope_theta"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"model.{name}={value!r} must be positive or None")
+        if self.sliding_window is not None and (type(self.sliding_window) is not int
+                                                or self.sliding_window < 1):
+            raise ValueError(f"model.sliding_window={self.sliding_window!r} must be a positive integer")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ValueError(f"model.layer_types has {len(self.layer_types)} entries for "
+                                 f"num_hidden_layers={self.num_hidden_layers}")
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad:
+                raise ValueError(f"model.layer_types has {bad}; each entry is one of {LAYER_TYPES}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("model.layer_types has sliding_attention layers but sliding_window is None")
+        if self.local_rope_theta is not None and not any(self.local_layers):
+            raise ValueError("model.local_rope_theta is set but no layer uses sliding-window attention")
+
+    @property
+    def local_layers(self) -> tuple[bool, ...]:
+        """Per layer: does it attend within the sliding window?"""
+        if self.sliding_window is None:
+            return (False,) * self.num_hidden_layers
+        if self.layer_types is None:
+            return (True,) * self.num_hidden_layers
+        return tuple(t == "sliding_attention" for t in self.layer_types)
 
     def _check_head(self) -> None:
         if self.head not in HEADS:
@@ -118,6 +175,8 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         if d["rope_scaling"] is not None:
             d["rope_scaling"] = dict(d["rope_scaling"])
+        if d["layer_types"] is not None:  # a JSON list, as a model directory stores it
+            d["layer_types"] = list(d["layer_types"])
         return d
 
     def num_params(self, include_embeddings: bool = True) -> int:
@@ -131,7 +190,8 @@ class ModelConfig:
         kv = self.kv_heads * self.dims_per_head
         attn = h * q + 2 * h * kv + q * h
         attn += (q + 2 * kv) * self.attention_bias + h * self.attention_out_bias
-        per_layer = attn + 3 * h * i + 2 * h
+        attn += 2 * self.dims_per_head * self.qk_norm
+        per_layer = attn + 3 * h * i + (4 if self.sandwich_norms else 2) * h
         total = L * per_layer + h
         if self.head == "score":
             return total + h * self.num_labels + (self.vocab_size * h if include_embeddings else 0)
@@ -157,6 +217,23 @@ _LLAMA3_ROPE = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192,
 }
+
+_QWEN3 = dict(vocab_size=151936, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
+              max_position_embeddings=40960, qk_norm=True, bos_token_id=151643, eos_token_id=151645)
+_GEMMA = dict(hidden_act="gelu_tanh", norm_unit_offset=True, sandwich_norms=True, scale_embeddings=True,
+              head_dim=256, query_pre_attn_scalar=256.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+              bos_token_id=2, eos_token_id=1, pad_token_id=0)
+
+
+def _layer_types(num_layers: int, every: int) -> tuple[str, ...]:
+    """Sliding layers with a global one every `every` layers (transformers' Gemma default)."""
+    return tuple("sliding_attention" if (i + 1) % every else "full_attention" for i in range(num_layers))
+
+
+def _gemma3(num_layers: int, **shape: Any) -> dict[str, Any]:
+    return dict(_GEMMA, qk_norm=True, num_hidden_layers=num_layers, layer_types=_layer_types(num_layers, 6),
+                rope_theta=1e6, local_rope_theta=10000.0, **shape)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Tests: small enough for an 8-device CPU mesh in milliseconds.
@@ -194,6 +271,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0,
         max_position_embeddings=8192, bos_token_id=128000, eos_token_id=128001,
     ),
+    # Qwen3 dense shapes (Qwen/Qwen3-*/config.json): q/k norms, head_dim 128 apart from hidden/heads.
+    "qwen3-0.6b": dict(_QWEN3, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, tie_word_embeddings=True),
+    "qwen3-1.7b": dict(_QWEN3, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                       num_attention_heads=16, tie_word_embeddings=True),
+    "qwen3-4b": dict(_QWEN3, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                     num_attention_heads=32, tie_word_embeddings=True),
+    "qwen3-8b": dict(_QWEN3, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32),
+    # google/gemma-2-2b: local/global every other layer (4096-token window), soft-capping.
+    "gemma2-2b": dict(
+        _GEMMA, vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=8192,
+        sliding_window=4096, layer_types=_layer_types(26, 2), attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    ),
+    # google/gemma-3-1b-pt and the text model of gemma-3-4b-pt: 5 local : 1 global layers, local
+    # RoPE base 10000, global 1e6 (linearly scaled by 8 in 4b).
+    "gemma3-1b": _gemma3(26, vocab_size=262144, hidden_size=1152, intermediate_size=6912,
+                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32768,
+                         sliding_window=512),
+    "gemma3-4b": _gemma3(34, vocab_size=262208, hidden_size=2560, intermediate_size=10240,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=131072,
+                         sliding_window=1024, rope_scaling={"rope_type": "linear", "factor": 8.0}),
 }
 
 

@@ -1,9 +1,16 @@
-"""The LLaMA-family decoder in Flax (LLaMA 1/2/3, Mistral without sliding window, Qwen2).
+"""The LLaMA-family decoder in Flax (LLaMA 1/2/3, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text).
 
 One module per concept, each short: RMSNorm, rotary embeddings, attention (GQA, optional
-biases, KV cache), SwiGLU MLP, the block, and the stack (scanned or unrolled). Every parameter
-and the main activations carry logical axis names; jaxalign.mesh.LOGICAL_RULES maps them to
-the mesh.
+biases, q/k norms, soft-capping, sliding window, KV cache), SwiGLU/GeGLU MLP, the block, and the
+stack (scanned or unrolled). Every parameter and the main activations carry logical axis names;
+jaxalign.mesh.LOGICAL_RULES maps them to the mesh.
+
+Local and global layers. A model with sliding-window layers (cfg.local_layers) gets two masks, the
+full one and the windowed one, and each layer picks its own with a per-layer flag (and, for Gemma 3,
+its own RoPE base). Under scan_layers the flags are a scanned [layers] input, so one scanned block
+serves both kinds; unrolled layers get them as Python booleans. The KV cache is the same for both
+kinds: every slot is kept and a sliding layer's mask hides the slots outside its window (no ring
+buffer).
 
 Masks. Attention combines (a) causality by position in the row (or in the KV cache),
 (b) equal segment ids, so packed examples never see each other and left-padding (segment 0)
@@ -19,7 +26,6 @@ takes no KV cache.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -58,26 +64,47 @@ def _constrain(x: Array, names: tuple[str, ...]) -> Array:
 class RMSNorm(nn.Module):
     eps: float
     param_dtype: Any = jnp.float32
+    unit_offset: bool = False  # Gemma: scale by (1 + weight), the weight starting at 0
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        init = nn.initializers.zeros if self.unit_offset else nn.initializers.ones
         scale = self.param(
             "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+            nn.with_logical_partitioning(init, ("norm",)),
             (x.shape[-1],),
             self.param_dtype,
         )
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(x.dtype)
+        scale32 = scale.astype(jnp.float32)
+        return (y * (1.0 + scale32 if self.unit_offset else scale32)).astype(x.dtype)
 
 
-def rope_inv_frequencies(cfg: ModelConfig) -> np.ndarray:
-    """Inverse RoPE frequencies [head_dim // 2], including linear and Llama-3 scaling."""
+def _norm(cfg: ModelConfig, name: str) -> RMSNorm:
+    return RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, cfg.norm_unit_offset, name=name)
+
+
+def _select(flag: Any, local: Any, full: Any) -> Any:
+    """`local` where the layer is a sliding one: a Python bool (unrolled) or a traced one (scan)."""
+    if isinstance(flag, (bool, np.bool_)):
+        return local if flag else full
+    return jnp.where(flag, local, full)
+
+
+def _softcap(x: Array, cap: float | None) -> Array:
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def rope_inv_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse RoPE frequencies [head_dim // 2], including linear and Llama-3 scaling. `local`:
+    those of the sliding layers, plain RoPE with base cfg.local_rope_theta when that is set."""
     dim = cfg.dims_per_head
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (1.0 / np.power(np.float32(cfg.rope_theta), exponents)).astype(np.float32)
-    scaling = cfg.rope_scaling
+    local = local and cfg.local_rope_theta is not None
+    theta = cfg.local_rope_theta if local else cfg.rope_theta
+    inv_freq = (1.0 / np.power(np.float32(theta), exponents)).astype(np.float32)
+    scaling = None if local else cfg.rope_scaling
     if not scaling:
         return inv_freq
     rope_type = scaling.get("rope_type", scaling.get("type"))
@@ -110,10 +137,15 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
 
 
 def attention_mask(
-    q_index: Array, k_index: Array, q_segments: Array, k_segments: Array, extra: Array | None
+    q_index: Array, k_index: Array, q_segments: Array, k_segments: Array, extra: Array | None,
+    window: int | None = None,
 ) -> Array:
-    """Boolean [batch, 1, q_len, k_len]: causal by index, same segment, and the extra mask."""
+    """Boolean [batch, 1, q_len, k_len]: causal by index, same segment, and the extra mask; with a
+    `window`, only the last `window` keys up to the query (itself included), as HF's
+    sliding_window_overlay: k_index > q_index - window."""
     causal = k_index[None, None, :] <= q_index[None, :, None]
+    if window is not None:
+        causal = causal & (k_index[None, None, :] > q_index[None, :, None] - window)
     same = q_segments[:, :, None] == k_segments[:, None, :]
     mask = causal & same
     if extra is not None:
@@ -183,6 +215,7 @@ class Attention(nn.Module):
         layer_cache: Cache | None = None,
         cache_index: Array | None = None,
         segment_ids: Array | None = None,
+        is_local: Any = False,
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         heads, kv_heads, dim = cfg.num_attention_heads, cfg.kv_heads, cfg.dims_per_head
@@ -196,8 +229,12 @@ class Attention(nn.Module):
         q = _constrain(q, ("batch", "length", "act_heads", "head_dim"))
         k = _constrain(k, ("batch", "length", "act_kv_heads", "head_dim"))
         v = _constrain(v, ("batch", "length", "act_kv_heads", "head_dim"))
+        if cfg.qk_norm:  # per head, over head_dim (Qwen3, Gemma 3)
+            q, k = _norm(cfg, "q_norm")(q), _norm(cfg, "k_norm")(k)
 
         inv_freq = rope_inv_frequencies(cfg)
+        if cfg.local_rope_theta is not None:
+            inv_freq = _select(is_local, rope_inv_frequencies(cfg, local=True), inv_freq)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
         new_cache = None
@@ -209,7 +246,9 @@ class Attention(nn.Module):
             new_cache = {"k": k_all, "v": v_all}
             k, v = _cache_read(k_all, "k", q.dtype), _cache_read(v_all, "v", q.dtype)
 
-        out = dot_product_attention(q, k, v, mask, cfg.attention_impl, segment_ids=segment_ids)
+        scale = None if cfg.query_pre_attn_scalar is None else float(cfg.query_pre_attn_scalar) ** -0.5
+        out = dot_product_attention(q, k, v, mask, cfg.attention_impl, segment_ids=segment_ids,
+                                    scale=scale, softcap=cfg.attn_logit_softcapping)
         out = _constrain(out, ("batch", "length", "act_heads", "head_dim"))
         out = Projection((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg, in_dims=2,
                          use_bias=cfg.attention_out_bias, name="o_proj")(out)
@@ -224,12 +263,17 @@ class MLP(nn.Module):
         cfg, width = self.cfg, (self.cfg.intermediate_size,)
         gate = Projection(width, ("embed", "mlp"), cfg, name="gate_proj")(x)
         up = Projection(width, ("embed", "mlp"), cfg, name="up_proj")(x)
-        hidden = _constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        act = nn.silu(gate) if cfg.hidden_act == "silu" else nn.gelu(gate, approximate=True)
+        hidden = _constrain(act * up, ("batch", "length", "act_mlp"))
         return Projection((cfg.hidden_size,), ("mlp", "embed"), cfg, name="down_proj")(hidden)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block. Signature fits nn.scan: (carry, *broadcast, scanned)."""
+    """Pre-norm residual block (Gemma: "sandwich" norms, also after attention and the MLP).
+    Signature fits nn.scan: (carry, *broadcast, scanned cache, *broadcast, scanned flag).
+
+    `masks` is (full, local): the local (sliding-window) mask is None when no layer needs one;
+    `is_local` says which this layer takes (see the module docstring)."""
 
     cfg: ModelConfig
 
@@ -238,18 +282,30 @@ class Block(nn.Module):
         self,
         x: Array,
         positions: Array,
-        mask: Array,
+        masks: tuple[Array, Array | None],
         layer_cache: Cache | None,
         cache_index: Array | None,
         segment_ids: Array | None = None,
+        is_local: Any = False,
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
-        norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.param_dtype)
+        kinds = set(cfg.local_layers)
+        if len(kinds) == 1:  # one kind of layer: decided here, statically
+            is_local = kinds.pop()
+        full, local = masks
+        mask = full if local is None else _select(is_local, local, full)
         attn_out, new_cache = Attention(cfg, name="self_attn")(
-            norm(name="input_layernorm")(x), positions, mask, layer_cache, cache_index, segment_ids
+            _norm(cfg, "input_layernorm")(x), positions, mask, layer_cache, cache_index, segment_ids,
+            is_local,
         )
-        x = _constrain(x + attn_out, ("batch", "length", "act_embed"))
-        x = x + MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
+        if cfg.sandwich_norms:
+            attn_out = _norm(cfg, "post_attention_layernorm")(attn_out)
+            x = _constrain(x + attn_out, ("batch", "length", "act_embed"))
+            mlp_out = MLP(cfg, name="mlp")(_norm(cfg, "pre_feedforward_layernorm")(x))
+            x = x + _norm(cfg, "post_feedforward_layernorm")(mlp_out)
+        else:
+            x = _constrain(x + attn_out, ("batch", "length", "act_embed"))
+            x = x + MLP(cfg, name="mlp")(_norm(cfg, "post_attention_layernorm")(x))
         return _constrain(x, ("batch", "length", "act_embed")), new_cache
 
 
@@ -283,14 +339,14 @@ class Transformer(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_hidden_layers,
                 unroll=min(cfg.scan_unroll, cfg.num_hidden_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg)
         else:
             self.layers = [block(cfg) for _ in range(cfg.num_hidden_layers)]
-        self.norm = RMSNorm(cfg.rms_norm_eps, cfg.param_dtype)
+        self.norm = RMSNorm(cfg.rms_norm_eps, cfg.param_dtype, cfg.norm_unit_offset)
         if cfg.head == "score":
             # num_labels is tiny: only the hidden axis is sharded (over fsdp, like every "embed").
             self.score = Projection((cfg.num_labels,), ("embed", None), cfg, dtype="float32")
@@ -315,7 +371,8 @@ class Transformer(nn.Module):
             logits = self.embed_tokens.attend(x)
         else:
             logits = self.lm_head(x)
-        logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+        logits = _softcap(logits.astype(jnp.float32), self.cfg.final_logit_softcapping)
+        logits = _constrain(logits, ("batch", "length", "act_vocab"))
         return logits if cache is None else (logits, new_cache)
 
     def hidden(
@@ -342,22 +399,34 @@ class Transformer(nn.Module):
             )
             k_index = jnp.arange(k_segments.shape[1], dtype=jnp.int32)
             layer_caches = {"k": cache["k"], "v": cache["v"]}
-        mask = attention_mask(q_index, k_index, segment_ids, k_segments, extra_mask)
-        # The mask is plain causal + segments (what "splash" needs) only without a cache or extra mask.
-        plain_segments = segment_ids if cache is None and extra_mask is None else None
+        full = attention_mask(q_index, k_index, segment_ids, k_segments, extra_mask)
+        # A window at least as long as the keys hides nothing: sliding layers then share the full mask.
+        window = cfg.sliding_window if any(cfg.local_layers) else None
+        local = None
+        if window is not None and window < k_index.shape[0]:
+            local = attention_mask(q_index, k_index, segment_ids, k_segments, extra_mask, window)
+        masks = (full, local)
+        # The mask is plain causal + segments (what "splash" needs) only without a cache, extra mask
+        # or window.
+        plain_segments = segment_ids if cache is None and extra_mask is None and local is None else None
 
         # Gather the table's FSDP shards first (as FSDP does for every weight) so the lookup
         # is a vocab-parallel gather; XLA otherwise replicates the whole table to reshard.
         table = _constrain(self.embed_tokens.embedding, ("vocab", None))
         x = jnp.take(table, tokens.astype(jnp.int32), axis=0).astype(cfg.dtype)
+        if cfg.scale_embeddings:  # Gemma: sqrt(hidden) rounded to the compute dtype, as HF does
+            x = x * jnp.asarray(cfg.hidden_size**0.5, cfg.dtype)
         x = _constrain(x, ("batch", "length", "act_embed"))
         if cfg.scan_layers:
-            x, new_layer_caches = self.layers(x, positions, mask, layer_caches, start, plain_segments)
+            flags = jnp.asarray(cfg.local_layers, bool)
+            x, new_layer_caches = self.layers(x, positions, masks, layer_caches, start, plain_segments,
+                                              flags)
         else:
             outs = []
             for i, layer in enumerate(self.layers):
                 layer_cache = None if layer_caches is None else {n: c[i] for n, c in layer_caches.items()}
-                x, out = layer(x, positions, mask, layer_cache, start, plain_segments)
+                x, out = layer(x, positions, masks, layer_cache, start, plain_segments,
+                               cfg.local_layers[i])
                 outs.append(out)
             new_layer_caches = None if cache is None else {n: tuple(o[n] for o in outs) for n in ("k", "v")}
         x = self.norm(x)
