@@ -31,8 +31,11 @@ setup(
         "gcsfs",  # gs:// paths through etils.epath when tensorflow is absent (jaxalign/paths.py)
         "matplotlib",  # jaxalign plot: metrics.jsonl curves to a PNG (Agg backend, no display)
         "huggingface_hub>=0.30",  # Hub ids as model paths (jaxalign/hub.py)
+        "jinja2>=3.1.6",  # data.prompt_template="chat_template": a model's chat template (data/dialogue.py)
     ],
     extras_require={
+        "wandb": ["wandb>=0.19"],  # config.logging.wandb: Weights & Biases (jaxalign/train/metrics.py)
+        "harness": ["lm-eval>=0.4.9"],  # jaxalign eval --harness (jaxalign/eval/harness.py)
         "test": [
             "pytest>=8",
             "pytest-xdist",
@@ -46,6 +49,9 @@ setup(
             "nbclient",  # tests/test_colab_notebook.py runs the Colab notebook
             "nbformat",
             "ipykernel",
+            "lm-eval>=0.4.9",  # tests/test_harness.py (local task YAMLs, offline)
+            "wandb>=0.19",  # tests/test_wandb.py (offline mode)
+            "peft>=0.17",  # tests/test_lora.py: PEFT adapters exported by jaxalign load onto the HF base
         ],
     },
     entry_points={"console_scripts": ["jaxalign=jaxalign.cli:main"]},

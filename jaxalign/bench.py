@@ -70,8 +70,10 @@ def _lm_batch(tokens: np.ndarray) -> dict[str, np.ndarray]:
             "segment_ids": np.ones(inputs.shape, np.int32), "positions": positions.copy()}
 
 
-def _train_setup(cfg: ModelConfig, mesh: jax.sharding.Mesh, microbatches: int):
-    """The trainer's own step and state: AdamW with clipping and schedule, lm.loss, donated state."""
+def _train_setup(cfg: ModelConfig, mesh: jax.sharding.Mesh, microbatches: int, lora: Any = None):
+    """The trainer's own step and state: AdamW with clipping and schedule, lm.loss, donated state;
+    with `lora` (a jaxalign.lora.LoraConfig) the adapters' state on the seed's base."""
+    from jaxalign import lora as lora_lib
     from jaxalign.train import optim
     from jaxalign.train import state as state_lib
     from jaxalign.train import step as step_lib
@@ -79,15 +81,18 @@ def _train_setup(cfg: ModelConfig, mesh: jax.sharding.Mesh, microbatches: int):
     opt_cfg = optim.default_optimizer_config()
     opt_cfg.total_steps = 1000
     tx, schedule = optim.make_optimizer(opt_cfg)
-    step = step_lib.make_train_step(cfg, tx, mesh, microbatches=microbatches, schedule=schedule)
-    return step, state_lib.init_train_state(cfg, tx, mesh, seed=0)
+    base = None if lora is None else lora_lib.prepare_base(models.init_params(cfg, mesh, 0), cfg, lora, mesh)
+    step = step_lib.make_train_step(cfg, tx, mesh, microbatches=microbatches, schedule=schedule,
+                                    lora=lora, base_params=base)
+    return step, state_lib.init_train_state(cfg, tx, mesh, seed=0, lora=lora)
 
 
 def bench_train(cfg: ModelConfig, mesh: jax.sharding.Mesh, tokens: np.ndarray, steps: int,
-                microbatches: int = 1):
+                microbatches: int = 1, lora: Any = None):
     """Seconds per step of jaxalign.train.step (the step every objective trains with) on `tokens`
-    [batch, seq + 1], the batch already on the devices; returns (seconds, loss, state)."""
-    train_step, state = _train_setup(cfg, mesh, microbatches)
+    [batch, seq + 1], the batch already on the devices; returns (seconds, loss, state). With
+    `lora`, the LoRA step (the state's params are then the adapters)."""
+    train_step, state = _train_setup(cfg, mesh, microbatches, lora)
     rows = _lm_batch(tokens)
     (shardings,) = train_step.batch_shardings(rows).values()  # the single stream's
     batch = jax.device_put(rows, shardings)
@@ -287,6 +292,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--no-pipeline", action="store_true", help="skip the input-pipeline phase")
     p.add_argument("--microbatches", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--lora-rank", type=int, help="also time a LoRA train step of this rank on the same "
+                   "model and batch (every attention and MLP projection)")
+    p.add_argument("--lora-base-dtype", default="float32", choices=["float32", "bfloat16", "int8", "int4"],
+                   help="the LoRA step's frozen base (int8, int4: QLoRA)")
     p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                    help="a ModelConfig override, e.g. --model remat=full --model attention_impl=auto")
     p.add_argument("--gen-batch", type=int, help="generation batch (8 CPU, 16 GPU)")
@@ -364,8 +373,17 @@ def _jax_phases(s: _Setup) -> dict[str, Any]:
                  if new_tokens > 1 else None)
     _log("generate without KV cache")
     nocache_s = bench_generate(s.cfg, s.mesh, params, prompt_list, new_tokens, steps, use_cache=False)
-    return {"train_step_s": train_s, "train_loss": loss, "forward_s": forward_s, "generate_s": gen_s,
-            "generate_prefill_s": prefill_s, "generate_nocache_s": nocache_s}
+    out = {"train_step_s": train_s, "train_loss": loss, "forward_s": forward_s, "generate_s": gen_s,
+           "generate_prefill_s": prefill_s, "generate_nocache_s": nocache_s}
+    if getattr(s.args, "lora_rank", None):
+        from jaxalign import lora as lora_lib
+
+        lcfg = lora_lib.from_config({"rank": s.args.lora_rank, "alpha": 2.0 * s.args.lora_rank,
+                                     "base_dtype": s.args.lora_base_dtype})
+        _log(f"LoRA train step: rank {s.args.lora_rank}, {s.args.lora_base_dtype} base")
+        lora_s, lora_loss, _ = bench_train(s.cfg, s.mesh, s.tokens, steps, s.args.microbatches, lora=lcfg)
+        out.update(lora_train_step_s=lora_s, lora_train_loss=lora_loss)
+    return out
 
 
 def _pipeline_phase(s: _Setup, notes: list[str]) -> dict[str, Any]:
@@ -487,6 +505,11 @@ def _results(s: _Setup, t: dict[str, Any], peaks: tuple[float, float], notes: li
         "train_tokens_per_s": train_tps,
         "train_mfu": mfu(train_flops, train_tps),
         "train_loss": t["train_loss"],
+        **({"lora_train_step_s": t["lora_train_step_s"], "lora_train_loss": t["lora_train_loss"],
+            "lora_train_tokens_per_s": batch * seq_len / t["lora_train_step_s"],
+            "lora_vs_full_train": t["train_step_s"] / t["lora_train_step_s"],
+            "lora": {"rank": s.args.lora_rank, "base_dtype": s.args.lora_base_dtype}}
+           if "lora_train_step_s" in t else {}),
         "forward_s": t["forward_s"],
         "forward_tokens_per_s": forward_tps,
         "forward_mfu": mfu(forward_flops, forward_tps),
@@ -553,7 +576,10 @@ def format_table(r: dict[str, Any]) -> str:
         f"train/forward {c['batch']} x {c['seq_len']}; generate {c['gen_batch']} x "
         f"({c['gen_prompt_len']} + {c['gen_new_tokens']}); median of {c['steps']}",
         f"matmul peak {num(r['matmul_peak_flops'], 'FLOP/s')} ({r['matmul_size']}^2 "
-        f"{r['matmul_dtype']}); train step {r['train_step_s']:.3f} s",
+        f"{r['matmul_dtype']}); train step {r['train_step_s']:.3f} s"
+        + (f"; LoRA (rank {r['lora']['rank']}, {r['lora']['base_dtype']} base) step "
+           f"{r['lora_train_step_s']:.3f} s ({r['lora_vs_full_train']:.2f}x the full step's speed)"
+           if "lora_train_step_s" in r else ""),
         "",
         f"{'':30} {'jaxalign':>14} {'torch':>14} {'jax/torch':>10}",
     ]

@@ -129,17 +129,27 @@ def _add_train(commands: Any) -> None:
 
 def _add_eval(commands: Any) -> None:
     ev = commands.add_parser("eval", help="evaluate a model on its config's held-out data (JSON report)")
-    ev.add_argument("--config", required=True, help="the experiment config (its data and objective)")
+    ev.add_argument("--config", help="the experiment config (its data and objective); not with --harness")
     ev.add_argument("--checkpoint", required=True, help="a train workdir, jaxalign model or HF directory")
-    ev.add_argument("--out", help="report path (default: <checkpoint>/eval.json)")
+    ev.add_argument("--out", help="report path (default: <checkpoint>/eval.json, or harness.json)")
     ev.add_argument("--num-eval", type=int, help="held-out records (default: config.data.num_eval)")
     ev.add_argument("--max-new-tokens", type=int,
-                    help="tokens to generate per prompt (default: config.max_new_tokens)")
+                    help="tokens to generate per prompt (default: config.max_new_tokens; each --harness "
+                         "task's own)")
     ev.add_argument("--temperature", type=float, default=0.0,
                     help="sampling temperature; 0: greedy (default)")
     ev.add_argument("--seed", type=int, default=0, help="random seed of sampling (default 0)")
     ev.add_argument("--safety-judge", help="a safety classifier (experiments/safety_judge.py): report its "
                                            "harmless rate of the generations")
+    ev.add_argument("--harness", metavar="TASK[,TASK...]",
+                    help="instead of --config: EleutherAI lm-eval tasks (e.g. hellaswag,arc_easy) on the "
+                         "model's mesh; writes lm-eval's results JSON (pip install 'jaxalign[harness]')")
+    ev.add_argument("--harness-limit", type=float, metavar="N",
+                    help="at most N examples per --harness task (below 1: that fraction of each)")
+    ev.add_argument("--harness-fewshot", type=int, metavar="N",
+                    help="few-shot examples per --harness prompt (default: each task's own, else 0)")
+    ev.add_argument("--harness-tasks-dir", metavar="DIR",
+                    help="a directory of your own lm-eval task YAMLs that --harness may name")
     _add_guided(ev)
     _add_mesh(ev)
     _add_cache(ev)
@@ -190,8 +200,9 @@ def _add_export(commands: Any) -> None:
     exp.add_argument("--step", type=int, default=None,
                      help="a kept step of the workdir (default: the latest)")
     exp.add_argument("--out", required=True, help="the directory to write")
-    exp.add_argument("--format", dest="fmt", choices=["hf", "orbax"], default="hf",
-                     help="hf: config.json + safetensors; orbax: a jaxalign model directory (params only)")
+    exp.add_argument("--format", dest="fmt", choices=["hf", "orbax", "peft"], default="hf",
+                     help="hf: config.json + safetensors; orbax: a jaxalign model directory (params only); "
+                          "a LoRA run's are merged. peft: a LoRA run's adapters alone, PEFT's layout")
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                      help="the weights' dtype in --out (default: the model's param_dtype)")
     exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
@@ -219,6 +230,10 @@ def _add_plan(commands: Any) -> None:
     plan.add_argument("--mesh", help='the mesh to plan for, every size given, e.g. "dp:1,fsdp:256,tp:1" '
                                      "(default: config.mesh on this machine's devices)")
     plan.add_argument("--mesh-shape", dest="mesh", action=_OldName, new="--mesh")
+    plan.add_argument("--lora-rank", type=int,
+                      help="plan a LoRA step of this rank (default: the config's lora)")
+    plan.add_argument("--lora-base-dtype", choices=["float32", "bfloat16", "int8", "int4"],
+                      help="the frozen base's dtype with --lora-rank (int8, int4: QLoRA)")
     plan.add_argument("--check", action="store_true",
                       help="also compile the real train step here and print XLA's figures beside")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
@@ -411,6 +426,10 @@ def _eval(args: argparse.Namespace) -> int:
     from jaxalign import paths
     from jaxalign.eval import report as report_lib
 
+    if args.harness:
+        return _harness(args)
+    if not args.config:
+        raise ValueError("eval needs --config (held-out data of a run) or --harness TASKS (lm-eval)")
     config = config_lib.load_config(args.config, args.overrides)
     report = report_lib.evaluate(config, args.checkpoint, mesh=args.mesh, num_eval=args.num_eval,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -419,6 +438,42 @@ def _eval(args: argparse.Namespace) -> int:
     summary = {k: report[k] for k in ("preference", "feedback", "rouge", "task", "safety", "truncation")
                if k in report}
     print(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _harness(args: argparse.Namespace) -> int:
+    """`eval --harness`: lm-eval's tasks on the model (jaxalign.eval.harness)."""
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ValueError("--harness needs lm-eval: pip install 'jaxalign[harness]'")
+    import jax
+
+    from jaxalign import api, paths
+    from jaxalign.eval import harness, truncation
+
+    clash = [flag for flag, value in (("--config", args.config), ("--num-eval", args.num_eval),
+                                      ("--safety-judge", args.safety_judge), ("--guided", args.guided),
+                                      ("--hint", args.hint), ("--config.*", args.overrides)) if value]
+    if clash:
+        raise ValueError(f"--harness runs lm-eval's tasks; {', '.join(clash)} belong to eval --config")
+    gen_kwargs = {}  # overrides of the generate_until tasks' own generation_kwargs
+    if args.max_new_tokens is not None:
+        gen_kwargs["max_gen_toks"] = args.max_new_tokens
+    if args.temperature:
+        gen_kwargs.update(do_sample=True, temperature=args.temperature)
+    lm = api.load(args.checkpoint, mesh=args.mesh)
+    max_len, source = truncation.max_len_of(args.checkpoint, lm.cfg)
+    model = harness.HarnessLM(lm, max_len=max_len, max_len_from=source, seed=args.seed)
+    results = harness.evaluate(model, args.harness.split(","), limit=args.harness_limit,
+                               num_fewshot=args.harness_fewshot, tasks_dir=args.harness_tasks_dir,
+                               gen_kwargs=gen_kwargs, seed=args.seed)
+    if jax.process_index() != 0:
+        return 0
+    out = paths.path(args.out) if args.out else paths.path(args.checkpoint) / "harness.json"
+    paths.write_atomic(out, harness.to_json(results))
+    print(harness.table(results))
     print(f"wrote {out}")
     return 0
 

@@ -13,6 +13,15 @@ it. It is streamed too: orbax's partial save adds one leaf at a time to a pendin
 (on local disk: into a bucket the params are assembled in a local temporary directory, then
 copied up).
 
+A LoRA run (`jaxalign.lora`; its workdir holds adapters and a reference to the base) exports merged:
+the base is rebuilt as the run built it (``init_from`` or the seed's initialisation, cast or
+quantised as it trained; checked against the fingerprint its checkpoint records), the adapters are
+merged in on the devices (``W + alpha/r * A @ B``, float32), and each parameter is then written as
+above. That needs the whole model on the devices, as training did. `format="peft"` writes the
+adapters alone in PEFT's layout (adapter_config.json + adapter_model.safetensors, module names as
+Hugging Face names them) for ``peft.PeftModel.from_pretrained(base, DIR)`` on the HF base; for a
+QLoRA run that base is the unquantised one, so its logits differ from training's by the quantisation.
+
 Both formats carry the tokenizer and a model card (README.md: shape, step, objective, the
 training config). The HF tokenizer carries a chat template (`dialogue.chat_template`) that renders
 a conversation as the run's prompt template does, so transformers prompts it as it was trained.
@@ -39,12 +48,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.experimental.v1 import partial
 
-from jaxalign import hf, modeldir, models, paths, workdir
+from jaxalign import hf, lora, modeldir, models, paths, workdir
+from jaxalign import mesh as mesh_lib
 from jaxalign.data import dialogue
 from jaxalign.data.tokenizer import Tokenizer
 from jaxalign.models.config import ModelConfig
 
-FORMATS = ("hf", "orbax")
+FORMATS = ("hf", "orbax", "peft")
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 class Source:
@@ -55,6 +66,9 @@ class Source:
         self.path = paths.path(path)
         self.train_config: dict[str, Any] | None = None
         self.step: int | None = None
+        self.lora: lora.LoraConfig | None = None
+        self._lora_parts: tuple[Any, Any, Any] | None = None  # (base, adapters, mesh), read once
+        self._merged: Any = None
         if workdir.is_workdir(self.path):
             self._open_workdir(step)
         elif modeldir.is_model_dir(self.path):
@@ -70,6 +84,9 @@ class Source:
             raise FileNotFoundError(
                 f"--checkpoint {self.path}: neither a train workdir (checkpoints/ and config.json) nor a "
                 f"jaxalign model directory ({modeldir.MODEL_FILE})")
+        if self.lora is not None:
+            self.saved = models.param_shapes(self.cfg)  # what the merge gives; checked when it is read
+            return
         saved = workdir.pytree_call("metadata", self.tree_dir).tree
         for key in self.prefix:
             saved = saved[key]
@@ -87,9 +104,45 @@ class Source:
         self.cfg = workdir.model_config(self.path)
         self.prompt_template = workdir.prompt_template(self.path)
         self.tree_dir, self.prefix = tree_dir, ("params",)
+        self.lora = lora.from_config(self.train_config.get("lora"))
+
+    def lora_parts(self) -> tuple[Any, Any, Any]:
+        """A LoRA run's (frozen base, adapters, mesh): the base rebuilt as the run built it and
+        checked against the checkpoint's record of it, the adapters restored onto the mesh."""
+        if self._lora_parts is None:
+            from jaxalign.train import loop  # the base exactly as training made it
+
+            assert self.lora is not None and self.train_config is not None
+            mesh = mesh_lib.make_mesh()
+            init_from = self.train_config.get("init_from", "")
+            initial = loop._initial_params(init_from, self.cfg, mesh, self.train_config["seed"])  # noqa: SLF001
+            base = lora.prepare_base(initial, self.cfg, self.lora, mesh)
+            saved_config = json.loads((self.tree_dir.parent / "config" / "metadata").read_text())
+            current = {"init_from": init_from, **lora.fingerprint(base)}
+            lora.check_fingerprint(saved_config.get("lora_base"), current, str(self.tree_dir.parent))
+            shapes = lora.adapter_shapes(self.cfg, self.lora)
+            saved = workdir.pytree_call("metadata", self.tree_dir).tree
+            modeldir.check_tree_fits(saved.get("params", {}), shapes, f"{self.tree_dir} (LoRA adapters)")
+            shardings = lora.adapter_shardings(self.cfg, self.lora, mesh)
+            target = {"params": jax.tree.map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)}
+            restored = workdir.pytree_call("restore", self.tree_dir, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+            self._lora_parts = (base, restored["params"], mesh)
+        return self._lora_parts
 
     def read(self, key: tuple[str, ...]) -> np.ndarray:
-        """One parameter as a host array: a partial restore reads this leaf and nothing else."""
+        """One parameter as a host array: a partial restore reads this leaf and nothing else (a LoRA
+        run: the merged parameter)."""
+        if self.lora is not None:
+            if self._merged is None:
+                base, adapters, mesh = self.lora_parts()
+                self._merged = lora.merge(base, adapters, self.cfg, self.lora, mesh)
+            node = self._merged
+            for k in key:
+                node = node[k]
+            return np.asarray(jax.device_get(node))
         full = (*self.prefix, *key)
         item: Any = np.zeros((), np.float32)  # only the structure matters to orbax here
         args: Any = ocp.RestoreArgs(restore_type=np.ndarray)
@@ -116,12 +169,18 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: must be one of {FORMATS}")
     source = Source(checkpoint, step)  # reads metadata only
+    if fmt == "peft" and source.lora is None:
+        raise ValueError(f"--format peft: {checkpoint} is not a LoRA run (its config has no lora section "
+                         "with rank > 0); export it as hf or orbax")
     modeldir.check_apart(out, [checkpoint])
-    np_dtype = jnp.dtype(dtype or source.cfg.param_dtype)
-    marker = hf.CONFIG_FILE if fmt == "hf" else modeldir.MODEL_FILE  # what marks the output complete
+    np_dtype = jnp.dtype(dtype or ("float32" if fmt == "peft" else source.cfg.param_dtype))
+    # what marks the output complete
+    marker = {"hf": hf.CONFIG_FILE, "peft": PEFT_CONFIG}.get(fmt, modeldir.MODEL_FILE)
     with modeldir.staged_directory(out, overwrite, marker=marker) as tmp:
         if fmt == "hf":
             _write_hf(source, tmp, np_dtype, max_shard_bytes)
+        elif fmt == "peft":
+            _write_peft(source, tmp, np_dtype)
         else:
             _write_orbax(source, tmp, np_dtype)
         (tmp / "README.md").write_text(model_card(source, fmt, np_dtype.name))
@@ -180,6 +239,25 @@ def _plan(source: Source, cfg: ModelConfig, itemsize: int, max_bytes: int) -> li
         shards[-1].append((leaf_key, entries))
         size += source.leaf_bytes(leaf_key, itemsize)
     return shards
+
+
+# ---------------------------------------------------------------------------------- PEFT
+
+
+def _write_peft(source: Source, tmp: epath.Path, np_dtype: Any) -> None:
+    """adapter_config.json + adapter_model.safetensors (+ the tokenizer): the adapters in PEFT's layout."""
+    assert source.lora is not None and source.train_config is not None
+    _, adapters, _ = source.lora_parts()
+    names = {key: t.name for key, t in hf.tensor_table(source.cfg).items()}
+    tensors = lora.peft_tensors(source.cfg, source.lora, adapters, names)
+    hf.save_safetensors({k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in tensors.items()},
+                        tmp / PEFT_WEIGHTS)
+    modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in tensors})
+    base_model = str(source.train_config.get("init_from", ""))
+    config = lora.peft_config(source.lora, modules, base_model, source.cfg.head)
+    (tmp / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    if source.tokenizer is not None:
+        source.tokenizer.save_pretrained(tmp)
 
 
 # ---------------------------------------------------------------------------------- orbax
@@ -241,6 +319,9 @@ def model_card(source: Source, fmt: str, dtype: str) -> str:
         f"- step: {source.step if source.step is not None else 'n/a (model directory)'}",
         f"- objective: {objective}",
         f"- head: {cfg.head}",
+        *([f"- LoRA: {json.dumps(lora.describe(source.lora))}"
+           + (" (adapters alone; load onto the base with peft)" if fmt == "peft" else " (merged)")]
+          if source.lora is not None else []),
         f"- prompt template: {json.dumps(source.prompt_template)} (how training presented a prompt)",
         f"- parameters: {cfg.num_params():,}",
         f"- shape: vocab_size={cfg.vocab_size}, hidden_size={cfg.hidden_size}, "

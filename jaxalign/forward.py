@@ -1,9 +1,10 @@
 """The model's forward pass, jitted once per (config, mesh, head), for everything that reads a model
 without training it: logits (the notebook API), per-token log-probabilities (RL), summed sequence
-log-likelihoods (preference evaluation), reward-model scores and mean-pooled hidden states (SANDBOX
-memory). Inputs are host arrays of rows, fed sharded over the batch axes like a train batch; results
-come back replicated. `sequence_logprobs` packs examples several to a row (docs/models.md explains
-how it finds each example again and which shapes it compiles).
+log-likelihoods (preference evaluation; with is_greedy, lm-eval's tasks through `eval --harness`),
+reward-model scores and mean-pooled hidden states (SANDBOX memory). Inputs are host arrays of rows,
+fed sharded over the batch axes like a train batch; results come back replicated.
+`sequence_logprobs` packs examples several to a row (docs/models.md explains how it finds each
+example again and which shapes it compiles).
 """
 
 from __future__ import annotations
@@ -67,6 +68,33 @@ def sequence_logprobs(
         placed = owner >= 0
         logp[owner[placed]] = sums[placed]
     return SequenceScores(logp, num_tokens)
+
+
+def greedy_logprobs(
+    params: Any,
+    cfg: ModelConfig,
+    mesh: Mesh,
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    seq_len: int | None = None,
+    batch_size: int = 16,
+    num_bins: int = 64,
+) -> tuple[SequenceScores, np.ndarray]:
+    """`sequence_logprobs` (overflow="error"), and whether every weighted token of each example is
+    the model's argmax given the tokens before it (bool [n]; True where nothing is weighted): what
+    lm-eval calls is_greedy. Packed and compiled as `sequence_logprobs` is."""
+    if batch_size < 1:
+        raise ValueError(f"greedy_logprobs: batch_size={batch_size} must be positive")
+    examples = list(examples)
+    slots, num_tokens, seq_len = _check_examples(examples, seq_len, "error")
+    logp, missed = np.zeros(len(slots)), np.zeros(len(slots))
+    if slots.any():
+        batch, owner = _pack(examples, slots, seq_len, num_bins, "error", None)
+        sums = _chunked(params, cfg, mesh, "segment_logps_greedy", batch, batch_size, np.float64)
+        placed = owner >= 0
+        logp[owner[placed]] = sums[..., 0][placed]
+        missed[owner[placed]] = sums[..., 1][placed]
+    return SequenceScores(logp, num_tokens), missed == 0
 
 
 def _check_examples(
@@ -171,6 +199,19 @@ def _segment_logps(model: Transformer, params: Any, batch: dict[str, jax.Array])
     return jax.vmap(per_row)(logp, batch["segment_ids"])
 
 
+def _segment_logps_greedy(model: Transformer, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    """Per (row, segment id) [rows, seq_len + 1, 2]: the weighted log-probability, and how many
+    weighted targets are not the argmax of their logits."""
+    weights = batch["weights"].astype(jnp.float32)
+    logits = _packed_logits(model, params, batch)
+    logp = jnp.where(weights != 0, -weights * token_nll(logits, batch["targets"]), 0.0)
+    missed = ((weights != 0) & (jnp.argmax(logits, axis=-1) != batch["targets"])).astype(jnp.float32)
+    num_segments = logp.shape[1] + 1
+    per_row = lambda v, s: jax.ops.segment_sum(v, s, num_segments=num_segments)
+    return jnp.stack([jax.vmap(per_row)(logp, batch["segment_ids"]),
+                      jax.vmap(per_row)(missed, batch["segment_ids"])], axis=-1)
+
+
 def _token_logps_head(model: Transformer, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
     """log p(targets) per position [rows, seq_len], 0 where the weight is 0."""
     logits = _packed_logits(model, params, batch)
@@ -216,7 +257,8 @@ def _packed_logits(model: Transformer, params: Any, batch: dict[str, jax.Array])
                        segment_ids=batch["segment_ids"])
 
 
-HEADS = {"logits": _logits, "segment_logps": _segment_logps, "token_logps": _token_logps_head,
+HEADS = {"logits": _logits, "segment_logps": _segment_logps, "segment_logps_greedy": _segment_logps_greedy,
+         "token_logps": _token_logps_head,
          "pooled_hidden": _pooled_hidden, "rewards": _row_rewards}
 
 

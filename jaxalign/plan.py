@@ -12,6 +12,11 @@ activations and the optimizer update), each the size of tensors the real train s
 `jax.sharding.AbstractMesh`; `xla_memory` compiles the real step and reads XLA's own figures to
 check it. Every term, the activation model per remat policy, the measured error against XLA and
 the backend behaviour it does not follow are in docs/performance.md.
+
+LoRA / QLoRA (``lora=``, a ``jaxalign.lora.LoraConfig``): params are the frozen base in its dtype
+(int4 counted packed, half a byte, as TPUs and GPUs store it) plus the adapters; the optimizer
+state, gradients and update are the adapters' alone; activations are those of full fine-tuning
+(the merged kernel of one layer and its gradient are what a full step's layer holds too).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType
 
+from jaxalign import lora as lora_lib
 from jaxalign import mesh as mesh_lib
 from jaxalign import models
 from jaxalign.models import ModelConfig
@@ -102,8 +108,18 @@ def _local(names: tuple[str | None, ...], shape: tuple[int, ...], mesh: Abstract
 
 
 def _shard_bytes(tree: Any) -> int:
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+    # int4 is counted packed (two per byte), as TPUs and GPUs store it
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * (0.5 if x.dtype == np.dtype("int4") else
+                                                              np.dtype(x.dtype).itemsize)
                for x in jax.tree.leaves(tree))
+
+
+def _base_bytes(cfg: ModelConfig, lora: lora_lib.LoraConfig, mesh: AbstractMesh) -> int:
+    """Per-device bytes of a LoRA run's frozen base (its dtype; QLoRA's kernels quantised)."""
+    shapes = lora_lib.base_shapes(cfg, lora)
+    shardings = lora_lib.base_shardings(cfg, lora, mesh)
+    return int(_shard_bytes(jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                         shapes, shardings)))
 
 
 def _optimizer():
@@ -113,13 +129,14 @@ def _optimizer():
 
 
 @functools.lru_cache(maxsize=128)
-def _state(cfg: ModelConfig, sizes: tuple[int, ...]) -> dict[str, int]:
+def _state(cfg: ModelConfig, sizes: tuple[int, ...],
+           lora: lora_lib.LoraConfig | None = None) -> dict[str, int]:
     """Train-state bytes per device and per-layer weight sizes; cached (tracing takes ~0.5 s)."""
     mesh = abstract_mesh(dict(zip(mesh_lib.AXES, sizes, strict=True)))
     # The parameters do not depend on the attention backend; "xla" traces anywhere (splash needs
     # segment ids, cudnn a GPU).
     cfg = cfg.replace(attention_impl="xla")
-    state = state_lib.abstract_train_state(cfg, _optimizer()[0], mesh)
+    state = state_lib.abstract_train_state(cfg, _optimizer()[0], mesh, lora)
     # Element counts per device of one layer's weights as stored (sharded) and as its matmuls see
     # them (gathered over fsdp and dp, still split over tp), and of the output projection.
     tp_only = abstract_mesh({"tp": mesh.shape["tp"]})
@@ -135,7 +152,7 @@ def _state(cfg: ModelConfig, sizes: tuple[int, ...]) -> dict[str, int]:
             head += _local(leaf.names, leaf.value.shape, tp_only)
     params = jax.tree.leaves(state.params)
     return {
-        "params": _shard_bytes(params),
+        "params": int(_shard_bytes(params)) + (0 if lora is None else _base_bytes(cfg, lora, mesh)),
         "param_elements": sum(math.prod(x.sharding.shard_shape(x.shape)) for x in params),
         "opt_state": _shard_bytes((state.opt_state, state.step, state.rng)),
         "layer_weights_local": stored // cfg.num_hidden_layers,
@@ -160,12 +177,14 @@ def _attention_kind(cfg: ModelConfig, rows: int, seq_len: int, platform: str | N
 
 
 def estimate(cfg: ModelConfig, mesh_shape: Mapping[str, int], batch: int, seq_len: int, *,
-             microbatches: int = 1, platform: str | None = None) -> MemoryPlan:
+             microbatches: int = 1, platform: str | None = None,
+             lora: lora_lib.LoraConfig | None = None) -> MemoryPlan:
     """Bytes per device of one train step of `cfg` on a mesh of `mesh_shape` ({"dp", "fsdp", "tp"}
     sizes) with `batch` rows (the global batch) of `seq_len` tokens; see the module docstring.
 
     `platform` ("tpu", "gpu", "cpu"; default: this machine's) only matters for
-    attention_impl="auto", which chooses its backend by platform.
+    attention_impl="auto", which chooses its backend by platform. With `lora`, a LoRA / QLoRA step
+    (module docstring).
     """
     for name, value in (("batch", batch), ("seq_len", seq_len), ("microbatches", microbatches)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
@@ -173,7 +192,7 @@ def estimate(cfg: ModelConfig, mesh_shape: Mapping[str, int], batch: int, seq_le
     if batch % microbatches:
         raise ValueError(f"batch={batch} is not a multiple of microbatches={microbatches}")
     mesh = abstract_mesh(mesh_shape)
-    state = _state(cfg, tuple(mesh.shape[a] for a in mesh_lib.AXES))
+    state = _state(cfg, tuple(mesh.shape[a] for a in mesh_lib.AXES), lora)
     rows = _local(("batch",), (batch // microbatches,), mesh)
     terms = _activations(cfg, mesh, state, rows, seq_len, _attention_kind(cfg, rows, seq_len, platform))
     activations = terms["stack"] + terms["invariants"] + max(terms["layer_backward"], terms["head"])
@@ -253,7 +272,8 @@ def _activations(cfg: ModelConfig, mesh: AbstractMesh, state: dict[str, int], ro
 
 
 def largest_batch(cfg: ModelConfig, mesh_shape: Mapping[str, int], seq_len: int, device_bytes: int, *,
-                  microbatches: int = 1, platform: str | None = None) -> int:
+                  microbatches: int = 1, platform: str | None = None,
+                  lora: lora_lib.LoraConfig | None = None) -> int:
     """The largest global batch whose `estimate(...).total` fits in `device_bytes`; 0 if none does.
 
     The batch is a multiple of dp * fsdp * microbatches, so every microbatch splits evenly over the
@@ -264,7 +284,7 @@ def largest_batch(cfg: ModelConfig, mesh_shape: Mapping[str, int], seq_len: int,
 
     def fits(k: int) -> bool:
         return estimate(cfg, mesh_shape, k * unit, seq_len, microbatches=microbatches,
-                        platform=platform).total <= device_bytes
+                        platform=platform, lora=lora).total <= device_bytes
 
     if not fits(1):
         return 0
@@ -278,7 +298,7 @@ def largest_batch(cfg: ModelConfig, mesh_shape: Mapping[str, int], seq_len: int,
 
 
 def xla_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, seq_len: int,
-               microbatches: int = 1) -> dict[str, int]:
+               microbatches: int = 1, lora: lora_lib.LoraConfig | None = None) -> dict[str, int]:
     """XLA's own per-device figures for the real train step of `cfg` on `mesh` (compiled, not run).
 
     The step is `jaxalign.train.step.make_train_step` with the default AdamW of
@@ -290,8 +310,13 @@ def xla_memory(cfg: ModelConfig, mesh: jax.sharding.Mesh, batch: int, seq_len: i
     from jaxalign.train import step as step_lib
 
     tx, schedule = _optimizer()
-    state = state_lib.abstract_train_state(cfg, tx, mesh)
-    step = step_lib.make_train_step(cfg, tx, mesh, microbatches=microbatches, schedule=schedule)
+    state = state_lib.abstract_train_state(cfg, tx, mesh, lora)
+    base = None
+    if lora is not None:  # the frozen base, abstract too
+        base = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            lora_lib.base_shapes(cfg, lora), lora_lib.base_shardings(cfg, lora, mesh))
+    step = step_lib.make_train_step(cfg, tx, mesh, microbatches=microbatches, schedule=schedule,
+                                    lora=lora, base_params=base)
     tokens = np.zeros((batch, seq_len), np.int32)
     rows = {"inputs": tokens, "targets": tokens, "weights": np.ones((batch, seq_len), np.float32),
             "segment_ids": np.ones_like(tokens),
@@ -348,6 +373,17 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.device_bytes is not None and args.device_bytes < 1:
         raise ValueError(f"--device-bytes {args.device_bytes} must be positive")
     cfg = model_config(config)
+    lora = lora_lib.from_config(config.get("lora"))
+    if getattr(args, "lora_rank", None) is not None:  # --lora-rank / --lora-base-dtype
+        section = lora_lib.default_config().to_dict() if lora is None else lora_lib.describe(lora)
+        section.update(rank=args.lora_rank)
+        if getattr(args, "lora_base_dtype", None):
+            section.update(base_dtype=args.lora_base_dtype)
+        lora = lora_lib.from_config(section)
+    elif getattr(args, "lora_base_dtype", None):
+        raise ValueError("--lora-base-dtype needs --lora-rank (or a config with a lora section)")
+    if lora is not None:
+        lora_lib.targets(cfg, lora)  # a pattern matching nothing
     batch, seq_len, microbatches = config.batch_size, config.seq_len, config.get("microbatches", 1)
     if args.mesh:
         mesh_shape = parse_mesh_shape(args.mesh)
@@ -358,21 +394,23 @@ def run_cli(args: argparse.Namespace) -> int:
                          "or give --device-bytes")
     platform = platform_of(args.device) if args.device else None
     device_bytes = args.device_bytes or (DEVICES[args.device] if args.device else _local_memory())
-    result = estimate(cfg, mesh_shape, batch, seq_len, microbatches=microbatches, platform=platform)
+    result = estimate(cfg, mesh_shape, batch, seq_len, microbatches=microbatches, platform=platform,
+                      lora=lora)
     report: dict[str, Any] = {
         "config": args.config, "mesh_shape": mesh_shape, "batch_size": batch, "seq_len": seq_len,
         "microbatches": microbatches, "num_params": cfg.num_params(), **result.to_dict(),
         "device": args.device, "device_bytes": device_bytes, "largest_batch": None,
+        "lora": None if lora is None else lora_lib.describe(lora),
     }
     if device_bytes:
         report["largest_batch"] = largest_batch(cfg, mesh_shape, seq_len, device_bytes,
-                                                microbatches=microbatches, platform=platform)
+                                                microbatches=microbatches, platform=platform, lora=lora)
     if args.check:
         local = mesh_lib.parse_mesh_spec(config.mesh, jax.device_count())
         if mesh_shape != local:
             raise ValueError(f"--check compiles on this machine's mesh {local}; --mesh {mesh_shape} "
                              "differs (drop --check or --mesh)")
-        report["xla"] = xla_memory(cfg, mesh_lib.make_mesh(config.mesh), batch, seq_len, microbatches)
+        report["xla"] = xla_memory(cfg, mesh_lib.make_mesh(config.mesh), batch, seq_len, microbatches, lora)
     print(json.dumps(report, indent=2) if args.json else format_report(report, cfg))
     return 0
 
@@ -394,6 +432,10 @@ def format_report(report: dict[str, Any], cfg: ModelConfig) -> str:
         f"mesh {mesh}; batch {report['batch_size']} x {report['seq_len']} tokens, microbatches "
         f"{report['microbatches']}: {report['rows_per_device']} row(s) per device per microbatch",
     ]
+    if report.get("lora"):
+        lo = report["lora"]
+        lines.append(f"LoRA rank {lo['rank']} (alpha {lo['alpha']}) on a {lo['base_dtype']} base: "
+                     "parameters = base + adapters; optimizer state and gradients: the adapters'")
     if report["rows_per_device"] * shards * report["microbatches"] != report["batch_size"]:
         lines.append(f"  note: dp * fsdp = {shards} does not divide the batch, so rows are replicated")
     lines.append(f"{'per device':18s}{unit:>10s}" + (f"{'XLA ' + unit:>12s}" if xla else ""))
@@ -449,6 +491,37 @@ def reference_table(seq_len: int = 2048) -> str:
         mesh = ",".join(f"{k}:{v}" for k, v in mesh_shape.items())
         lines.append(f"| {name} | {device} | {mesh} | {state / GiB:.1f} | {one.activations / GiB:.1f} | "
                      + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+LORA_REFERENCE = (  # (model, device, mesh)
+    ("llama3-8b", "tpu-v5e", {"fsdp": 8}),
+    ("llama3-8b", "h100", {"fsdp": 1}),
+)
+
+
+def lora_table(seq_len: int = 2048, rank: int = 16) -> str:
+    """Full fine-tuning vs LoRA (bfloat16 base) vs QLoRA (int8, int4 bases) of llama3-8b, rank `rank` on
+    every attention and MLP projection, bfloat16 compute, remat full (markdown, GiB per device)."""
+    lines = ["| model | device | mesh | method | params | opt. state | grads | state total "
+             "| act. / row | largest batch (per device) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, device, mesh_shape in LORA_REFERENCE:
+        shards = mesh_shape.get("dp", 1) * mesh_shape["fsdp"]
+        methods = (("full (f32 params)", "float32", None), ("full (bf16 params)", "bfloat16", None),
+                   ("LoRA (bf16 base)", "float32", "bfloat16"), ("QLoRA (int8 base)", "float32", "int8"),
+                   ("QLoRA (int4 base)", "float32", "int4"))
+        for label, param_dtype, base in methods:
+            cfg = models.get_preset(name, dtype="bfloat16", param_dtype=param_dtype, remat="full")
+            lcfg = None if base is None else lora_lib.LoraConfig(rank=rank, alpha=2.0 * rank, base_dtype=base)
+            one = estimate(cfg, mesh_shape, shards, seq_len, lora=lcfg, platform=platform_of(device))
+            largest = largest_batch(cfg, mesh_shape, seq_len, DEVICES[device], platform=platform_of(device),
+                                    lora=lcfg)
+            state = one.params + one.opt_state + one.grads
+            mesh = ",".join(f"{k}:{v}" for k, v in mesh_shape.items())
+            lines.append(f"| {name} | {device} | {mesh} | {label} | {one.params / GiB:.2f} | "
+                         f"{one.opt_state / GiB:.2f} | {one.grads / GiB:.2f} | {state / GiB:.2f} | "
+                         f"{one.activations / GiB:.2f} | {largest} ({largest // shards}) |")
     return "\n".join(lines)
 
 

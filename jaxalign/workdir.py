@@ -5,6 +5,8 @@
                                  (`jaxalign.modeldir.write_model_file`, written when the run starts)
     WORKDIR/tokenizer/           the run's tokenizer
     WORKDIR/checkpoints/<step>/  orbax steps (`jaxalign.train.checkpointer`): state/, data/, config/
+    WORKDIR/wandb_run.json       the Weights & Biases run id a resumed run continues, when W&B is on
+                                 (`jaxalign.train.metrics`)
 
 Readers (the notebook API, export, eval) restore the parameters alone, a partial restore of
 ``state/params``, so no optimizer is built and its state is never read.
@@ -26,6 +28,7 @@ from jaxalign.models.config import ModelConfig
 
 CHECKPOINTS, CONFIG, TOKENIZER, SAMPLES = "checkpoints", "config.json", "tokenizer", "samples.jsonl"
 METRICS = "metrics.jsonl"
+WANDB_RUN = "wandb_run.json"
 log = logging.getLogger(__name__)
 STATE = "state"  # the train state's item in a checkpoint step; its params are under "params"
 
@@ -124,6 +127,10 @@ def state_dir(path: str | os.PathLike, step: int | None = None) -> tuple[epath.P
 
 def restore_params(path: str | os.PathLike, cfg: ModelConfig, mesh: Mesh, step: int | None = None) -> Any:
     """The parameters of `step` (default: the latest) onto `mesh`, checked against `cfg` first."""
+    if (read_config(path).get("lora") or {}).get("rank"):
+        raise ValueError(f"{path} is a LoRA run: its checkpoints hold adapters and a reference to the base, "
+                         f"not the model; `jaxalign export --checkpoint {path} --out DIR` writes the merged "
+                         "model, which loads (docs/training.md#lora-and-qlora)")
     tree, _ = state_dir(path, step)
     target = {"params": modeldir.abstract_params(cfg, mesh)}
     saved = pytree_call("metadata", tree).tree

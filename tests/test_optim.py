@@ -126,8 +126,8 @@ def test_weight_decay_mask_on_model_params(scan_layers, decay_embeddings):
 
 
 def test_weight_decay_mask_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"\['adapter'\]\['lora_a'\].*'lora_a'.*DECAY_RULES"):
-        weight_decay_mask({"adapter": {"lora_a": np.zeros((2, 2))}}, decay_embeddings=False)
+    with pytest.raises(ValueError, match=r"\['adapter'\]\['prefix'\].*'prefix'.*DECAY_RULES"):
+        weight_decay_mask({"adapter": {"prefix": np.zeros((2, 2))}}, decay_embeddings=False)
 
 
 def _optimizer(**overrides):

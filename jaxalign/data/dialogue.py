@@ -19,12 +19,25 @@ so a model is prompted as it was trained (docs/data.md#dialogues).
 `chat_template` writes the same rendering as a Hugging Face chat template (Jinja), which the HF
 export puts beside the tokenizer, so ``tokenizer.apply_chat_template(messages,
 add_generation_prompt=True)`` gives the ids jaxalign generates from.
+
+The other direction: a model that ships a chat template is fine-tuned and prompted through it
+(``config.data.prompt_template = "chat_template"``). `chat_prompt_template` makes a prompt template
+that carries the model's Jinja source and special tokens; `render` then renders the prompt's
+turns as messages (``user``, ``assistant``, ..., ``user``) through it, as transformers'
+``apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`` does, and the reply
+follows. The template's leading BOS token is left out of the text, since jaxalign adds the BOS id
+when it encodes a prompt (docs/data.md#a-models-own-chat-template).
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
+import logging
+from typing import Any
 
+log = logging.getLogger(__name__)
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 USER_ROLE = "User: "  # the role markers of a rendered transcript, when the template has none
@@ -53,6 +66,9 @@ def turns(prompt: str) -> tuple[list[Turn], str] | None:
 
 def split_template(template: str) -> tuple[str, str]:
     """A ``str.format`` template with one ``{prompt}`` -> (the text before it, the text after it)."""
+    if is_chat(template):
+        raise ValueError("a model's own chat template has no text before and after a prompt; "
+                         "render prompts with dialogue.render")
     parts = template.split("{prompt}")
     if len(parts) != 2:
         raise ValueError(f"prompt template {template!r} must hold '{{prompt}}' exactly once")
@@ -60,8 +76,22 @@ def split_template(template: str) -> tuple[str, str]:
     return before, after
 
 
+def messages(prompt: str) -> list[dict[str, str]]:
+    """`prompt` as chat messages: an HH transcript's turns (`turns`), or one user message."""
+    parsed = turns(prompt)
+    if parsed is None:
+        return [{"role": "user", "content": prompt}]
+    history, last = parsed
+    out = []
+    for human, assistant in history:
+        out += [{"role": "user", "content": human}, {"role": "assistant", "content": assistant}]
+    return [*out, {"role": "user", "content": last}]
+
+
 def render(template: str, prompt: str) -> str:
     """The text an objective presents `prompt` as (module docstring); the reply follows it."""
+    if is_chat(template):
+        return _render_chat(template, messages(prompt))
     parsed = turns(prompt)
     if parsed is None:
         return template.format(prompt=prompt)
@@ -72,6 +102,93 @@ def render(template: str, prompt: str) -> str:
     user = before if before.strip() else USER_ROLE
     lead = after if after.strip() else after + ASSISTANT_ROLE
     return "".join(f"{user}{h}\n{ASSISTANT_ROLE}{a}\n" for h, a in history) + user + last + lead
+
+
+CHAT_TEMPLATE = "chat_template"  # config.data.prompt_template: the model's own chat template
+CHAT_PREFIX = "jinja-chat-template:"  # a prompt template that holds a chat template (`chat_prompt_template`)
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")  # what apply_chat_template passes
+
+
+def is_chat(template: str) -> bool:
+    """Whether a prompt template is a model's chat template (`chat_prompt_template`)."""
+    return template.startswith(CHAT_PREFIX)
+
+
+def chat_prompt_template(source: str, special_tokens: dict[str, str | None]) -> str:
+    """A prompt template that renders prompts through the Jinja chat template `source`, given the
+    tokenizer's special tokens by name (`SPECIAL_TOKENS`; None for a tokenizer without one). It is a
+    string, so it is saved and read back wherever a prompt template is (jaxalign_model.json)."""
+    unknown = sorted(set(special_tokens) - set(SPECIAL_TOKENS))
+    if unknown:
+        raise ValueError(f"chat_prompt_template: unknown special token name(s) {unknown}; known: "
+                         f"{list(SPECIAL_TOKENS)}")
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"chat_prompt_template: the chat template must be Jinja text, got {source!r}")
+    template = CHAT_PREFIX + json.dumps({"chat_template": source, **special_tokens}, ensure_ascii=False)
+    text = _render_chat(template, [{"role": "user", "content": "Hello"}], keep_bos=True)  # fails now, if so
+    bos = special_tokens.get("bos_token")
+    if bos and not text.startswith(bos):
+        log.warning("the chat template does not start with the BOS token %r, which jaxalign puts before "
+                    "every prompt; transformers' apply_chat_template(tokenize=True) gives no BOS there", bos)
+    return template
+
+
+@functools.lru_cache(maxsize=8)
+def _chat_spec(template: str) -> tuple[Any, dict[str, str]]:
+    """(the compiled Jinja template, the special tokens it is rendered with) of a chat prompt template."""
+    spec = json.loads(template[len(CHAT_PREFIX):])
+    source = spec.pop("chat_template")
+    try:
+        compiled = _jinja_environment().from_string(source)
+    except Exception as e:  # noqa: BLE001 (jinja2's TemplateSyntaxError and the sandbox's errors)
+        raise ValueError(f"the model's chat template is not valid Jinja: {type(e).__name__}: {e}") from None
+    return compiled, {k: v for k, v in spec.items() if v is not None}
+
+
+def _render_chat(template: str, chat: list[dict[str, str]], keep_bos: bool = False) -> str:
+    """`chat` through the chat template, with the generation prompt, as transformers'
+    ``apply_chat_template(chat, add_generation_prompt=True, tokenize=False)``, less a leading BOS."""
+    compiled, special = _chat_spec(template)
+    try:
+        text = compiled.render(messages=chat, tools=None, documents=None, add_generation_prompt=True,
+                               **special)
+    except Exception as e:  # noqa: BLE001 (raise_exception's TemplateError, undefined names, ...)
+        raise ValueError(f"the model's chat template failed on {len(chat)} message(s) "
+                         f"({type(e).__name__}: {e})") from None
+    bos = special.get("bos_token")
+    return text[len(bos):] if bos and text.startswith(bos) and not keep_bos else text
+
+
+@functools.cache
+def _jinja_environment() -> Any:
+    """Jinja as transformers renders chat templates (``chat_template_utils``): a sandbox, trimmed
+    blocks, loop controls, its ``tojson`` (no HTML escaping) and the globals ``raise_exception``
+    and ``strftime_now``. (Its ``{% generation %}`` tag, which only marks assistant tokens for a
+    mask, is not supported.)"""
+    try:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise ImportError("config.data.prompt_template='chat_template' renders the model's chat template "
+                          "with jinja2: pip install 'jinja2>=3.1.6'") from None
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    def strftime_now(format: str) -> str:
+        return datetime.datetime.now().strftime(format)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    return env
 
 
 def _jinja(text: str) -> str:
@@ -101,7 +218,11 @@ def chat_template(prompt_template: str, bos_token: str | None = None, eos_token:
     jaxalign models have no system prompt. A system message raises an error (rather than being
     dropped or put into the first user message unasked), as do other roles, roles out of turn and
     non-text content.
+
+    A model trained through its own chat template (`is_chat`) gets that template back as it was.
     """
+    if is_chat(prompt_template):
+        return json.loads(prompt_template[len(CHAT_PREFIX):])["chat_template"]
     before, after = split_template(prompt_template)
     if after.startswith("\n"):  # the transcript's own role markers, as `render`
         user = before if before.strip() else USER_ROLE

@@ -116,21 +116,30 @@ def best_response(ratings: Sequence[float]) -> int:
 PROMPT_TEMPLATE = "{prompt}\n"
 
 
-def format_prompt(prompt: str) -> str:
+def format_prompt(prompt: str, template: str = PROMPT_TEMPLATE) -> str:
     """The one prompt template, used for training and for generation alike (the Stable
-    Alignment reference code trains and samples with different templates; we must not)."""
-    return dialogue.render(PROMPT_TEMPLATE, prompt)
+    Alignment reference code trains and samples with different templates; we must not). A run
+    through the model's own chat template passes its template (`prompt_template`)."""
+    return dialogue.render(template, prompt)
+
+
+def prompt_template(tokenizer: Tokenizer) -> str:
+    """The prompt template a run's examples use: `PROMPT_TEMPLATE`, or the model's own chat template
+    when config.data.prompt_template is "chat_template" (`Tokenizer.prompt_template`)."""
+    return tokenizer.prompt_template or PROMPT_TEMPLATE
 
 
 def prompted_example(tokenizer: Tokenizer, prompt: str, response: str) -> Example:
-    """`sft_example` on BOS (if the tokenizer has one) + format_prompt(prompt) and `response`.
+    """`sft_example` on BOS (if the tokenizer has one) + format_prompt(prompt) and `response`
+    (the prompt rendered with `prompt_template(tokenizer)`).
 
     Prompt and response are tokenized separately and joined as ids, so a separator (a space,
     "Answer:") is part of the text, and the prompt ids are exactly what generation is prompted with.
     """
     if tokenizer.eos_id is None:
         raise ValueError(f"{tokenizer!r} has no eos token, which ends every response")
-    prompt_ids = tokenizer.encode(format_prompt(prompt), add_bos=tokenizer.bos_id is not None)
+    prompt_ids = tokenizer.encode(format_prompt(prompt, prompt_template(tokenizer)),
+                                  add_bos=tokenizer.bos_id is not None)
     return sft_example(prompt_ids, tokenizer.encode(response), tokenizer.eos_id)
 
 
@@ -189,6 +198,7 @@ def encode_pair(record: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[list[i
     """(BOS + formatted prompt, chosen, rejected) ids of a preference record, the prompt as
     `format_prompt` has it: the pieces of every pairwise objective's examples."""
     add_bos = tokenizer.bos_id is not None
-    prompt = tokenizer.encode(format_prompt(text_field(record, "prompt", "preference")), add_bos=add_bos)
+    text = format_prompt(text_field(record, "prompt", "preference"), prompt_template(tokenizer))
+    prompt = tokenizer.encode(text, add_bos=add_bos)
     chosen, rejected = (text_field(record, key, "preference") for key in ("chosen", "rejected"))
     return prompt, tokenizer.encode(chosen), tokenizer.encode(rejected)

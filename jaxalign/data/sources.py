@@ -27,13 +27,14 @@ from ml_collections import config_dict
 
 from jaxalign import paths
 from jaxalign.config import check_keys
-from jaxalign.data import examples, jsonl, synthetic
+from jaxalign.data import dialogue, examples, jsonl, synthetic
 from jaxalign.data import sandbox_alignment as alignment_data
 from jaxalign.data.tokenizer import Tokenizer, train_sentencepiece
 
 log = logging.getLogger(__name__)
 DATA_KEYS = ("task", "jsonl", "schema", "dataset", "source_dir", "tfds_dir", "num_train", "num_eval",
-             "vocab_size", "tokenizer", "stage", "sharding")
+             "vocab_size", "tokenizer", "stage", "sharding", "prompt_template")
+PROMPT_TEMPLATES = ("", dialogue.CHAT_TEMPLATE)  # data.prompt_template: the objective's own, or the model's
 PRETRAIN_KEYS = ("weight", "batch_size", "microbatches", "jsonl", "num_texts", "from_train")
 DATASETS = ("hh_rlhf", "webgpt", "summarize_feedback", "jsonl_preference", "moral_stories",
             "ethics_commonsense", "mic", "sandbox", "pku_saferlhf", "pku_saferlhf_better",
@@ -58,6 +59,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         "stage": "",
         # How a multi-process run splits the input work (jaxalign/data/hosts.py): "process" or "global".
         "sharding": "process",
+        # "chat_template": prompts rendered through the tokenizer's own chat template (docs/data.md).
+        "prompt_template": "",
     })
 
 
@@ -86,6 +89,7 @@ def effective(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = data_cfg.to_dict() if isinstance(data_cfg, ml_collections.ConfigDict) else dict(data_cfg)
     task = synthetic_task(out)
     out["task"] = task
+    out.setdefault("prompt_template", "")  # a run saved before the key
     if task and not out.get("num_train"):
         out["num_train"] = SYNTHETIC_NUM_TRAIN
     return out
@@ -124,6 +128,13 @@ def check(data_cfg: ml_collections.ConfigDict, pretrain_cfg: ml_collections.Conf
         synthetic.get_task(task_name)  # an unknown task name
     _stages(data_cfg)
     _check_pretrain_source(pretrain_cfg, task_name)  # before a dataset is built, not after
+    template = data_cfg.get("prompt_template", "")
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"config.data.prompt_template={template!r}; choose '' (the objective's own) or "
+                         f"{dialogue.CHAT_TEMPLATE!r} (the model's own chat template)")
+    if template and not data_cfg.tokenizer:
+        raise ValueError(f"config.data.prompt_template={template!r} uses a pretrained model's chat template: "
+                         "set init_from (or data.tokenizer) to a model whose tokenizer has one")
 
 
 def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed: int,
@@ -159,6 +170,8 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed:
     pretrain = _pretrain_texts(pretrain_cfg, task, seed, train, schema)
     if tokenizer is None:
         tokenizer = _tokenizer(data_cfg, workdir, lambda: _corpus(task, train, pretrain, seed), train)
+    if data_cfg.get("prompt_template", ""):
+        use_chat_template(tokenizer)
     return Data(tokenizer, train, evals, task, schema, pretrain, eval_split)
 
 
@@ -366,6 +379,19 @@ def _corpus(task, train, pretrain, seed) -> list[str]:
 
 def _as_text(value: str | bytes) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def use_chat_template(tokenizer: Tokenizer) -> None:
+    """Makes the run's examples (`examples.prompt_template`) and its saved prompt template render
+    prompts through the tokenizer's own chat template (config.data.prompt_template="chat_template")."""
+    source = tokenizer.chat_template
+    if source is None:
+        raise ValueError(f"config.data.prompt_template='chat_template': {tokenizer!r} has no chat template "
+                         f"(no chat_template.jinja, and no chat_template in tokenizer_config.json)")
+    ids = {"bos_token": tokenizer.bos_id, "eos_token": tokenizer.eos_id, "unk_token": tokenizer.unk_id,
+           "pad_token": tokenizer.pad_id}
+    special = {name: None if i is None else tokenizer.id_to_token(i) for name, i in ids.items()}
+    tokenizer.prompt_template = dialogue.chat_prompt_template(source, special)
 
 
 def _tokenizer(data_cfg: ml_collections.ConfigDict, workdir: epath.Path, corpus,

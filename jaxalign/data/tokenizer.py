@@ -121,6 +121,17 @@ class Tokenizer:
     def eos_token(self) -> str | None:
         return None if self.eos_id is None else self.id_to_token(self.eos_id)
 
+    # The prompt template a run renders prompts with in place of its objective's own: the chat
+    # template's (`dialogue.chat_prompt_template`), set by `jaxalign.data.sources.build` when
+    # config.data.prompt_template is "chat_template"; `examples.prompt_template` reads it.
+    prompt_template: str | None = None
+
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template that came with this tokenizer (chat_template.jinja beside it, else
+        tokenizer_config.json's ``chat_template``, as transformers reads them), or None."""
+        return None
+
     def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
         """Makes each token one id that is matched atomically anywhere in text; returns the ids.
 
@@ -403,6 +414,8 @@ class HFTokenizer(Tokenizer):
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise ValueError(f"{path}: not a tokenizers tokenizer.json ({e})") from e
         config = _read_json(path.parent / CONFIG_FILE)
+        if (path.parent / CHAT_TEMPLATE_FILE).is_file():  # transformers 5 prefers it to the config's key
+            config["chat_template"] = (path.parent / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
         special_map = _read_json(path.parent / SPECIAL_MAP_FILE)
         names = {}
         for key, guesses in _GUESSES.items():
@@ -422,6 +435,19 @@ class HFTokenizer(Tokenizer):
     @property
     def backend(self) -> tokenizers.Tokenizer:
         return self._tok
+
+    @property
+    def chat_template(self) -> str | None:
+        template = self._hf_config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            if "default" not in named:
+                raise ValueError(f"{self._source}: the chat templates are named {sorted(named)}, "
+                                 "none 'default'")
+            template = named["default"]
+        if template is not None and not isinstance(template, str):
+            raise ValueError(f"{self._source}: chat_template is a {type(template).__name__}, not Jinja text")
+        return template
 
     @property
     def vocab_size(self) -> int:

@@ -17,6 +17,7 @@ schemas each objective takes is `check_schema`'s business.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -41,7 +42,7 @@ from jaxalign.objectives import (
 from jaxalign.objectives.objective import ExpandedSource, Objective
 
 __all__ = ["OBJECTIVES", "RL", "SCHEMAS", "ExpandedSource", "Objective", "check_schema", "default_config",
-           "check", "head", "is_rl", "make", "prompt_template", "resolved"]
+           "check", "check_chat_template", "head", "is_rl", "make", "prompt_template", "resolved"]
 
 SCHEMAS = ("preference", "text", "labelled", "group")  # the record schemas `make` knows
 RL = "rl"  # policy-gradient refinement: options in policy_gradient, its loop in jaxalign.methods.rl
@@ -129,7 +130,30 @@ def make(objective_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, *, seed
     check_schema(name, schema)
     if tokenizer.eos_id is None:
         raise ValueError(f"{tokenizer!r} has no EOS token, which ends every response")
-    return module.build(opts, tokenizer, seed, schema)
+    objective = module.build(opts, tokenizer, seed, schema)
+    if tokenizer.prompt_template is None:
+        return objective
+    # config.data.prompt_template="chat_template": the examples render prompts through the model's chat
+    # template (`examples.prompt_template`); generation and the saved model must prompt the same way.
+    if objective.prompt_template != examples.PROMPT_TEMPLATE or objective.prompt_fn is not None:
+        raise _no_chat_template(name)
+    return dataclasses.replace(objective, prompt_template=tokenizer.prompt_template)
+
+
+def check_chat_template(objective_cfg: Mapping[str, Any]) -> None:
+    """config.data.prompt_template="chat_template" trains only objectives whose prompt is the plain
+    prompt (`examples.PROMPT_TEMPLATE`); checked before a run writes anything (`make` checks again)."""
+    if is_rl(objective_cfg) or prompt_template(objective_cfg) != examples.PROMPT_TEMPLATE:
+        raise _no_chat_template(_name(objective_cfg))
+
+
+def _no_chat_template(name: str) -> ValueError:
+    return ValueError(
+        f"config.data.prompt_template='chat_template' renders prompts through the model's own chat "
+        f"template, which objective {name!r} cannot use: it puts its own markers into the prompt "
+        f"(CoH's feedback phrases, an edit chain's draft) or takes its prompts from its policy. Train it "
+        f"with data.prompt_template='' (jaxalign's own prompt format), or use sft, sft_pos_neg, "
+        f"unlikelihood, dpo, reward or stable_alignment")
 
 
 def check_schema(name: str, schema: str) -> None:

@@ -208,5 +208,6 @@ def labelled_record_example(record: Mapping[str, Any], tokenizer: Tokenizer) -> 
     if isinstance(label, bool) or label not in (0, 1):
         raise ValueError(f"a labelled record's 'label' must be 0 or 1, got {label!r}")
     prompt = text(key="prompt") if "prompt" in record else ""
-    prompt_ids = tokenizer.encode(examples.format_prompt(prompt), add_bos=tokenizer.bos_id is not None)
+    prompt_text = examples.format_prompt(prompt, examples.prompt_template(tokenizer))
+    prompt_ids = tokenizer.encode(prompt_text, add_bos=tokenizer.bos_id is not None)
     return labelled_example(prompt_ids, tokenizer.encode(text(key="text")), int(label), tokenizer.eos_id)

@@ -219,7 +219,8 @@ def build(opts: Mapping[str, Any], tokenizer: Tokenizer, seed: int, schema: str)
     def example(record, j, index):
         prompt, texts, ratings = examples.group_fields(record)
         kept = select_responses(ratings, size, seed, index)
-        prompt_ids = tokenizer.encode(examples.format_prompt(prompt), add_bos=tokenizer.bos_id is not None)
+        prompt_text = examples.format_prompt(prompt, examples.prompt_template(tokenizer))
+        prompt_ids = tokenizer.encode(prompt_text, add_bos=tokenizer.bos_id is not None)
         responses, scores = [tokenizer.encode(texts[i]) for i in kept], [ratings[i] for i in kept]
         return group_example(prompt_ids, responses, scores, tokenizer.eos_id)
 

@@ -2,7 +2,8 @@
 
 `default_train_config` is experiments/default.py's run (SFT of a small decoder on the bundled
 "sort" task, on CPU); `TOP_KEYS` are the top-level keys a train config may hold. ``init_from`` and
-``pretrain`` are optional: the trainer reads them with ``config.get``, and they are absent here
+``pretrain`` are optional, and so is ``logging`` (`logging_config`: Weights & Biases): the trainer
+reads them with ``config.get``, and they are absent here
 because a key added to the default would change every run's config.json, and a resumed run must
 find the config it was started with.
 """
@@ -17,7 +18,7 @@ from jaxalign.train.optim import default_optimizer_config
 TOP_KEYS = (
     "seed", "total_steps", "batch_size", "seq_len", "mesh", "model", "objective", "data",
     "optimizer", "microbatches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "num_samples", "max_new_tokens", "pretrain", "init_from",
+    "num_samples", "max_new_tokens", "pretrain", "init_from", "logging", "lora",
 )
 
 
@@ -44,6 +45,18 @@ def default_train_config() -> ml_collections.ConfigDict:
     config.num_samples = 8
     config.max_new_tokens = 24
     return config
+
+
+def logging_config(project: str | None = None, **wandb: object) -> ml_collections.ConfigDict:
+    """The optional ``logging`` section: Weights & Biases when `project` is set (``pip install
+    'jaxalign[wandb]'``); `wandb` sets entity, name, tags or mode ("online" or "offline"). E.g.
+    ``config.logging = logging_config("my-project", tags=["dpo"])`` (docs/training.md)."""
+    section = {"project": project, "entity": None, "name": None, "tags": [], "mode": "online"}
+    unknown = sorted(set(wandb) - set(section))
+    if unknown:
+        raise ValueError(f"logging_config: unknown W&B option(s) {unknown}; known: {sorted(section)}")
+    section.update(wandb)
+    return ml_collections.ConfigDict({"wandb": section}, type_safe=False)
 
 
 def model_7b_config() -> ml_collections.ConfigDict:

@@ -21,6 +21,7 @@ import ml_collections
 from etils import epath
 
 from jaxalign import api, modeldir, models
+from jaxalign import lora as lora_lib
 from jaxalign import workdir as workdir_lib
 from jaxalign.data import examples, hosts, packing, pipeline, sources
 from jaxalign.models import reward as reward_model
@@ -58,8 +59,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
     # Every error a config can show without data, before the workdir or a tokenizer is written (the
     # model section's with a stand-in vocabulary: the real one is not known yet).
     run_lib.check_context(model_config(config, vocab_size=256), config.seq_len)
+    lora = lora_lib.from_config(config.get("lora"))  # LoRA / QLoRA: docs/training.md#lora-and-qlora
+    if lora is not None:
+        lora_lib.targets(model_config(config, vocab_size=256), lora)  # a pattern matching nothing
     registry.check(config.get("objective", {}))
     sources.check(run_lib.data_config(config), config.get("pretrain"))
+    if config.data.get("prompt_template"):  # the model's own chat template
+        registry.check_chat_template(config.get("objective", {}))
     optim.make_optimizer(config.optimizer)
     with run_lib.Run(config, workdir) as run:
         log.info("reading the data and its tokenizer (a new data set is built once)...")
@@ -80,17 +86,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
         run.describe(cfg, objective.prompt_template, config.objective.to_dict())
         log.info("the model: the latest checkpoint if there is one, else %s...",
                  f"init_from={config.init_from}" if config.get("init_from") else "a random initialisation")
-        state, reference = _start(run, cfg, tx, batches, objective.reference)
-        train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=_streams(config, objective),
-                                              schedule=schedule, reference_params=reference)
-        state, status = _loop(run, config, cfg, state, train_step, batches, pack_stats)
+        streams = _streams(config, objective)
+        if lora is None:
+            state, reference = _start(run, cfg, tx, batches, objective.reference)
+            train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=streams, schedule=schedule,
+                                                  reference_params=reference)
+            saved_config = run.resolved
+        else:
+            state, base, base_ref = _start_lora(run, cfg, tx, batches, lora)
+            train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=streams, schedule=schedule,
+                                                  lora=lora, base_params=base)
+            saved_config = {**run.resolved, "lora_base": base_ref}
+        state, status = _loop(run, config, cfg, state, train_step, batches, pack_stats, saved_config)
     summary = {"status": status, "step": int(state.step), "workdir": str(run.workdir)}
     if any(stats.examples + stats.dropped for stats in pack_stats.values()):
         summary["truncation"] = {name or step_lib.SINGLE: stats.truncation_stats()
                                  for name, stats in pack_stats.items()}
     if status == "done" and config.num_samples > 0 and data.eval_prompts and objective.head == "lm":
-        summary.update(run_lib.write_samples(config, cfg, state.params, run.mesh, data, objective,
-                                             run.workdir))
+        params = state.params if lora is None else lora_lib.merge(base, state.params, cfg, lora, run.mesh)
+        summary.update(run_lib.write_samples(config, cfg, params, run.mesh, data, objective, run.workdir))
     return summary
 
 
@@ -111,8 +125,30 @@ def _start(run: run_lib.Run, cfg: models.ModelConfig, tx: Any, batches: Any, wit
     return state, reference
 
 
+def _start_lora(run: run_lib.Run, cfg: models.ModelConfig, tx: Any, batches: Any, lora: lora_lib.LoraConfig):
+    """LoRA: the frozen base (`init_from` or the seed's initialisation, cast or quantised), the
+    reference to it a checkpoint records (init_from and `jaxalign.lora.fingerprint`; a checkpoint of
+    adapters trained on another base is refused) and the adapters' train state, restored or fresh."""
+    config = run.config
+    initial = _initial_params(config.get("init_from", ""), cfg, run.mesh, config.seed)
+    base = lora_lib.prepare_base(initial, cfg, lora, run.mesh)
+    base_ref = {"init_from": config.get("init_from", ""), **lora_lib.fingerprint(base)}
+
+    def check(saved: dict[str, Any]) -> None:
+        lora_lib.check_fingerprint(saved.get("lora_base"), base_ref, f"workdir {run.workdir}")
+
+    restored = run.restore(cfg, tx, lora, check)
+    if restored is not None:
+        state, data_state = restored
+        batches.set_state(data_state)
+    else:
+        state = state_lib.init_train_state(cfg, tx, run.mesh, config.seed, lora=lora)
+    return state, base, base_ref
+
+
 def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.ModelConfig, state: Any,
-          train_step: Any, batches: Any, pack_stats: dict[str, packing.PackStats]) -> tuple[Any, str]:
+          train_step: Any, batches: Any, pack_stats: dict[str, packing.PackStats],
+          saved_config: dict[str, Any] | None = None) -> tuple[Any, str]:
     """Steps until `total_steps` (or SIGTERM: saved, "preempted"); logs and saves as configured.
 
     After TRUNCATION_REPORT_STEPS steps (or at the last) each stream's packing says what truncation
@@ -169,7 +205,8 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: models.Model
                 if not _all_finite(state.params):
                     raise run_lib.NonFiniteLossError(f"the parameters after step {step} are not finite; "
                                                      "not saved. Lower the learning rate or check the data")
-                run.checkpointer.save(step, state, batches.get_state(), run.resolved, force=True)
+                run.checkpointer.save(step, state, batches.get_state(),
+                                      run.resolved if saved_config is None else saved_config, force=True)
                 writer.flush()
                 unverified = step
             if preempted:

@@ -1,4 +1,5 @@
-"""Training metrics: `<workdir>/metrics.jsonl`, TensorBoard events and a tqdm progress bar.
+"""Training metrics: `<workdir>/metrics.jsonl`, TensorBoard events, a tqdm progress bar and, when
+`config.logging.wandb.project` is set, a Weights & Biases run.
 
 metrics.jsonl holds one JSON object per logged step with at least `step` and `loss`. A resumed
 run first drops the lines past the step it resumes from, so the file always reads as one
@@ -10,6 +11,14 @@ at the end; a crash loses at most the lines after the last checkpoint, which the
 writes again anyway. TensorBoard's event file is written in a local directory and copied to the
 bucket at the same moments (tensorboardX's own gs:// writer uploads again from its finaliser, at
 interpreter exit, with two minutes of retries when the bucket cannot be reached).
+
+Weights & Biases (optional, ``pip install 'jaxalign[wandb]'``): every line of metrics.jsonl is
+logged to W&B at the same step, by process 0 only, with the resolved run config attached. The
+run's id is kept in ``<workdir>/wandb_run.json`` (`workdir.WANDB_RUN`), so a resumed run continues
+the same W&B run (``resume="allow"``). W&B accepts only increasing steps and keeps what it was
+sent: the steps a previous attempt already logged (up to ``logged_through`` in that file, which is
+written at every checkpoint and at the end, or W&B's own step when its server tells) are not sent
+again, and a warning says so; metrics.jsonl holds the rerun's values of those steps.
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import statistics
+import string
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +39,7 @@ import jax.numpy as jnp
 import tqdm
 from etils import epath
 
+from jaxalign import config as config_lib
 from jaxalign import paths
 from jaxalign import workdir as workdir_lib
 from jaxalign.models import ModelConfig
@@ -68,18 +80,69 @@ def progress_postfix(values: dict[str, Any]) -> dict[str, str]:
     return shown
 
 
-class MetricsWriter:
-    """Writes every logged step to JSONL and TensorBoard; only process 0 writes."""
+WANDB_DEFAULTS = {"project": None, "entity": None, "name": None, "tags": (), "mode": "online"}
+WANDB_MODES = ("online", "offline")
+WANDB_INSTALL = "pip install 'jaxalign[wandb]'"
 
-    def __init__(self, workdir: str | epath.PathLike, total_steps: int, start_step: int = 0):
+
+def wandb_config(logging_cfg: Any) -> dict[str, Any] | None:
+    """The checked ``config.logging.wandb`` section with its defaults, or None when W&B is off (no
+    section, or ``project`` unset). Unknown keys, a bad mode and a missing ``wandb`` package are
+    errors naming the key, raised before a run writes anything."""
+    if logging_cfg is None:
+        return None
+    config_lib.check_keys(logging_cfg, ("wandb",), "config.logging")
+    section = logging_cfg.get("wandb")
+    if section is None:
+        return None
+    config_lib.check_keys(section, tuple(WANDB_DEFAULTS), "config.logging.wandb")
+    opts = {**WANDB_DEFAULTS, **{k: v for k, v in section.items()}}
+    if not opts["project"]:
+        return None
+    if not isinstance(opts["project"], str):
+        raise ValueError(f"config.logging.wandb.project={opts['project']!r} must be a string")
+    if opts["mode"] not in WANDB_MODES:
+        raise ValueError(f"config.logging.wandb.mode={opts['mode']!r}; choose one of {list(WANDB_MODES)}")
+    tags = opts["tags"]
+    if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+        raise ValueError(f"config.logging.wandb.tags={tags!r} must be a list of strings")
+    opts["tags"] = list(tags)
+    _import_wandb(opts["project"])
+    return opts
+
+
+def _import_wandb(project: str) -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(f"config.logging.wandb.project={project!r} logs to Weights & Biases, which needs "
+                          f"the wandb package: {WANDB_INSTALL}") from None
+    return wandb
+
+
+def _new_run_id() -> str:
+    """A W&B run id as W&B makes them: 8 characters of a-z and 0-9."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+class MetricsWriter:
+    """Writes every logged step to JSONL, TensorBoard and (`wandb`, see `wandb_config`) Weights &
+    Biases; only process 0 writes. `run_config`: the resolved config W&B attaches to the run."""
+
+    def __init__(self, workdir: str | epath.PathLike, total_steps: int, start_step: int = 0,
+                 wandb: dict[str, Any] | None = None, run_config: dict[str, Any] | None = None):
         self.path = paths.path(workdir) / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
         self._pending: list[str] = []
         self._flushed = time.monotonic()
         self._buffered = paths.is_url(self.path)
+        self.wandb: Any = None  # the W&B run (process 0, when configured)
         if not self.enabled:
             return
         _truncate_after(self.path, start_step)
+        if wandb is not None:
+            self._start_wandb(paths.path(workdir), wandb, run_config or {}, start_step)
         self.tb_dir = paths.path(workdir) / "tensorboard"
         self._tb_local = tempfile.TemporaryDirectory(prefix="jaxalign-tb-") if self._buffered else None
         self.tb = _summary_writer(self._tb_local.name if self._tb_local else self.tb_dir)
@@ -102,12 +165,47 @@ class MetricsWriter:
                 self.tb.add_scalar(key, value, step)
         if not prefix:
             self.bar.set_postfix(progress_postfix(values), refresh=False)
+        if self.wandb is not None:
+            self._log_wandb(step, values)
+
+    def _start_wandb(self, workdir: epath.Path, opts: dict[str, Any], run_config: dict[str, Any],
+                     start_step: int) -> None:
+        """Starts (or resumes: the id in `workdir.WANDB_RUN`) the W&B run; records its id first."""
+        wandb = _import_wandb(opts["project"])
+        self._wandb_file = workdir / workdir_lib.WANDB_RUN
+        saved = json.loads(self._wandb_file.read_text()) if self._wandb_file.exists() else {}
+        run_id = saved.get("id") or _new_run_id()
+        self._wandb_logged = int(saved.get("logged_through", -1))
+        self._wandb_id = run_id
+        self._write_wandb_file()  # before W&B starts: a crash now still resumes this id
+        self.wandb = wandb.init(
+            project=opts["project"], entity=opts["entity"], name=opts["name"], tags=opts["tags"],
+            mode=opts["mode"], id=run_id, resume="allow", config=run_config, allow_val_change=True)
+        # An online resume knows the run's next step from the server; offline, the file's record.
+        self._wandb_floor = max(int(self.wandb.step or 0), self._wandb_logged + 1)
+        if self._wandb_floor > start_step + 1:
+            log.warning("W&B run %s already holds steps up to %d from an earlier attempt; this run resumes "
+                        "at step %d and logs to W&B from step %d on (W&B keeps the first values; "
+                        "metrics.jsonl has this run's)", run_id, self._wandb_floor - 1, start_step,
+                        self._wandb_floor)
+
+    def _log_wandb(self, step: int, values: dict[str, Any]) -> None:
+        if step < self._wandb_floor:
+            return
+        self.wandb.log(values, step=step)
+        self._wandb_logged = step
+
+    def _write_wandb_file(self) -> None:
+        record = {"id": self._wandb_id, "logged_through": self._wandb_logged}
+        paths.write_atomic(self._wandb_file, json.dumps(record) + "\n")
 
     def flush(self) -> None:
         """Writes the buffered lines (a checkpoint was saved: they must outlive a crash)."""
         if self.enabled and self._pending:
             paths.append(self.path, "".join(self._pending).encode("utf-8"))
             self._pending.clear()
+        if self.wandb is not None:
+            self._write_wandb_file()
         if self.enabled and self._tb_local is not None:
             self.tb.flush()
             for event_file in epath.Path(self._tb_local.name).glob("events.*"):
@@ -118,6 +216,9 @@ class MetricsWriter:
         if self.enabled:
             self.tb.close()
             self.flush()
+            if self.wandb is not None:
+                self.wandb.finish()
+                self.wandb = None
             if self._tb_local is not None:
                 self._tb_local.cleanup()
             self.bar.close()

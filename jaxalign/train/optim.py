@@ -33,6 +33,8 @@ WSD_DEFAULT_DECAY_FRACTION = 0.2
 # module with new parameter names appears; unknown names are an error rather than a silent guess.
 DECAY_RULES: dict[str, bool | None] = {
     "kernel": True,
+    "lora_a": True,  # LoRA adapters (jaxalign.lora): decayed like the kernels they adapt
+    "lora_b": True,
     "embedding": None,
     "scale": False,
     "bias": False,

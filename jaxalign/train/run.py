@@ -36,7 +36,7 @@ from jaxalign.train import state as state_lib
 from jaxalign.train.checkpointer import Checkpointer, CheckpointMismatchError
 from jaxalign.train.defaults import TOP_KEYS
 from jaxalign.train.lock import WorkdirLock
-from jaxalign.train.metrics import MetricsWriter
+from jaxalign.train.metrics import MetricsWriter, wandb_config
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # divergence), how it logs and saves, its device mesh, and the samples written at the end.
 RESUMABLE_CHANGES = ("total_steps", "optimizer.total_steps", "optimizer.peak_lr", "optimizer.grad_clip_norm",
                      "checkpoint_every", "keep_checkpoints", "log_every", "num_samples", "max_new_tokens",
-                     "mesh")
+                     "mesh", *(f"logging.wandb.{k}" for k in ("project", "entity", "name", "tags", "mode")))
 # Keys added to a section after runs were saved without them, and the value such a run trained with:
 # a saved config that lacks one is read with it, so that a workdir of an older version resumes.
 ADDED_KEYS = {"optimizer": {"warmup_fraction": 0.0}, "pretrain": {"from_train": False}}
@@ -79,6 +79,7 @@ class Run:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> None:
         config_lib.check_keys(config, TOP_KEYS, "the config")
         check_counts(config)  # before anything is written
+        self.wandb = wandb_config(config.get("logging"))  # a missing wandb package too
         self.config = config
         self.mesh: Mesh = mesh_lib.make_mesh(config.mesh)
         self.workdir = paths.path(workdir)
@@ -110,13 +111,15 @@ class Run:
             paths.write_atomic(self.workdir / workdir_lib.CONFIG, json.dumps(self.resolved, indent=2) + "\n")
             workdir_lib.write_description(self.workdir, cfg, prompt_template, dict(objective))
 
-    def restore(self, cfg: models.ModelConfig, tx: Any) -> tuple[Any, dict[str, Any]] | None:
+    def restore(self, cfg: models.ModelConfig, tx: Any, lora: Any = None,
+                check: Any = None) -> tuple[Any, dict[str, Any]] | None:
         """The latest readable checkpoint's (train state, data state), or None when there is none yet.
-        An unreadable one (a truncated file) is set aside with a warning and the one before it tried."""
-        target = state_lib.abstract_train_state(cfg, tx, self.mesh)
+        An unreadable one (a truncated file) is set aside with a warning and the one before it tried.
+        With `lora` the state holds adapters; `check(saved_config)` may refuse a checkpoint (raises)."""
+        target = state_lib.abstract_train_state(cfg, tx, self.mesh, lora)
         for step in reversed(self.checkpointer.all_steps()):
             try:
-                state, data_state, _ = self.checkpointer.restore(target, step)
+                state, data_state, saved = self.checkpointer.restore(target, step)
             except CheckpointMismatchError:
                 raise  # another model or optimizer: no older step would fit either
             except Exception as e:  # noqa: BLE001 (tensorstore and orbax raise many types for bad bytes)
@@ -125,6 +128,8 @@ class Run:
                 log.warning("checkpoint %d in %s is unreadable (%s: %s); moved it to %s and trying the one "
                             "before", step, self.checkpointer.directory, type(e).__name__, reason, where)
                 continue
+            if check is not None:
+                check(saved)
             log.info("resumed from step %d in %s", int(state.step), self.workdir)
             return state, data_state
         return None
@@ -139,7 +144,8 @@ class Run:
                 f"from {resume}")
 
     def metrics(self, start: int) -> MetricsWriter:
-        self._writer = MetricsWriter(self.workdir, self.config.total_steps, start)
+        self._writer = MetricsWriter(self.workdir, self.config.total_steps, start, wandb=self.wandb,
+                                     run_config=self.resolved)
         return self._writer
 
     def close(self) -> None:

@@ -15,6 +15,10 @@ folds in ``step`` (``fold_in(base, step)``), so every random draw of a step (lat
 masks) is a pure function of (seed, step) and a resumed run draws exactly what an uninterrupted
 one would. It is derived from the seed on a stream separate from parameter initialisation
 (``fold_in(key(seed), RNG_STREAM)``), so the masks are not correlated with the initial weights.
+
+LoRA. With `lora` (a ``jaxalign.lora.LoraConfig``) the trained parameters are the adapters alone:
+``params`` is the adapter tree and the optimizer state exists only for it; the frozen base is held
+by the train step, not by the state, and is never checkpointed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxalign import lora as lora_lib
 from jaxalign import mesh as mesh_lib
 from jaxalign import models
 from jaxalign.models import ModelConfig
@@ -56,22 +61,39 @@ def step_rng(state: TrainState) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
-def train_state_shardings(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def trained_shapes(model_cfg: ModelConfig, lora: lora_lib.LoraConfig | None = None) -> Any:
+    """ShapeDtypeStructs of what the optimiser trains: the parameters, or the LoRA adapters."""
+    return models.param_shapes(model_cfg) if lora is None else lora_lib.adapter_shapes(model_cfg, lora)
+
+
+def trained_shardings(model_cfg: ModelConfig, mesh: Mesh, lora: lora_lib.LoraConfig | None = None) -> Any:
+    if lora is None:
+        return models.param_shardings(model_cfg, mesh)
+    return lora_lib.adapter_shardings(model_cfg, lora, mesh)
+
+
+def train_state_shardings(
+    model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+    lora: lora_lib.LoraConfig | None = None,
+) -> TrainState:
     """A TrainState of NamedShardings: params by the logical rules, Adam's moments like the params,
-    step, RNG and optimizer counters replicated."""
-    param_sh = models.param_shardings(model_cfg, mesh)
+    step, RNG and optimizer counters replicated. With `lora`, params are the adapters."""
+    param_sh = trained_shardings(model_cfg, mesh, lora)
     replicated = NamedSharding(mesh, PartitionSpec())
     return TrainState(
         step=replicated,
         params=param_sh,
-        opt_state=opt_state_shardings(tx, models.param_shapes(model_cfg), param_sh, mesh),
+        opt_state=opt_state_shardings(tx, trained_shapes(model_cfg, lora), param_sh, mesh),
         rng=replicated,
     )
 
 
-def abstract_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def abstract_train_state(
+    model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+    lora: lora_lib.LoraConfig | None = None,
+) -> TrainState:
     """A TrainState of ShapeDtypeStructs carrying their target shardings (nothing is computed)."""
-    params = models.param_shapes(model_cfg)
+    params = trained_shapes(model_cfg, lora)
     shapes = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=params,
@@ -80,20 +102,24 @@ def abstract_train_state(model_cfg: ModelConfig, tx: optax.GradientTransformatio
     )
     return jax.tree.map(
         lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        shapes, train_state_shardings(model_cfg, tx, mesh),
+        shapes, train_state_shardings(model_cfg, tx, mesh, lora),
     )
 
 
 def init_train_state(
-    model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int, params: Any = None
+    model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, seed: int, params: Any = None,
+    lora: lora_lib.LoraConfig | None = None,
 ) -> TrainState:
     """A fresh state at step 0, every leaf created directly in its shards.
 
     Parameters are `params` (e.g. a pretrained model's, on this mesh; they are donated) or those of
-    ``jaxalign.models.init_params(model_cfg, mesh, seed)``.
+    ``jaxalign.models.init_params(model_cfg, mesh, seed)``; with `lora`, fresh adapters
+    (``jaxalign.lora.init_adapters``) unless `params` gives them.
     """
-    shardings = train_state_shardings(model_cfg, tx, mesh)
-    params = models.init_params(model_cfg, mesh, seed) if params is None else params
+    shardings = train_state_shardings(model_cfg, tx, mesh, lora)
+    if params is None:
+        params = (models.init_params(model_cfg, mesh, seed) if lora is None
+                  else lora_lib.init_adapters(model_cfg, lora, mesh, seed))
 
     def rest(params: Any) -> TrainState:
         return TrainState(

@@ -13,6 +13,11 @@ draws what an uninterrupted one would, trains several streams each with its own 
 (Chain of Hindsight's pretraining mix), gives a ``reference=True`` stream the frozen reference
 model's log-probabilities (DPO), and keeps logits, losses and gradients in float32. How each of
 these works: docs/training.md.
+
+LoRA (``lora=``, a ``jaxalign.lora.LoraConfig``): the state's params are the adapters, the frozen
+base (``base_params``, from ``jaxalign.lora.prepare_base``) is the step's third argument, and the
+model computes with the merged kernels; a reference stream's log-probabilities are the base's (the
+adapters left out), so DPO keeps no second copy of the weights.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxalign import logprobs
+from jaxalign import lora as lora_lib
 from jaxalign import mesh as mesh_lib
 from jaxalign.models import ModelConfig, Transformer, param_shardings
 from jaxalign.objectives import lm
-from jaxalign.train.state import TrainState, step_rng, train_state_shardings
+from jaxalign.train.state import TrainState, step_rng, train_state_shardings, trained_shardings
 
 Array = jax.Array
 Batch = dict[str, Any]
@@ -291,13 +297,16 @@ def make_train_step(
     batch_transform: BatchTransform | None = None,
     streams: dict[str, Stream] | None = None,
     reference_params: Any = None,
+    lora: lora_lib.LoraConfig | None = None,
+    base_params: Any = None,
 ) -> MeshStep:
     """``step(state, batch) -> (new_state, metrics)``: one optimiser update on `batch`.
 
     Without `streams` the step trains on one stream of rows with `loss_fn`, `microbatches` and
     `batch_transform`; with `streams` (see the module docstring) those three must be left at their
     defaults and the batch is ``{stream name: rows}``. `reference_params` (parameters of the same
-    model config, e.g. the initial policy) are required by streams with ``reference=True``.
+    model config, e.g. the initial policy) are required by streams with ``reference=True``. With `lora`
+    the state trains adapters on the frozen `base_params` (required), which are also the reference.
 
     Metrics (float32 scalars, replicated): ``loss`` (the weighted sum over streams), ``grad_norm``
     (global norm of the combined gradient, before clipping), ``tokens`` (sum of loss weights), ``lr``
@@ -307,19 +316,22 @@ def make_train_step(
     loss 0 and zero gradients.
     """
     streams = _resolve_streams(streams, loss_fn, microbatches, batch_transform)
-    if any(s.reference for s in streams.values()) and reference_params is None:
+    _check_lora(lora, base_params, reference_params)
+    if any(s.reference for s in streams.values()) and reference_params is None and lora is None:
         raise ValueError("a stream with reference=True needs reference_params (the frozen reference model)")
     model = Transformer(model_cfg)
-    shardings = train_state_shardings(model_cfg, tx, mesh)
+    shardings = train_state_shardings(model_cfg, tx, mesh, lora)
 
-    def train_step(state: TrainState, batch: dict[str, Batch], reference: Any) -> tuple[TrainState, Metrics]:
+    def train_step(state: TrainState, batch: dict[str, Batch], frozen: Any) -> tuple[TrainState, Metrics]:
+        full, reference = _views(model_cfg, lora, frozen)
         rng = step_rng(state)
         grads32, metrics = None, {}
         loss = tokens = jnp.zeros((), jnp.float32)
         for index, (name, stream) in enumerate(streams.items()):
             # Stream 0 uses the step key itself, so a single stream draws what it always drew.
             key = rng if index == 0 else jax.random.fold_in(rng, 1_000_003 + index)
-            total = _stream_sums(model, shardings, mesh, stream, state.params, batch[name], reference, key)
+            total = _stream_sums(model, shardings, mesh, stream, state.params, batch[name], reference, key,
+                                 full)
             scale = stream.weight / jnp.where(total["metrics"]["loss_weight"] > 0,
                                               total["metrics"]["loss_weight"], 1.0)
             scaled = jax.tree.map(lambda g, scale=scale: g * scale, total["grads"])
@@ -343,14 +355,41 @@ def make_train_step(
             metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new_state, metrics
 
-    frozen_shardings = None if reference_params is None else shardings.params
+    frozen, frozen_shardings = _frozen(model_cfg, mesh, lora, base_params, reference_params, shardings.params)
     return MeshStep(train_step, mesh, shardings, microbatches={n: s.microbatches for n, s in streams.items()},
-                    donate=True, frozen=reference_params, frozen_shardings=frozen_shardings)
+                    donate=True, frozen=frozen, frozen_shardings=frozen_shardings)
+
+
+def _check_lora(lora: lora_lib.LoraConfig | None, base_params: Any, reference_params: Any) -> None:
+    if lora is None and base_params is not None:
+        raise ValueError("base_params is the frozen base of a LoRA step; pass lora= as well")
+    if lora is not None and base_params is None:
+        raise ValueError("a LoRA step needs base_params (jaxalign.lora.prepare_base)")
+    if lora is not None and reference_params is not None:
+        raise ValueError("a LoRA step's reference is its base with the adapters left out; "
+                         "do not pass reference_params")
+
+
+def _frozen(model_cfg: ModelConfig, mesh: Mesh, lora: lora_lib.LoraConfig | None, base_params: Any,
+            reference_params: Any, param_shardings_: Any) -> tuple[Any, Any]:
+    """The step's third argument and its shardings: the LoRA base, or the reference parameters."""
+    if lora is not None:
+        return base_params, lora_lib.base_shardings(model_cfg, lora, mesh)
+    return reference_params, None if reference_params is None else param_shardings_
+
+
+def _views(model_cfg: ModelConfig, lora: lora_lib.LoraConfig | None,
+           frozen: Any) -> tuple[Callable[[Any], Any], Any]:
+    """(trained -> the parameters the model runs with, the reference parameters), inside jit."""
+    if lora is None:
+        return (lambda p: p), frozen
+    return (lambda p: lora_lib.with_adapters(frozen, p, model_cfg, lora)), frozen
 
 
 def _stream_sums(model: Transformer, shardings: Any, mesh: Mesh, stream: Stream, params: Any, rows: Batch,
-                 reference: Any, rng: Array) -> dict[str, Any]:
-    """One stream's loss and metric sums and summed float32 gradients over its microbatches."""
+                 reference: Any, rng: Array, full: Callable[[Any], Any] = lambda p: p) -> dict[str, Any]:
+    """One stream's loss and metric sums and summed float32 gradients over its microbatches; `full`
+    makes the model's parameters from the trained ones (LoRA: the adapters on the base)."""
     def micro(mb: Batch, index: Array) -> dict[str, Any]:
         if stream.batch_transform is not None:
             mb = stream.batch_transform(mb, jax.random.fold_in(rng, index))
@@ -359,7 +398,7 @@ def _stream_sums(model: Transformer, shardings: Any, mesh: Mesh, stream: Stream,
             mb = {**mb, "ref_logps": logprobs.token_logps(ref_logits, mb["targets"])}
 
         def scaled_loss(p: Any) -> tuple[Array, Metrics]:
-            return _loss_sums(stream.loss_fn, _forward(model, p, mb), mb)
+            return _loss_sums(stream.loss_fn, _forward(model, full(p), mb), mb)
 
         (loss_sum, sums), grads = jax.value_and_grad(scaled_loss, has_aux=True)(params)
         grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
@@ -389,28 +428,35 @@ def _resolve_streams(
 
 def make_eval_step(
     model_cfg: ModelConfig, mesh: Mesh, loss_fn: lm.LossFn = lm.loss, *, microbatches: int = 1,
-    reference_params: Any = None,
+    reference_params: Any = None, lora: lora_lib.LoraConfig | None = None, base_params: Any = None,
+    reference: bool = False,
 ) -> MeshStep:
     """``evaluate(params, batch) -> metrics``: ``loss``, ``tokens`` and `loss_fn`'s metrics.
 
     Deterministic (no randomness, no batch transform) and computed exactly as the train step
     computes its loss, so on the same parameters and batch the two agree. `microbatches` bounds
     memory as in training and does not change the result. With `reference_params` the loss gets
-    ``batch["ref_logps"]`` as in training.
+    ``batch["ref_logps"]`` as in training. With `lora` it evaluates adapters (`params`) on
+    `base_params`; `reference=True` then gives the loss the base's log-probabilities.
     """
     microbatches = _check_microbatches(microbatches)
+    _check_lora(lora, base_params, reference_params)
     model = Transformer(model_cfg)
+    with_reference = reference_params is not None or (lora is not None and reference)
 
-    def eval_step(params: Any, batch: dict[str, Batch], reference: Any) -> Metrics:
+    def eval_step(params: Any, batch: dict[str, Batch], frozen: Any) -> Metrics:
+        full, ref_params = _views(model_cfg, lora, frozen)
+
         def micro(mb: Batch, index: Array) -> dict[str, Any]:
-            if reference is not None:
-                mb = {**mb, "ref_logps": logprobs.token_logps(_forward(model, reference, mb), mb["targets"])}
-            loss_sum, sums = _loss_sums(loss_fn, _forward(model, params, mb), mb)
+            if with_reference:
+                mb = {**mb, "ref_logps": logprobs.token_logps(_forward(model, ref_params, mb), mb["targets"])}
+            loss_sum, sums = _loss_sums(loss_fn, _forward(model, full(params), mb), mb)
             return {"loss": loss_sum, "metrics": sums, "tokens": _tokens(mb)}
 
         return _finish(_accumulate(micro, batch[SINGLE], microbatches, mesh))
 
-    shardings = param_shardings(model_cfg, mesh)
-    frozen_shardings = None if reference_params is None else shardings
+    shardings = trained_shardings(model_cfg, mesh, lora)
+    frozen, frozen_shardings = _frozen(model_cfg, mesh, lora, base_params, reference_params,
+                                       param_shardings(model_cfg, mesh))
     return MeshStep(eval_step, mesh, shardings, microbatches={SINGLE: microbatches}, donate=False,
-                    frozen=reference_params, frozen_shardings=frozen_shardings)
+                    frozen=frozen, frozen_shardings=frozen_shardings)
