@@ -14,11 +14,6 @@ from jaxalign.objectives import registry
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Trains (or resumes) `config` in `workdir`; returns the trainer's summary."""
     if registry.is_rl(config.get("objective", {})):
-        from jaxalign import lora
-
-        if lora.from_config(config.get("lora")) is not None:
-            raise ValueError("config.lora: RL refinement (jaxalign.methods.rl) does not train LoRA adapters "
-                             "yet; train its policy in full, or LoRA with a supervised objective")
         from jaxalign.methods import rl
 
         return rl.train(config, workdir)

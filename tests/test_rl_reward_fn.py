@@ -147,3 +147,36 @@ def test_reward_settings_are_clear_errors(rewards, tmp_path):
         with pytest.raises(ValueError, match=match):
             runner.train(_config("rl", *base, *overrides), tmp_path / str(i))
         assert not (tmp_path / str(i)).exists()  # nothing was started
+
+
+def test_lora_rl_trains_adapters_on_the_policy(policy, rewards, tmp_path):
+    """config.lora on an RL run: the state holds adapters, the first rollout is the policy's own (B = 0,
+    so KL to the reference, the base with adapters off, is exactly 0), and the checkpoint exports merged."""
+    import jax
+
+    from jaxalign import export, lora
+
+    # A reward that differs between samples (their length): advantages, so updates, are not zero.
+    config = _config("rl", *RL, f"--config.init_from={policy}",
+                     f"--config.objective.reward_fn={MODULE}:length_reward")
+    config.lora = lora.default_config()
+    config.lora.update(rank=4, alpha=8.0)
+    workdir = tmp_path / "rl_lora"
+    assert runner.train(config, workdir)["step"] == 2
+    metrics = _metrics(workdir)
+    assert metrics[0]["kl"] == 0.0 and all(np.isfinite(m["loss"]) for m in metrics)
+    base, adapters, _ = export.Source(workdir).lora_parts()
+    leaves = {path: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(adapters)}
+    assert {getattr(path[-1], "key", None) for path in leaves} == {"lora_a", "lora_b"}
+    b = [leaf for path, leaf in leaves.items() if path[-1].key == "lora_b"]
+    assert max(float(np.abs(np.asarray(x)).max()) for x in b) > 0  # B starts at 0: trained
+    out = export.export(workdir, tmp_path / "merged", fmt="orbax")
+    merged = jax.tree.leaves(jaxalign_load(out).params)
+    start = jax.tree.leaves(jaxalign_load(policy).params)
+    assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(merged, start, strict=True))
+
+
+def jaxalign_load(path):
+    from jaxalign import api
+
+    return api.load(path, mesh=MESH)

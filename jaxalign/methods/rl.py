@@ -14,6 +14,7 @@ Details: docs/methods.md#rl-refinement-jaxalignmethodsrl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import logging
 import time
@@ -29,6 +30,7 @@ from jax.sharding import Mesh
 
 from jaxalign import api, forward, modeldir, sample
 from jaxalign import config as config_lib
+from jaxalign import lora as lora_lib
 from jaxalign import workdir as workdir_lib
 from jaxalign.data import sources, synthetic
 from jaxalign.data.tokenizer import Tokenizer
@@ -59,6 +61,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
     """Refines ``config.init_from`` against ``config.objective.reward_model`` or ``reward_fn``; resumes
     like `loop.train`."""
     opts = _options(config)
+    lora = lora_lib.from_config(config.get("lora"))  # LoRA adapters on the policy: docs/training.md
     with run_lib.Run(config, workdir) as run:
         data = sources.build(run_lib.data_config(config), run.workdir, config.seed)
         if data.schema != "preference":
@@ -78,21 +81,50 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> d
         # exporting this workdir builds the right shapes (an HF policy is no preset).
         run.resolved["model"] = cfg.to_dict()
         run.describe(cfg, policy.prompt_template, section.to_dict())
-        restored = run.restore(cfg, tx)
-        if restored is not None:
-            state = restored[0]
-        else:
-            params = jax.tree.map(jnp.copy, reference)  # the step donates the state; the reference stays
-            state = state_lib.init_train_state(cfg, tx, run.mesh, config.seed, params=params)
         stream = step_lib.Stream(policy_gradient.make_loss_fn(opts["clip"]), 1.0, config.microbatches)
-        train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams={step_lib.SINGLE: stream},
-                                              schedule=schedule)
-        context = _Context(cfg, run.mesh, data, policy, reward, reference, opts)
-        state = _loop(run, config, context, state, train_step)
+        streams = {step_lib.SINGLE: stream}
+        if lora is None:
+            restored = run.restore(cfg, tx)
+            if restored is not None:
+                state = restored[0]
+            else:
+                params = jax.tree.map(jnp.copy, reference)  # the step donates the state; the reference stays
+                state = state_lib.init_train_state(cfg, tx, run.mesh, config.seed, params=params)
+            train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=streams, schedule=schedule)
+            policy_params, saved = (lambda params: params), run.resolved
+        else:
+            state, base, saved = _start_lora(run, config, cfg, tx, reference, lora)
+            train_step = step_lib.make_train_step(cfg, tx, run.mesh, streams=streams, schedule=schedule,
+                                                  lora=lora, base_params=base)
+            # Rollouts sample and score with the merged policy; the KL reference is the base with the
+            # adapters off (merged with zero adapters: the base as the policy sees it, cast or quantised).
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            reference = lora_lib.merge(base, zeros, cfg, lora, run.mesh)
+            policy_params = functools.partial(lora_lib.merge, base, cfg=cfg, lcfg=lora, mesh=run.mesh)
+        context = _Context(cfg, run.mesh, data, policy, reward, reference, opts, policy_params)
+        state = _loop(run, config, context, state, train_step, saved)
     summary = {"status": "done", "step": int(state.step), "workdir": str(run.workdir)}
     if config.num_samples > 0 and data.eval_prompts:
-        summary.update(run_lib.write_samples(config, cfg, state.params, run.mesh, data, policy, run.workdir))
+        summary.update(run_lib.write_samples(config, cfg, context.policy_params(state.params), run.mesh, data,
+                                             policy, run.workdir))
     return summary
+
+
+def _start_lora(run: run_lib.Run, config: ml_collections.ConfigDict, cfg: ModelConfig, tx: Any,
+                initial: Any, lora: lora_lib.LoraConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """LoRA RL, as `loop._start_lora`: the frozen base made from the policy (`init_from`), the
+    adapters' state (restored, or fresh: zero updates, so the first rollout is the policy's own) and
+    the config a checkpoint records (with the base's reference, so export rebuilds and checks it)."""
+    base = lora_lib.prepare_base(initial, cfg, lora, run.mesh)
+    base_ref = {"init_from": config.init_from, **lora_lib.fingerprint(base)}
+
+    def check(saved: dict[str, Any]) -> None:
+        lora_lib.check_fingerprint(saved.get("lora_base"), base_ref, f"workdir {run.workdir}")
+
+    restored = run.restore(cfg, tx, lora, check)
+    state = restored[0] if restored is not None else state_lib.init_train_state(
+        cfg, tx, run.mesh, config.seed, lora=lora)
+    return state, base, {**run.resolved, "lora_base": base_ref}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,17 +138,18 @@ class _Context:
     reward: api.LM | RewardFn  # a reward model, or a checked function (`reward_function`)
     reference: Any
     opts: Mapping[str, Any]
+    policy_params: Callable[[Any], Any]  # the train state's params -> the policy's full parameters
 
 
 def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, ctx: _Context, state: Any,
-          train_step: Any) -> Any:
+          train_step: Any, saved_config: dict[str, Any]) -> Any:
     """Rollout, then `updates_per_rollout` steps on it, until `total_steps`; logs and saves as configured."""
     opts, k = ctx.opts, ctx.opts["samples_per_prompt"]
     writer = run.metrics(int(state.step))
     for step in range(int(state.step) + 1, config.total_steps + 1):
         records = prompt_records(ctx.data.train, step, config.batch_size // k, config.seed)
-        out = rollout(state.params, ctx.reference, ctx.cfg, ctx.mesh, ctx.data.tokenizer, ctx.policy,
-                      ctx.reward, records, opts=opts, seq_len=config.seq_len,
+        out = rollout(ctx.policy_params(state.params), ctx.reference, ctx.cfg, ctx.mesh, ctx.data.tokenizer,
+                      ctx.policy, ctx.reward, records, opts=opts, seq_len=config.seq_len,
                       max_new_tokens=config.max_new_tokens, seed=config.seed * 1_000_003 + step,
                       task=ctx.data.task)
         t0 = time.perf_counter()
@@ -130,7 +163,7 @@ def _loop(run: run_lib.Run, config: ml_collections.ConfigDict, ctx: _Context, st
         if step % config.log_every == 0 or step == config.total_steps:
             writer.write(step, {**metrics, **out.stats, "train_tokens_per_s": rows / seconds})
         if step % config.checkpoint_every == 0 or step == config.total_steps:
-            run.checkpointer.save(step, state, {"step": step}, run.resolved, force=True)
+            run.checkpointer.save(step, state, {"step": step}, saved_config, force=True)
             writer.flush()
     return state
 
