@@ -17,6 +17,7 @@ from jaxalign import api, models
 from jaxalign import mesh as mesh_lib
 from jaxalign.data import dialogue, examples, sources
 from jaxalign.data.tokenizer import CHAT_TEMPLATE_FILE, HFTokenizer, Tokenizer, demo_tokenizer
+from jaxalign.eval import report as report_lib
 from jaxalign.objectives import registry
 from jaxalign.train import loop
 from jaxalign.train.defaults import default_train_config
@@ -133,6 +134,9 @@ def test_sft_trains_saves_and_generates_through_the_chat_template(tmp_path, devi
     assert dialogue.render(lm.prompt_template, TRANSCRIPT) == hf_text
     assert len(lm.generate([TRANSCRIPT], max_new_tokens=2)) == 1
     assert Tokenizer.load(tmp_path / "run" / "tokenizer").chat_template == QWEN  # a resume finds it again
+    # jaxalign eval scores and generates through the same template.
+    report = report_lib.evaluate(config, tmp_path / "run", max_new_tokens=2)
+    assert dialogue.render(report["prompt_template"], TRANSCRIPT) == hf_text
 
 
 def test_coh_with_a_chat_template_is_refused_before_anything_is_written(tmp_path):

@@ -110,9 +110,11 @@ class Data:
         return [r["prompt"] for r in self.eval if "prompt" in r]
 
 
-def check(data_cfg: ml_collections.ConfigDict, pretrain_cfg: ml_collections.ConfigDict | None = None) -> None:
+def check(data_cfg: ml_collections.ConfigDict, pretrain_cfg: ml_collections.ConfigDict | None = None, *,
+          given_tokenizer: bool = False) -> None:
     """The errors of a data (and pretrain) section that need no data read: run before anything is
-    written, so a bad config leaves no workdir or tokenizer behind."""
+    written, so a bad config leaves no workdir or tokenizer behind. `given_tokenizer`: the caller
+    brings the tokenizer (a trained model's, in eval), which may hold the chat template."""
     check_keys(data_cfg, DATA_KEYS, "config.data")
     chosen = [k for k in ("task", "jsonl", "dataset") if data_cfg.get(k)]
     if len(chosen) > 1:
@@ -132,7 +134,7 @@ def check(data_cfg: ml_collections.ConfigDict, pretrain_cfg: ml_collections.Conf
     if template not in PROMPT_TEMPLATES:
         raise ValueError(f"config.data.prompt_template={template!r}; choose '' (the objective's own) or "
                          f"{dialogue.CHAT_TEMPLATE!r} (the model's own chat template)")
-    if template and not data_cfg.tokenizer:
+    if template and not data_cfg.tokenizer and not given_tokenizer:
         raise ValueError(f"config.data.prompt_template={template!r} uses a pretrained model's chat template: "
                          "set init_from (or data.tokenizer) to a model whose tokenizer has one")
 
@@ -141,7 +143,7 @@ def build(data_cfg: ml_collections.ConfigDict, workdir: str | os.PathLike, seed:
           pretrain_cfg: ml_collections.ConfigDict | None = None, tokenizer: Tokenizer | None = None) -> Data:
     """Records and a tokenizer: `tokenizer` if given, else the workdir's, data.tokenizer, or a new one
     trained on the data (saved in the workdir, so a resumed run keeps its ids)."""
-    check(data_cfg, pretrain_cfg)
+    check(data_cfg, pretrain_cfg, given_tokenizer=tokenizer is not None)
     workdir = paths.path(workdir)
     task, eval_split, task_name = None, "eval", synthetic_task(data_cfg)
     stages = _stages(data_cfg)

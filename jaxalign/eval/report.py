@@ -95,9 +95,9 @@ def evaluate(
     records = [r for r in data.eval if all(k in r for k in ("prompt", "chosen", "rejected"))]
     if not records:
         raise ValueError("config.data has no held-out preference records to evaluate on")
-    template = registry.prompt_template(objective)
-    report.update(num_eval=len(records), prompt_template=template)
     policy = registry.make(objective, lm.tokenizer, seed=config.seed)
+    template = _template(policy, objective, lm.tokenizer)
+    report.update(num_eval=len(records), prompt_template=template)
     if policy.prompt_fn is None:  # an edit-chain model reads a draft, not a bare prompt: no such pairs
         report["preference"] = _preference(lm, records, template, truncation)
     if policy.feedback_format is not None:
@@ -155,6 +155,12 @@ def _judged(responses: list[str], records: list[dict[str, Any]], references: lis
     return out
 
 
+def _template(policy: registry.Objective, objective: Any, tokenizer: Any) -> str:
+    """How the model was prompted: the run's chat template when it trained through the model's own
+    (data.prompt_template="chat_template": `sources.build` set it on the tokenizer), else the objective's."""
+    return policy.prompt_template if tokenizer.prompt_template else registry.prompt_template(objective)
+
+
 def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, objective: Mapping[str, Any],
                      config_seed: int, max_new_tokens: int, temperature: float, seed: int,
                      hint: str, safety_fn: Any, truncation: Truncation) -> dict[str, Any]:
@@ -167,9 +173,9 @@ def _evaluate_groups(report: dict[str, Any], lm: api.LM, data: sources.Data, obj
             raise ValueError(f"held-out group record {index}: {e}") from e
     if not groups:
         raise ValueError("config.data has no held-out group records to evaluate on")
-    template = registry.prompt_template(objective)
-    report.update(num_eval=len(groups), prompt_template=template)
     policy = registry.make(objective, lm.tokenizer, seed=config_seed, schema="group")
+    template = _template(policy, objective, lm.tokenizer)
+    report.update(num_eval=len(groups), prompt_template=template)
     report["group_ranking"] = group_ranking(lm, groups, template, truncation)
     records = [{"prompt": prompt} for prompt, _, _ in groups]
     generated = _generate(lm, policy, records, max_new_tokens, temperature, seed, hint, truncation)
