@@ -369,7 +369,7 @@ def plots(results: dict[str, Any], domains: list[str], seeds: list[int], out_dir
     files = []
     for domain in domains:
         runs = [results[domain][s] for s in seeds]
-        fig, ax = plt.subplots(figsize=(8, 5.5))
+        fig, ax = plt.subplots(figsize=(10, 5.5))
         for row in runs[0]["rows"]:
             steps = sorted(runs[0]["rows"][row])
             pts = [(np.mean([r["rows"][row][s].get("kl", np.nan) for r in runs]),
@@ -377,28 +377,27 @@ def plots(results: dict[str, Any], domains: list[str], seeds: list[int], out_dir
             xs, ys = zip(*pts, strict=True)
             if all(np.isnan(xs)):
                 continue
-            style = "o--" if row in ORACLES else "o-"
-            ax.plot(xs, ys, style, label=LABELS.get(row, row), ms=4)
+            ax.plot(xs, ys, label=LABELS.get(row, row), **_style(row))
         ax.set_xlabel("KL(policy || start), nats (estimated on samples)")
         ax.set_ylabel("true reward (mean over seeds)")
         ax.set_title(f"{domain}: true reward vs KL (points: 1/3, 2/3, all steps; best-of-n: n = 1..16)")
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(alpha=0.3)
         files.append(_save(fig, out_dir / f"testbed_frontier_{domain}.png"))
 
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig, ax = plt.subplots(figsize=(10, 5))
         start = np.mean([r["rows"]["start"][0]["reward"] for r in runs])
         for row in runs[0]["rows"]:
             if row in ("start", "best_of_n"):
                 continue
             steps = sorted(runs[0]["rows"][row])
             means = [np.mean([r["rows"][row][s]["reward"] for r in runs]) for s in steps]
-            ax.plot([0, *steps], [start, *means], "o--" if row in ORACLES else "o-", label=LABELS[row], ms=4)
+            ax.plot([0, *steps], [start, *means], label=LABELS[row], **_style(row))
         ax.set_xlabel("training step")
         ax.set_ylabel("true reward of samples (mean over seeds)")
-        ax.set_title(f"{domain}: learning curves")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{domain}: learning curves (step 0: the start model)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(alpha=0.3)
         files.append(_save(fig, out_dir / f"testbed_curves_{domain}.png"))
 
@@ -409,6 +408,15 @@ def plots(results: dict[str, Any], domains: list[str], seeds: list[int], out_dir
         ax.set_title(f"{domain}: the start model's samples (seed {seeds[0]}, train prompts)")
         files.append(_save(fig, out_dir / f"testbed_start_{domain}.png"))
     return files
+
+
+def _style(row: str) -> dict[str, Any]:
+    """One colour and marker per row (the default cycle repeats after 10), dashed for the oracles."""
+    import matplotlib.pyplot as plt
+
+    i = ["start", *ROWS].index(row)
+    return {"color": plt.get_cmap("tab20")(i % 20), "marker": "osD^v<>px*hH+X"[i % 14], "ms": 5,
+            "linestyle": "--" if row in ORACLES else "-"}
 
 
 def _save(fig: Any, path: Path) -> str:
