@@ -564,7 +564,56 @@ def report(results: dict[str, Any], domains: list[str], seeds: list[int], args: 
 
 
 # What the default run measured (experiments/results/testbed.json), written after it.
-READING = "(written after the run)"
+READING = """\
+**The test bed is fit.** On both domains the two oracles clearly beat SFT on the annotator's chosen
+samples: RL on the true reward by +0.23 (detox, +- 0.06; harmless +- 0.09) and best-of-16 by +0.26 and
++0.35. There is room above imitation, and the labels are as noisy as intended: 21-27% of close pairs and
+11-12% of all pairs disagree with the true order (measured). Imitating the chosen samples gains +0.06
+(detox) and +0.16 (harmless) over the start model, about what the chosen samples themselves are worth
+(0.546 vs 0.456 mean reward; harmless 0.618 vs 0.461).
+
+**DPO** (the contrast carries what imitation copies away): holds on detox, where both betas beat SFT
+on chosen, +0.11 +- 0.09 (beta 0.1) and +0.10 +- 0.06 (beta 0.5), at 2-11 nats of KL. On harmless only
+beta 0.5 is above, +0.08 +- 0.17, which is not resolved. At beta 0.1 DPO ran away from the start model
+(25-128 nats; one seed fell to 0.40), the known instability of small beta with no early stopping.
+
+**Chain of Hindsight** (CoH beats SFT on the same feedback): not reproduced at this budget. CoH and
+CoH without chains stay at the start model (0.43-0.46), below SFT on chosen by 0.10 (detox) and 0.16
+(harmless). Sixty steps are inside the plateau that `coh_marker_probe.md` measured: the marker is used
+only after 160-280 steps on harmless. A proper test needs each method trained to convergence, not a
+shared step count, or a pretrained model that already reads feedback sentences.
+
+**Second Thoughts** (edit chains): not tested here. In 60 steps from the start model the edit-chain
+model does not learn the chain language. It emits malformed chains whose aligned text is empty
+(reward 0.02-0.03); `replicate_edit_chain.py` trains 300 steps for that. For the same reason "edit
+chains + RL" was not run: RL on a policy whose every answer scores 0 has zero advantages.
+
+**Stable Alignment** (the rating-weighted contrast beats SFT): the same sign on detox, +0.055 +- 0.052
+at 1.7 nats. On harmless it ties (+0.013 +- 0.10). Its groups here are the two rated samples of a
+pair; the paper's SANDBOX groups are larger, and a larger group gives the contrast more to work with.
+
+**Mistake Analysis** (learning from analyses of bad answers beats SFT): not reproduced. It ties SFT on
+chosen on detox (-0.002 +- 0.05) and is below on harmless (-0.07 +- 0.08, not resolved). The analyses
+are the test bed's feedback sentences rather than the model's own. At 1M parameters, training on
+analysing a bad answer does not carry over to generating good ones, as in
+`mistake_analysis_synthetic.md`.
+
+**RLHF** (reward model + RL): the widest interval of all. On each domain one seed over-optimised the
+reward model, which is trained on 600 noisy pairs: 19-30 nats of KL, and the true reward fell to
+0.39-0.40 (detox seed 1, harmless seed 0). The others reached 0.58-0.70. RL on the true reward, with
+the same settings, stayed at 1-8 nats. This is reward-model over-optimisation (Gao et al., 2022) in
+miniature.
+
+**Unlikelihood** collapses (83-109 nats; reward 0.26-0.30, below the start model). Two samples of the
+same model share most of their tokens, and token-level unlikelihood on the rejected one pushes those
+shared tokens down too. The CoH paper's Table 4 also puts unlikelihood below the pretrained model.
+**SFT on both** imitates the mix and stays at the start model.
+
+What a proper test would need: budgets per method up to convergence (CoH, edit chains), a model of
+100M+ parameters pretrained on real text, more held-out prompts and seeds (48 prompts x 2 samples give
+a per-seed standard error of about 0.03), and comparisons at matched KL (read the frontier PNGs, not
+only the last step).
+"""
 
 
 if __name__ == "__main__":
