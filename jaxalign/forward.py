@@ -55,18 +55,10 @@ def sequence_logprobs(
     `batch_size` is in packed rows; `num_bins` is the packer's window of open rows; `stats`, when
     given, is filled with the packing counts (rows, padding).
     """
-    if batch_size < 1:
-        raise ValueError(f"sequence_logprobs: batch_size={batch_size} must be positive")
     if overflow not in ("error", "truncate"):
         raise ValueError(f"sequence_logprobs: overflow={overflow!r}; use 'error' or 'truncate'")
-    examples = list(examples)  # indexed twice below: once to validate, once in packing order
-    slots, num_tokens, seq_len = _check_examples(examples, seq_len, overflow)
-    logp = np.zeros(len(slots))
-    if slots.any():  # else nothing is predicted anywhere and there are no rows to run
-        batch, owner = _pack(examples, slots, seq_len, num_bins, overflow, stats)
-        sums = _segment_sums(params, cfg, mesh, batch, batch_size)
-        placed = owner >= 0
-        logp[owner[placed]] = sums[placed]
+    logp, num_tokens = _per_example(params, cfg, mesh, examples, "segment_logps", seq_len, batch_size,
+                                    num_bins, overflow, stats, "sequence_logprobs")
     return SequenceScores(logp, num_tokens)
 
 
@@ -83,18 +75,28 @@ def greedy_logprobs(
     """`sequence_logprobs` (overflow="error"), and whether every weighted token of each example is
     the model's argmax given the tokens before it (bool [n]; True where nothing is weighted): what
     lm-eval calls is_greedy. Packed and compiled as `sequence_logprobs` is."""
+    sums, num_tokens = _per_example(params, cfg, mesh, examples, "segment_logps_greedy", seq_len, batch_size,
+                                    num_bins, "error", None, "greedy_logprobs")
+    return SequenceScores(sums[:, 0], num_tokens), sums[:, 1] == 0
+
+
+def _per_example(params: Any, cfg: ModelConfig, mesh: Mesh, examples: Sequence[Mapping[str, Any]],
+                 head: str, seq_len: int | None, batch_size: int, num_bins: int, overflow: Overflow,
+                 stats: PackStats | None, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validates and packs `examples`, runs the per-segment `head` and puts each segment's sums back
+    on its example: (sums [n, ...] float64, zero for an example that predicts nothing; num_tokens)."""
     if batch_size < 1:
-        raise ValueError(f"greedy_logprobs: batch_size={batch_size} must be positive")
-    examples = list(examples)
-    slots, num_tokens, seq_len = _check_examples(examples, seq_len, "error")
-    logp, missed = np.zeros(len(slots)), np.zeros(len(slots))
-    if slots.any():
-        batch, owner = _pack(examples, slots, seq_len, num_bins, "error", None)
-        sums = _chunked(params, cfg, mesh, "segment_logps_greedy", batch, batch_size, np.float64)
-        placed = owner >= 0
-        logp[owner[placed]] = sums[..., 0][placed]
-        missed[owner[placed]] = sums[..., 1][placed]
-    return SequenceScores(logp, num_tokens), missed == 0
+        raise ValueError(f"{caller}: batch_size={batch_size} must be positive")
+    examples = list(examples)  # indexed twice below: once to validate, once in packing order
+    slots, num_tokens, seq_len = _check_examples(examples, seq_len, overflow)
+    if not slots.any():  # nothing is predicted anywhere: there are no rows to run
+        return np.zeros((len(slots), *_SEGMENT_SUMS[head])), num_tokens
+    batch, owner = _pack(examples, slots, seq_len, num_bins, overflow, stats)
+    sums = _chunked(params, cfg, mesh, head, batch, batch_size, np.float64)
+    placed = owner >= 0
+    out = np.zeros((len(slots), *sums.shape[2:]))
+    out[owner[placed]] = sums[placed]
+    return out, num_tokens
 
 
 def _check_examples(
@@ -152,11 +154,9 @@ def _pack(
     return batch, owner
 
 
-def _segment_sums(
-    params: Any, cfg: ModelConfig, mesh: Mesh, batch: dict[str, np.ndarray], batch_size: int
-) -> np.ndarray:
-    """Weighted log-probability per (row, segment id): float64 [rows, seq_len + 1]."""
-    return _chunked(params, cfg, mesh, "segment_logps", batch, batch_size, np.float64)
+# The per-segment heads `_per_example` runs, and the shape of one segment's sums: the weighted
+# log-probability, and for the greedy head also the count of weighted tokens that are not the argmax.
+_SEGMENT_SUMS = {"segment_logps": (), "segment_logps_greedy": (2,)}
 
 
 def _chunked(params: Any, cfg: ModelConfig, mesh: Mesh, head: str, batch: Mapping[str, np.ndarray],
